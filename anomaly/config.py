@@ -1,0 +1,249 @@
+"""Run configuration: YAML files validated by pydantic, with `key.sub=value` overrides.
+
+Every section forbids unknown keys so that a typo fails loudly instead of silently training
+with a default. Errors are turned into one-line `AnomalyError`s that name the offending key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from anomaly.errors import AnomalyError
+
+DataKind = Literal["folder", "mnist", "fashion_mnist", "cifar10", "elpv"]
+TORCHVISION_KINDS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AugmentConfig(StrictModel):
+    """Training-time augmentation, off by default: orientation can carry meaning (6 is not 9)."""
+
+    hflip: bool = False
+    vflip: bool = False
+    rotation_degrees: float = Field(0.0, ge=0.0, le=180.0)
+    brightness: float = Field(0.0, ge=0.0, le=1.0)
+    contrast: float = Field(0.0, ge=0.0, le=1.0)
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.hflip, self.vflip, self.rotation_degrees, self.brightness, self.contrast))
+
+
+class DataConfig(StrictModel):
+    """Where images come from and how they are split; fields not used by `kind` are ignored."""
+
+    kind: DataKind = "folder"
+    root: Path | None = None
+    normal_class: int | None = Field(None, ge=0)
+    download: bool = False
+    elpv_anomaly_min_probability: float = Field(2 / 3, gt=0.0, le=1.0)
+    elpv_module_type: Literal["mono", "poly"] | None = None
+    elpv_test_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    image_size: tuple[int, int] = (64, 64)
+    channels: Literal[1, 3] = 1
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    calibration_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    split_seed: int = 0
+    synthetic_validation: bool = False
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square_from_int(cls, value: Any) -> Any:
+        return (value, value) if isinstance(value, int) else value
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 1:
+            raise ValueError(f"image size must be positive, got {value[0]}x{value[1]}")
+        return value
+
+    @model_validator(mode="after")
+    def _required_per_kind(self) -> DataConfig:
+        if self.kind == "folder" and self.root is None:
+            raise ValueError("data.root is required when data.kind is 'folder'")
+        if self.kind in TORCHVISION_KINDS and self.normal_class is None:
+            raise ValueError(f"data.normal_class is required when data.kind is '{self.kind}'")
+        if self.val_fraction + self.calibration_fraction >= 0.9:
+            raise ValueError("data.val_fraction + data.calibration_fraction must stay below 0.9")
+        return self
+
+
+class ModelConfig(StrictModel):
+    """Architecture of the autoencoder; channels double per block up to `max_channels`."""
+
+    architecture: Literal["ae", "vae", "unet"] = "ae"
+    depth: int = Field(4, ge=1, le=8)
+    base_channels: int = Field(32, ge=1)
+    max_channels: int = Field(256, ge=1)
+    latent_dim: int = Field(64, ge=1)
+    bottleneck: Literal["dense", "spatial"] = "dense"
+    downsample: Literal["stride", "pool"] = "stride"
+    upsample: Literal["bilinear", "transposed"] = "bilinear"
+
+
+class LossConfig(StrictModel):
+    """Reconstruction loss as a weighted sum of terms, plus the VAE's beta-weighted KL term."""
+
+    terms: dict[Literal["mse", "l1", "ssim"], float] = {"mse": 1.0}
+    kl_weight: float = Field(1.0, ge=0.0)
+    ssim_sigma: float = Field(1.5, gt=0.0, le=5.0)
+
+    @field_validator("terms")
+    @classmethod
+    def _some_positive_weight(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(weight < 0 for weight in value.values()):
+            raise ValueError("loss weights must be >= 0")
+        if not any(weight > 0 for weight in value.values()):
+            raise ValueError("at least one loss term needs a positive weight")
+        return value
+
+
+class TrainConfig(StrictModel):
+    """Optimisation. `corruption='auto'` corrupts inputs for the U-Net only (see training.corruption)."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.5, gt=0.0, le=1.0)
+    max_epochs: int = Field(20, ge=1)
+    min_epochs: int = Field(1, ge=0)
+    early_stopping_patience: int = Field(5, ge=0)
+    seed: int = 0
+    corruption: Literal["auto", "none", "synthetic"] = "auto"
+    corruption_probability: float = Field(0.75, ge=0.0, le=1.0)
+
+
+class TrainerConfig(StrictModel):
+    """Lightning Trainer settings, passed through; DDP runs use torchrun or SLURM with these."""
+
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool | Literal["warn"] = "warn"
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
+    log_every_n_steps: int = Field(10, ge=1)
+    enable_progress_bar: bool = True
+
+
+class TrackingConfig(StrictModel):
+    """MLflow. `uri` None means: $MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
+
+    uri: str | None = None
+    experiment: str = "anomaly"
+    run_name: str | None = None
+
+
+class Config(StrictModel):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: Path = Path("runs")
+
+    @model_validator(mode="after")
+    def _size_divisible_by_depth(self) -> Config:
+        factor = 2**self.model.depth
+        height, width = self.data.image_size
+        if height % factor or width % factor:
+            raise ValueError(
+                f"data.image_size {height}x{width} is not divisible by 2**model.depth = {factor}; "
+                f"use a multiple of {factor} or a smaller model.depth"
+            )
+        return self
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b=value` into its key path and a YAML-parsed value (so 3, true, [64, 64] work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise AnomalyError(f"override '{text}' must look like key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    node = raw
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise AnomalyError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, joined: 'config: unknown key model.foo; data.batch_size: ...'."""
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{location}'")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{location}: {message}" if location else message)
+    return "invalid config: " + "; ".join(problems)
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] = ()) -> Config:
+    raw = dict(raw)
+    for override in overrides:
+        apply_override(raw, *parse_override(override))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise AnomalyError(format_validation_error(error)) from None
+
+
+def load_config(path: Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, apply `key=value` overrides, validate; raise AnomalyError on any problem."""
+    if not path.is_file():
+        raise AnomalyError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise AnomalyError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise AnomalyError(f"config file {path} must hold a mapping of sections")
+    return build_config(raw, overrides)
+
+
+def flatten(config: BaseModel) -> dict[str, str | int | float | bool]:
+    """Flatten to dotted scalar params for MLflow (lists and paths become strings)."""
+    flat: dict[str, str | int | float | bool] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), child)
+        elif isinstance(value, (bool, int, float, str)):
+            flat[prefix] = value
+        elif value is None:
+            flat[prefix] = "none"
+        else:
+            flat[prefix] = str(value)
+
+    walk("", config.model_dump(mode="json"))
+    return flat

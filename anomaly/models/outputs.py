@@ -1,0 +1,19 @@
+"""The one inference contract every model returns, so scoring and export never branch on type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AutoencoderOutput:
+    reconstruction: torch.Tensor  # (B, C, H, W), in [0, 1] like the input
+    latent: torch.Tensor  # (B, D): the embedding used for latent distance
+
+
+@dataclass
+class VariationalOutput(AutoencoderOutput):
+    mu: torch.Tensor  # posterior mean, shaped like the code (B, D) or (B, D, h, w)
+    logvar: torch.Tensor  # posterior log-variance, same shape as mu

@@ -1,0 +1,62 @@
+"""MLflow tracking: where runs go and what each training run records."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from lightning.pytorch.loggers import MLFlowLogger
+from torchvision.utils import make_grid, save_image
+
+from anomaly.config import Config, flatten
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+GRID_IMAGES = 8
+
+
+def resolve_tracking_uri(config: Config) -> str:
+    """Config first, then $MLFLOW_TRACKING_URI (a team's shared server), then a local SQLite file."""
+    return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def create_logger(config: Config) -> MLFlowLogger:
+    logger = MLFlowLogger(
+        experiment_name=config.tracking.experiment,
+        run_name=config.tracking.run_name,
+        tracking_uri=resolve_tracking_uri(config),
+        tags={"architecture": config.model.architecture, "data.kind": config.data.kind},
+    )
+    logger.log_hyperparams(flatten(config))
+    return logger
+
+
+def reconstruction_grid(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    """Rows: inputs, reconstructions, absolute error (brightest = worst)."""
+    error = (images - reconstructions).abs()
+    error = error / error.amax().clamp_min(1e-8)
+    return make_grid(torch.cat((images, reconstructions, error)), nrow=len(images), padding=2, pad_value=1.0)
+
+
+def log_run_artifacts(
+    logger: MLFlowLogger,
+    config: Config,
+    split_record: dict[str, object],
+    grid: torch.Tensor,
+    checkpoint: Path,
+) -> None:
+    client, run_id = logger.experiment, logger.run_id
+    with tempfile.TemporaryDirectory() as folder:
+        config_path = Path(folder) / "config.yaml"
+        config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        client.log_artifact(run_id, str(config_path))
+        splits_path = Path(folder) / "splits.json"
+        splits_path.write_text(json.dumps(split_record, indent=1))
+        client.log_artifact(run_id, str(splits_path))
+        grid_path = Path(folder) / "reconstructions.png"
+        save_image(grid, grid_path)
+        client.log_artifact(run_id, str(grid_path), "plots")
+    client.log_artifact(run_id, str(checkpoint), "checkpoints")

@@ -1,0 +1,78 @@
+"""Train one model from a Config and record it in MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from anomaly.config import Config
+from anomaly.data.datamodule import AnomalyDataModule
+from anomaly.training.module import AutoencoderModule
+from anomaly.training.tracking import GRID_IMAGES, create_logger, log_run_artifacts, reconstruction_grid
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    tracking_uri: str
+    checkpoint: Path
+    best_val_loss: float
+    epochs: int
+
+
+def build_trainer(config: Config, logger: L.pytorch.loggers.Logger, output_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+    checkpoint = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints", filename="best", monitor="val_loss", mode="min", save_last=True
+    )
+    callbacks: list[L.Callback] = [checkpoint]
+    if config.train.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val_loss", patience=config.train.early_stopping_patience))
+    trainer_config = config.trainer
+    trainer = L.Trainer(
+        max_epochs=config.train.max_epochs,
+        min_epochs=config.train.min_epochs,
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=output_dir,
+        **trainer_config.model_dump(),
+    )
+    return trainer, checkpoint
+
+
+@torch.no_grad()
+def sample_reconstructions(module: AutoencoderModule, datamodule: AnomalyDataModule) -> torch.Tensor:
+    batch = next(iter(datamodule.val_dataloader()))["image"][:GRID_IMAGES].to(module.device)
+    module.eval()
+    return reconstruction_grid(batch.cpu(), module(batch).reconstruction.cpu())
+
+
+def train(config: Config) -> TrainResult:
+    """Fit on the normal training split; early-stop on validation normals; log everything to MLflow.
+
+    Data is loaded and validated before the MLflow run opens, so bad input leaves no empty run.
+    """
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    datamodule = AnomalyDataModule(config.data)
+    datamodule.setup("fit")
+    module = AutoencoderModule(config.model_dump(mode="json"))
+    logger = create_logger(config)
+    output_dir = config.output_dir / logger.run_id
+    trainer, checkpoint = build_trainer(config, logger, output_dir)
+    trainer.fit(module, datamodule=datamodule)
+    best = Path(checkpoint.best_model_path)
+    if trainer.is_global_zero:
+        best_module = AutoencoderModule.load_from_checkpoint(best, map_location="cpu")
+        grid = sample_reconstructions(best_module, datamodule)
+        log_run_artifacts(logger, config, datamodule.split_record(), grid, best)
+        logger.experiment.log_metric(logger.run_id, "best_val_loss", float(checkpoint.best_model_score))
+    return TrainResult(
+        run_id=logger.run_id,
+        tracking_uri=logger._tracking_uri,
+        checkpoint=best,
+        best_val_loss=float(checkpoint.best_model_score),
+        epochs=trainer.current_epoch,
+    )
