@@ -6,6 +6,7 @@ with a default. Errors are turned into one-line `AnomalyError`s that name the of
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -206,7 +207,7 @@ def format_validation_error(error: ValidationError) -> str:
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] = ()) -> Config:
-    raw = dict(raw)
+    raw = copy.deepcopy(raw)
     for override in overrides:
         apply_override(raw, *parse_override(override))
     try:

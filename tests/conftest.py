@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny real image folders, the shared real data sets, a temporary MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = Path(os.environ.get("ANOMALY_DATASETS", PROJECT_ROOT.parent / "shared" / "datasets"))
+
+
+def stripes(count: int, height: int, width: int, seed: int) -> np.ndarray:
+    """Normal texture: horizontal stripes of random phase and period, with sensor-like noise."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(height)[:, None]
+    images = []
+    for _ in range(count):
+        period, phase = rng.uniform(6, 10), rng.uniform(0, 2 * np.pi)
+        image = 0.5 + 0.35 * np.sin(2 * np.pi * rows / period + phase) + rng.normal(0, 0.03, (height, width))
+        images.append((np.clip(image, 0, 1) * 255).astype(np.uint8))
+    return np.stack(images)
+
+
+def write_texture_folder(root: Path, train: int = 24, test_good: int = 4, test_defect: int = 4) -> Path:
+    """An MVTec-layout folder of PNG and JPEG files of mixed sizes, with one defect type and masks."""
+    (root / "train" / "good").mkdir(parents=True)
+    (root / "test" / "good").mkdir(parents=True)
+    (root / "test" / "scratch").mkdir(parents=True)
+    (root / "ground_truth" / "scratch").mkdir(parents=True)
+    for i, image in enumerate(stripes(train, 40, 36, seed=0)):
+        suffix = ".png" if i % 2 else ".jpg"
+        Image.fromarray(image).save(root / "train" / "good" / f"{i:03d}{suffix}")
+    for i, image in enumerate(stripes(test_good, 48, 48, seed=1)):
+        Image.fromarray(image).convert("RGB").save(root / "test" / "good" / f"{i:03d}.png")
+    for i, image in enumerate(stripes(test_defect, 40, 36, seed=2)):
+        mask = np.zeros_like(image)
+        mask[10:20, 8 + i : 26 + i] = 255
+        image = np.where(mask > 0, 250, image).astype(np.uint8)
+        Image.fromarray(image).save(root / "test" / "scratch" / f"{i:03d}.png")
+        Image.fromarray(mask).save(root / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
+    return root
+
+
+@pytest.fixture
+def texture_folder(tmp_path: Path) -> Path:
+    return write_texture_folder(tmp_path / "textures")
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The real data sets beside the project. CI always has them, so there a gap fails the run."""
+    if not SHARED_DATASETS.is_dir():
+        message = f"real data sets not found at {SHARED_DATASETS} (set ANOMALY_DATASETS)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_DATASETS
+
+
+def tiny_config(root: Path, architecture: str = "ae", **sections: dict) -> dict:
+    """A config small enough to train in seconds on 2 CPU cores."""
+    config = {
+        "data": {"kind": "folder", "root": str(root), "image_size": [32, 32], "channels": 1, "batch_size": 8},
+        "model": {"architecture": architecture, "depth": 3, "base_channels": 8, "latent_dim": 16},
+        "train": {"max_epochs": 2, "early_stopping_patience": 0},
+        "trainer": {"enable_progress_bar": False},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    return config

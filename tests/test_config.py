@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from anomaly.config import build_config, flatten, load_config, parse_override
+from anomaly.errors import AnomalyError
+
+BASE = {"data": {"kind": "folder", "root": "somewhere", "image_size": 32}, "model": {"depth": 3}}
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    config = build_config(BASE, ["model.depth=2", "data.image_size=[16, 24]", "data.augment.hflip=true", "train.lr=0.01"])
+    assert config.model.depth == 2
+    assert config.data.image_size == (16, 24)
+    assert config.data.augment.hflip is True
+    assert config.train.lr == pytest.approx(0.01)
+
+
+def test_unknown_nested_key_is_named():
+    with pytest.raises(AnomalyError, match=r"unknown key 'model\.widht'"):
+        build_config(BASE, ["model.widht=3"])
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(AnomalyError, match=r"unknown key 'modle'"):
+        build_config({**BASE, "modle": {"depth": 3}})
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(AnomalyError, match=r"data\.batch_size: Input should be greater than or equal to 1"):
+        build_config(BASE, ["data.batch_size=0"])
+
+
+def test_bad_choice_names_the_key():
+    with pytest.raises(AnomalyError, match=r"model\.architecture: Input should be 'ae', 'vae' or 'unet'"):
+        build_config(BASE, ["model.architecture=gan"])
+
+
+def test_image_size_must_be_divisible_by_depth():
+    with pytest.raises(AnomalyError, match=r"data\.image_size 30x32 is not divisible by 2\*\*model\.depth = 8"):
+        build_config(BASE, ["data.image_size=[30, 32]"])
+
+
+def test_folder_needs_root_and_torchvision_needs_class():
+    with pytest.raises(AnomalyError, match="data.root is required"):
+        build_config({"data": {"kind": "folder"}})
+    with pytest.raises(AnomalyError, match="data.normal_class is required"):
+        build_config({"data": {"kind": "mnist"}})
+
+
+def test_override_into_a_value_is_refused():
+    with pytest.raises(AnomalyError, match=r"override model\.depth\.x: model\.depth is not a section"):
+        build_config(BASE, ["model.depth.x=1"])
+    with pytest.raises(AnomalyError, match="must look like key.sub=value"):
+        parse_override("=3")
+
+
+def test_load_config_errors(tmp_path: Path):
+    with pytest.raises(AnomalyError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data:\n  kind: [folder\n")
+    with pytest.raises(AnomalyError, match="is not valid YAML at line"):
+        load_config(broken)
+
+
+def test_shipped_pipeline_configs_validate():
+    configs = sorted((Path(__file__).parents[1] / "pipelines").glob("*.yaml"))
+    assert {path.stem for path in configs} >= {"mnist", "kolektorsdd", "elpv"}
+    for path in configs:
+        load_config(path)
+
+
+def test_flatten_gives_scalar_params_only():
+    flat = flatten(build_config(BASE))
+    assert flat["model.depth"] == 3
+    assert flat["data.image_size"] == "[32, 32]"
+    assert flat["loss.terms.mse"] == 1.0
+    assert all(isinstance(value, (str, int, float, bool)) for value in flat.values())

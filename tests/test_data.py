@@ -1,0 +1,157 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomaly.config import AugmentConfig, DataConfig
+from anomaly.data.datamodule import AnomalyDataModule
+from anomaly.data.dataset import build_augmentation
+from anomaly.data.folder import load_folder
+from anomaly.data.splits import split_normals
+from anomaly.data.synthetic import perlin_noise, synthesize_anomalies, synthetic_anomaly_set
+from anomaly.errors import AnomalyError
+from anomaly.imageio import decode_image
+
+
+def test_folder_layout_is_loaded_with_categories_masks_and_resizing(texture_folder: Path):
+    source = load_folder(texture_folder, (32, 32), 3)
+    assert source.train.images.shape == (24, 32, 32, 3)
+    assert source.train.labels.sum() == 0
+    test = source.test
+    assert test.categories == ["good"] * 4 + ["scratch"] * 4
+    assert test.labels.tolist() == [0] * 4 + [1] * 4
+    assert test.masks.shape == (8, 32, 32)
+    assert not test.masks[:4].any() and all(mask.any() for mask in test.masks[4:])
+    assert set(np.unique(test.masks)) <= {False, True}
+
+
+def test_missing_folder(tmp_path: Path):
+    with pytest.raises(AnomalyError, match="data folder not found"):
+        load_folder(tmp_path / "nowhere", (32, 32), 1)
+
+
+def test_empty_train_good(texture_folder: Path):
+    for image in (texture_folder / "train" / "good").iterdir():
+        image.unlink()
+    (texture_folder / "train" / "good" / "notes.txt").write_text("not an image")
+    with pytest.raises(AnomalyError, match=r"no training images in .*train/good"):
+        load_folder(texture_folder, (32, 32), 1)
+
+
+def test_mask_without_image(texture_folder: Path):
+    (texture_folder / "test" / "scratch" / "002.png").unlink()
+    with pytest.raises(AnomalyError, match=r"mask .*002_mask.png has no image"):
+        load_folder(texture_folder, (32, 32), 1)
+
+
+def test_defect_image_without_mask(texture_folder: Path):
+    (texture_folder / "ground_truth" / "scratch" / "001_mask.png").unlink()
+    with pytest.raises(AnomalyError, match=r"image .*scratch/001.png has no mask"):
+        load_folder(texture_folder, (32, 32), 1)
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image", "truncated"])
+def test_unreadable_image_is_named(texture_folder: Path, content):
+    target = texture_folder / "train" / "good" / "001.png"
+    if content == "truncated":
+        content = target.read_bytes()[:200]
+    target.write_bytes(content)
+    with pytest.raises(AnomalyError, match=r"cannot read image .*001.png"):
+        load_folder(texture_folder, (32, 32), 1)
+
+
+def test_decode_converts_modes(tmp_path: Path):
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (10, 6), (200, 10, 10, 128)).save(rgba)
+    assert decode_image(rgba, 1).shape == (6, 10, 1)
+    assert decode_image(rgba, 3, (4, 8)).shape == (4, 8, 3)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((5, 5), 40000, dtype=np.uint16)).save(deep)
+    assert decode_image(deep, 1).max() == 255
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    split = split_normals(100, 0.1, 0.2, seed=3)
+    parts = [set(split.train), set(split.val), set(split.calibration)]
+    assert [len(part) for part in parts] == [70, 10, 20]
+    assert set.union(*parts) == set(range(100)) and sum(map(len, parts)) == 100
+    again = split_normals(100, 0.1, 0.2, seed=3)
+    assert np.array_equal(again.calibration, split.calibration)
+    assert not np.array_equal(split_normals(100, 0.1, 0.2, seed=4).calibration, split.calibration)
+    with pytest.raises(AnomalyError, match="need at least 3 normal training images"):
+        split_normals(2, 0.1, 0.1, seed=0)
+
+
+def test_datamodule_records_splits_and_builds_synthetic_validation(texture_folder: Path):
+    datamodule = AnomalyDataModule(DataConfig(kind="folder", root=texture_folder, image_size=(32, 32), synthetic_validation=True, batch_size=4))
+    datamodule.setup()
+    record = datamodule.split_record()
+    assert len(record["train"]) + len(record["val"]) + len(record["calibration"]) == 24
+    assert not set(record["calibration"]) & set(record["train"])
+    batch = next(iter(datamodule.labelled_val_dataloader()))
+    assert batch["image"].shape[1:] == (1, 32, 32)
+    labelled = [sample["label"] for sample in datamodule.labelled_val_dataloader().dataset]
+    assert labelled.count(0) == labelled.count(1) == len(record["val"])
+
+
+def test_perlin_noise_and_synthetic_anomalies():
+    generator = torch.Generator().manual_seed(0)
+    noise = perlin_noise(40, 24, 4, 2, generator)
+    assert noise.shape == (40, 24) and noise.abs().max() <= 1.5 and noise.std() > 0.1
+    images = torch.rand(6, 1, 32, 32) * 0.1
+    corrupted, masks = synthesize_anomalies(images, torch.Generator().manual_seed(1))
+    assert masks.shape == (6, 1, 32, 32) and all(mask.sum() > 0 for mask in masks)
+    assert torch.allclose(corrupted * (1 - masks), images * (1 - masks))
+    assert (corrupted - images).abs()[masks.bool()].mean() > 0.05
+    untouched, empty = synthesize_anomalies(images, torch.Generator().manual_seed(1), probability=0.0)
+    assert torch.equal(untouched, images) and empty.sum() == 0
+
+
+def test_synthetic_anomaly_set_is_reproducible(texture_folder: Path):
+    normals = load_folder(texture_folder, (32, 32), 1).train
+    first, second = synthetic_anomaly_set(normals, seed=5), synthetic_anomaly_set(normals, seed=5)
+    assert np.array_equal(first.images, second.images) and np.array_equal(first.masks, second.masks)
+    assert first.labels.tolist() == [1] * len(normals) and first.masks.any(axis=(1, 2)).all()
+
+
+def test_augmentation_is_off_by_default_and_configurable():
+    assert build_augmentation(AugmentConfig()) is None
+    flip = build_augmentation(AugmentConfig(hflip=True))
+    image = torch.arange(12.0).reshape(1, 3, 4) / 12
+    outcomes = {tuple(flip(image).flatten().tolist()) for _ in range(40)}
+    assert outcomes == {tuple(image.flatten().tolist()), tuple(image.flip(-1).flatten().tolist())}
+
+
+def test_mnist_one_class_from_local_files(shared_datasets: Path):
+    datamodule = AnomalyDataModule(DataConfig(kind="mnist", root=shared_datasets, normal_class=8, image_size=(32, 32)))
+    datamodule.setup()
+    total = len(datamodule.train_set) + len(datamodule.val_set) + len(datamodule.calibration_set)
+    assert total == 5851  # training images of digit 8
+    assert len(datamodule.test_set) == 10_000
+    assert (datamodule.test_set.labels == 0).sum() == 974  # test images of digit 8
+    assert datamodule.train_set.images.shape[1:] == (32, 32, 1)
+
+
+def test_mnist_missing_files_hint_download(tmp_path: Path):
+    datamodule = AnomalyDataModule(DataConfig(kind="mnist", root=tmp_path, normal_class=1))
+    with pytest.raises(AnomalyError, match="mnist not found under .*set data.download=true"):
+        datamodule.setup()
+
+
+def test_kolektorsdd_layout(shared_datasets: Path):
+    source = load_folder(shared_datasets / "kolektorsdd", (160, 64), 1)
+    assert len(source.train) == 278
+    assert source.test.labels.tolist().count(1) == 52 and source.test.labels.tolist().count(0) == 69
+    assert source.test.masks[source.test.labels == 1].any(axis=(1, 2)).all()
+
+
+def test_elpv_split_by_defect_probability():
+    datamodule = AnomalyDataModule(DataConfig(kind="elpv", image_size=(32, 32), elpv_module_type="mono"))
+    datamodule.setup()
+    test = datamodule.test_set
+    assert set(test.categories) == {"good", "p>=0.67"}
+    normal_names = set(datamodule.split_record()["train"]) | set(datamodule.split_record()["val"])
+    assert not normal_names & set(test.names)
+    assert 0.1 < test.labels.mean() < 0.9

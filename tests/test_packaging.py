@@ -1,0 +1,42 @@
+"""Install boundaries and the README's promises."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_scoring_side_modules_import_without_torch():
+    code = "import sys, anomaly.config, anomaly.imageio, anomaly.errors, anomaly.cli; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "False"
+
+
+def test_serving_install_does_not_pull_torch():
+    uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+    result = subprocess.run(
+        [uv, "export", "--locked", "--no-dev", "--extra", "serve", "--format", "requirements-txt", "--no-hashes"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )
+    packages = {line.split("==")[0].lower() for line in result.stdout.splitlines() if "==" in line}
+    assert {"onnxruntime", "bentoml", "numpy", "pillow"} <= packages
+    assert not {name for name in packages if name in {"torch", "torchvision", "lightning", "triton"} or name.startswith("nvidia-cu")}
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.+?)\n```", readme)
+    test_command = next(command for command in commands if "pytest" in command)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_cli_exits_non_zero_with_one_line_on_bad_input(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "anomaly.cli", "train", "--config", str(tmp_path / "missing.yaml")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: config file not found: {tmp_path / 'missing.yaml'}"
