@@ -1,0 +1,1 @@
+"""Training: losses, the LightningModule, MLflow tracking."""

@@ -1,0 +1,1 @@
+"""NumPy/SciPy-only calibration: importable without torch, shared with the service."""

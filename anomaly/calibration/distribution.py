@@ -1,0 +1,86 @@
+"""A score's distribution under normality: empirical body, generalised-Pareto upper tail.
+
+p-values come from the empirical distribution (conformal style, (1 + #{x >= s}) / (n + 1)) up
+to the tail threshold u (by default the 90th percentile), and from a generalised Pareto
+distribution fitted to the exceedances above u beyond it. So a score far beyond anything seen
+still gets a graded, non-zero p-value. The shape is kept >= 0 (exponential or heavier tail),
+so the fit never claims a finite upper end point that a few samples cannot support.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+MIN_TAIL_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class TailFittedDistribution:
+    sample: np.ndarray  # sorted calibration scores
+    tail_threshold: float
+    shape: float
+    scale: float
+
+    @classmethod
+    def fit(cls, scores: np.ndarray, tail_fraction: float = 0.1) -> TailFittedDistribution:
+        sample = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+        if len(sample) < 2 * MIN_TAIL_SAMPLES:
+            raise ValueError(f"need at least {2 * MIN_TAIL_SAMPLES} calibration scores, got {len(sample)}")
+        tail_count = max(MIN_TAIL_SAMPLES, int(round(len(sample) * tail_fraction)))
+        threshold = float(sample[-tail_count - 1])
+        excess = sample[sample > threshold] - threshold
+        shape, scale = _fit_generalised_pareto(excess)
+        return cls(sample=sample, tail_threshold=threshold, shape=shape, scale=scale)
+
+    @property
+    def tail_mass(self) -> float:
+        """p-value at the tail threshold: where the empirical body hands over to the fitted tail."""
+        return (1 + np.count_nonzero(self.sample > self.tail_threshold)) / (len(self.sample) + 1)
+
+    def pvalue(self, scores: np.ndarray | float) -> np.ndarray:
+        scores = np.asarray(scores, dtype=np.float64)
+        count = len(self.sample)
+        at_or_above = count - np.searchsorted(self.sample, scores, side="left")
+        empirical = (1 + at_or_above) / (count + 1)
+        tail = self.tail_mass * stats.genpareto.sf(scores - self.tail_threshold, self.shape, scale=self.scale)
+        return np.where(scores > self.tail_threshold, tail, empirical)
+
+    def score_at_pvalue(self, alpha: float) -> float:
+        """The smallest score whose p-value is at most alpha: the decision threshold at FPR alpha."""
+        if alpha < self.tail_mass:
+            return float(self.tail_threshold + stats.genpareto.isf(alpha / self.tail_mass, self.shape, scale=self.scale))
+        count = len(self.sample)
+        # empirical p of sample[i] (ties aside) is (count - i + 1) / (count + 1) <= alpha
+        index = int(np.ceil(count + 1 - alpha * (count + 1)))
+        return float(self.sample[min(max(index, 0), count - 1)])
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "sample": self.sample.tolist(),
+            "tail_threshold": self.tail_threshold,
+            "genpareto_shape": self.shape,
+            "genpareto_scale": self.scale,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> TailFittedDistribution:
+        return cls(
+            sample=np.asarray(data["sample"], dtype=np.float64),
+            tail_threshold=float(data["tail_threshold"]),
+            shape=float(data["genpareto_shape"]),
+            scale=float(data["genpareto_scale"]),
+        )
+
+
+def _fit_generalised_pareto(excess: np.ndarray) -> tuple[float, float]:
+    mean_excess = float(excess.mean()) if excess.size else 0.0
+    fallback = (0.0, max(mean_excess, 1e-12))  # exponential tail
+    if excess.size < MIN_TAIL_SAMPLES or np.ptp(excess) <= 0:
+        return fallback
+    shape, _, scale = stats.genpareto.fit(excess, floc=0.0)
+    if not np.isfinite(shape) or not np.isfinite(scale) or shape < 0 or scale <= 0:
+        return fallback
+    return float(shape), float(scale)

@@ -1,0 +1,1 @@
+"""Data sources, splits, synthetic anomalies, and the Lightning DataModule."""

@@ -1,0 +1,82 @@
+"""MVTec AD folder layout: train/good, test/<category>, ground_truth/<category>/<stem>_mask.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from anomaly.data.imageset import NORMAL_CATEGORY, ImageSet, SourceData, normal_set
+from anomaly.errors import AnomalyError
+from anomaly.imageio import decode_image, is_image_file, load_mask
+
+MASK_SUFFIX = "_mask"
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if is_image_file(path))
+
+
+def _decode_all(files: list[Path], size: tuple[int, int], channels: int) -> np.ndarray:
+    return np.stack([decode_image(path, channels, size) for path in files])
+
+
+def _check_masks_have_images(root: Path, test_files: dict[str, list[Path]]) -> None:
+    truth = root / "ground_truth"
+    if not truth.is_dir():
+        return
+    for category_dir in sorted(path for path in truth.iterdir() if path.is_dir()):
+        stems = {path.stem for path in test_files.get(category_dir.name, [])}
+        for mask in _image_files(category_dir):
+            if mask.stem.removesuffix(MASK_SUFFIX) not in stems:
+                raise AnomalyError(
+                    f"mask {mask} has no image: expected {root / 'test' / category_dir.name}/"
+                    f"{mask.stem.removesuffix(MASK_SUFFIX)}.<ext>"
+                )
+
+
+def _mask_for(root: Path, category: str, image: Path) -> Path:
+    folder = root / "ground_truth" / category
+    candidates = _image_files(folder) if folder.is_dir() else []
+    matches = [path for path in candidates if path.stem == image.stem + MASK_SUFFIX]
+    if not matches:
+        raise AnomalyError(f"image {image} has no mask: expected {folder}/{image.stem}{MASK_SUFFIX}.png")
+    return matches[0]
+
+
+def _load_test(root: Path, size: tuple[int, int], channels: int) -> ImageSet:
+    test_dir = root / "test"
+    categories = sorted(p.name for p in test_dir.iterdir() if p.is_dir()) if test_dir.is_dir() else []
+    files = {category: _image_files(test_dir / category) for category in categories}
+    _check_masks_have_images(root, files)
+    ordered = [(category, path) for category in categories for path in files[category]]
+    if not ordered:
+        empty = np.zeros((0, *size, channels), dtype=np.uint8)
+        return ImageSet(empty, np.zeros(0, dtype=np.int64), [], [])
+    masks = None
+    if (root / "ground_truth").is_dir():
+        masks = np.zeros((len(ordered), *size), dtype=bool)
+        for i, (category, path) in enumerate(ordered):
+            if category != NORMAL_CATEGORY:
+                masks[i] = load_mask(_mask_for(root, category, path), size)
+    return ImageSet(
+        images=_decode_all([path for _, path in ordered], size, channels),
+        labels=np.array([int(category != NORMAL_CATEGORY) for category, _ in ordered], dtype=np.int64),
+        categories=[category for category, _ in ordered],
+        names=[str(path) for _, path in ordered],
+        masks=masks,
+    )
+
+
+def load_folder(root: Path, size: tuple[int, int], channels: int) -> SourceData:
+    """Load an MVTec-layout folder; every problem is reported as a one-line AnomalyError."""
+    if not root.is_dir():
+        raise AnomalyError(f"data folder not found: {root}")
+    train_dir = root / "train" / NORMAL_CATEGORY
+    if not train_dir.is_dir():
+        raise AnomalyError(f"data folder {root} has no train/{NORMAL_CATEGORY} folder of normal images")
+    train_files = _image_files(train_dir)
+    if not train_files:
+        raise AnomalyError(f"no training images in {train_dir}")
+    train = normal_set(_decode_all(train_files, size, channels), [str(path) for path in train_files])
+    return SourceData(train=train, test=_load_test(root, size, channels))
