@@ -49,6 +49,49 @@ def train(config: ConfigOption, set_: SetOption = None, overrides: ExtraOverride
     typer.echo(f"best val loss: {result.best_val_loss:.6f} after {result.epochs} epochs")
 
 
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint written by `anomaly train`.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for metrics.json, plots, calibration.")] = None,
+    set_: SetOption = None,
+    overrides: ExtraOverrides = None,
+) -> None:
+    """Calibrate on held-out normal images, then evaluate on the test images."""
+    from anomaly.evaluation.run import evaluate_checkpoint
+
+    folder = output or checkpoint.parent.parent / "evaluation"
+    result = evaluate_checkpoint(checkpoint, collect_overrides(set_, overrides), folder)
+    metrics = result.metrics
+    typer.echo(f"image auroc: {metrics['image_auroc']:.4f} (combined)")
+    for signal, values in metrics["image"].items():
+        typer.echo(f"  {signal}: auroc {values['auroc']:.4f}, aupr {values['aupr']:.4f}")
+    typer.echo(f"at target fpr {metrics['target_fpr']}: test fpr {metrics['test_fpr']:.4f}, recall {metrics['at_target_fpr']['recall']:.4f}")
+    if "pixel_auroc" in metrics:
+        typer.echo(f"pixel auroc: {metrics['pixel_auroc']:.4f}, aupro: {metrics['pixel_aupro']:.4f}")
+    typer.echo(f"metrics: {result.output_dir / 'metrics.json'}")
+
+
+@app.command()
+def oneclass(
+    config: ConfigOption,
+    classes: Annotated[str, typer.Option(help="Comma-separated normal classes.")] = "0,1,2,3,4,5,6,7,8,9",
+    architectures: Annotated[str, typer.Option(help="Comma-separated: ae, vae, unet.")] = "ae",
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("runs/oneclass"),
+    set_: SetOption = None,
+    overrides: ExtraOverrides = None,
+) -> None:
+    """The one-class protocol: train and evaluate with each class in turn as the normal one."""
+    from anomaly.evaluation.oneclass import markdown_table, run_oneclass
+
+    try:
+        class_list = [int(item) for item in classes.split(",")]
+    except ValueError:
+        raise AnomalyError(f"--classes takes comma-separated integers, got '{classes}'") from None
+    results = run_oneclass(config, collect_overrides(set_, overrides), class_list, architectures.split(","), output)
+    typer.echo(markdown_table(results))
+    typer.echo(f"results: {output / 'oneclass.json'}")
+
+
 def main() -> None:
     try:
         app()

@@ -127,6 +127,22 @@ class TrainConfig(StrictModel):
     corruption_probability: float = Field(0.75, ge=0.0, le=1.0)
 
 
+class ScoringConfig(StrictModel):
+    """How images are scored and calibrated (see anomaly.scoring and anomaly.calibration)."""
+
+    map: Literal["squared", "ssim"] = "squared"
+    smoothing_sigma: float = Field(2.0, ge=0.0, le=16.0)
+    reduction: Literal["mean", "max", "topk"] = "topk"
+    topk_fraction: float = Field(0.01, gt=0.0, le=1.0)
+    latent: Literal["mahalanobis", "knn"] = "mahalanobis"
+    knn_k: int = Field(5, ge=1)
+    knn_bank_size: int = Field(4096, ge=1)
+    combine: Literal["fisher", "min_p"] = "fisher"
+    tail_fraction: float = Field(0.1, gt=0.0, le=0.5)
+    target_fpr: float = Field(0.01, gt=0.0, lt=0.5)
+    pixel_sample_size: int = Field(20_000, ge=100)
+
+
 class TrainerConfig(StrictModel):
     """Lightning Trainer settings, passed through; DDP runs use torchrun or SLURM with these."""
 
@@ -155,6 +171,7 @@ class Config(StrictModel):
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    scoring: ScoringConfig = ScoringConfig()
     trainer: TrainerConfig = TrainerConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: Path = Path("runs")
@@ -231,8 +248,8 @@ def load_config(path: Path, overrides: list[str] = ()) -> Config:
     return build_config(raw, overrides)
 
 
-def flatten(config: BaseModel) -> dict[str, str | int | float | bool]:
-    """Flatten to dotted scalar params for MLflow (lists and paths become strings)."""
+def flatten_mapping(mapping: dict[str, Any]) -> dict[str, str | int | float | bool]:
+    """Flatten nested dicts to dotted scalar keys (lists and paths become strings, None 'none')."""
     flat: dict[str, str | int | float | bool] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -246,5 +263,10 @@ def flatten(config: BaseModel) -> dict[str, str | int | float | bool]:
         else:
             flat[prefix] = str(value)
 
-    walk("", config.model_dump(mode="json"))
+    walk("", mapping)
     return flat
+
+
+def flatten(config: BaseModel) -> dict[str, str | int | float | bool]:
+    """A config as flat scalar params, the form MLflow takes."""
+    return flatten_mapping(config.model_dump(mode="json"))

@@ -1,6 +1,7 @@
 """A score's distribution under normality: empirical body, generalised-Pareto upper tail.
 
-p-values come from the empirical distribution (conformal style, (1 + #{x >= s}) / (n + 1)) up
+p-values come from the empirical distribution (conformal style, (1 + #{x >= s}) / (n + 1) at
+the calibration scores, linearly interpolated between them so that p-values do not tie) up
 to the tail threshold u (by default the 90th percentile), and from a generalised Pareto
 distribution fitted to the exceedances above u beyond it. So a score far beyond anything seen
 still gets a graded, non-zero p-value. The shape is kept >= 0 (exponential or heavier tail),
@@ -40,22 +41,23 @@ class TailFittedDistribution:
         """p-value at the tail threshold: where the empirical body hands over to the fitted tail."""
         return (1 + np.count_nonzero(self.sample > self.tail_threshold)) / (len(self.sample) + 1)
 
+    @property
+    def _sample_pvalues(self) -> np.ndarray:
+        count = len(self.sample)
+        at_or_above = count - np.searchsorted(self.sample, self.sample, side="left")
+        return (1 + at_or_above) / (count + 1)
+
     def pvalue(self, scores: np.ndarray | float) -> np.ndarray:
         scores = np.asarray(scores, dtype=np.float64)
-        count = len(self.sample)
-        at_or_above = count - np.searchsorted(self.sample, scores, side="left")
-        empirical = (1 + at_or_above) / (count + 1)
+        empirical = np.interp(scores, self.sample, self._sample_pvalues, left=1.0)
         tail = self.tail_mass * stats.genpareto.sf(scores - self.tail_threshold, self.shape, scale=self.scale)
         return np.where(scores > self.tail_threshold, tail, empirical)
 
     def score_at_pvalue(self, alpha: float) -> float:
-        """The smallest score whose p-value is at most alpha: the decision threshold at FPR alpha."""
+        """The score whose p-value is alpha: the decision threshold at false-positive rate alpha."""
         if alpha < self.tail_mass:
             return float(self.tail_threshold + stats.genpareto.isf(alpha / self.tail_mass, self.shape, scale=self.scale))
-        count = len(self.sample)
-        # empirical p of sample[i] (ties aside) is (count - i + 1) / (count + 1) <= alpha
-        index = int(np.ceil(count + 1 - alpha * (count + 1)))
-        return float(self.sample[min(max(index, 0), count - 1)])
+        return float(np.interp(alpha, self._sample_pvalues[::-1], self.sample[::-1]))
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -61,6 +61,10 @@ class AnomalyDataModule(L.LightningDataModule):
         # A last batch of one image would break BatchNorm in training mode.
         return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.config.batch_size)
 
+    def train_dataloader_for_fitting(self) -> DataLoader:
+        """The training split without augmentation or shuffling: for fitting latent statistics."""
+        return self._loader(ImageSetDataset(self.train_set))
+
     def val_dataloader(self) -> DataLoader:
         return self._loader(ImageSetDataset(self.val_set))
 

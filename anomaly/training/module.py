@@ -23,10 +23,11 @@ def uses_corruption(config: Config) -> bool:
 class AutoencoderModule(L.LightningModule):
     """Trains to reconstruct clean normal images, optionally from synthetically corrupted inputs.
 
-    The resolved config is stored in the checkpoint, so a checkpoint alone rebuilds the model.
+    The resolved config and the MLflow run are stored in the checkpoint, so a checkpoint alone
+    rebuilds the model and later steps (evaluation) log into the same run.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], mlflow_run_id: str | None = None, tracking_uri: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.config = Config.model_validate(config)

@@ -12,7 +12,13 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from anomaly.config import Config
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.training.module import AutoencoderModule
-from anomaly.training.tracking import GRID_IMAGES, create_logger, log_run_artifacts, reconstruction_grid
+from anomaly.training.tracking import (
+    GRID_IMAGES,
+    create_logger,
+    log_run_artifacts,
+    reconstruction_grid,
+    resolve_tracking_uri,
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,8 @@ def train(config: Config) -> TrainResult:
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     datamodule = AnomalyDataModule(config.data)
     datamodule.setup("fit")
-    module = AutoencoderModule(config.model_dump(mode="json"))
     logger = create_logger(config)
+    module = AutoencoderModule(config.model_dump(mode="json"), mlflow_run_id=logger.run_id, tracking_uri=resolve_tracking_uri(config))
     output_dir = config.output_dir / logger.run_id
     trainer, checkpoint = build_trainer(config, logger, output_dir)
     trainer.fit(module, datamodule=datamodule)
@@ -71,7 +77,7 @@ def train(config: Config) -> TrainResult:
         logger.experiment.log_metric(logger.run_id, "best_val_loss", float(checkpoint.best_model_score))
     return TrainResult(
         run_id=logger.run_id,
-        tracking_uri=logger._tracking_uri,
+        tracking_uri=resolve_tracking_uri(config),
         checkpoint=best,
         best_val_loss=float(checkpoint.best_model_score),
         epochs=trainer.current_epoch,

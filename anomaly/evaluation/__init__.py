@@ -1,0 +1,1 @@
+"""Evaluation on labelled test images: metrics, plots, the one-class protocol."""

@@ -1,0 +1,79 @@
+"""Evaluate a calibrated detector on the labelled test set."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from anomaly.calibration.artifact import Calibration, ScorePValues
+from anomaly.evaluation.metrics import decision_metrics, pixel_metrics, ranking_metrics
+from anomaly.scoring.fit import ScoredSet
+
+
+def signal_scores(scored: ScoredSet, pvalues: ScorePValues) -> dict[str, np.ndarray]:
+    """The three ranked signals. The combined one is ranked by its combination statistic, which
+    orders images as the combined p-value does but does not tie where p underflows to 0."""
+    return {
+        "reconstruction": scored.reconstruction_scores,
+        "latent": scored.latent_distances,
+        "combined": pvalues.statistic,
+    }
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: undefined metrics (one class only) become null."""
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def evaluate_scored(calibration: Calibration, scored: ScoredSet) -> dict[str, Any]:
+    pvalues = calibration.pvalues(scored.reconstruction_scores, scored.latent_distances)
+    signals = signal_scores(scored, pvalues)
+    image = {name: ranking_metrics(scored.labels, scores) for name, scores in signals.items()}
+    decisions = calibration.is_anomaly(pvalues)
+    at_target = decision_metrics(scored.labels, decisions)
+    metrics: dict[str, Any] = {
+        "image_auroc": image["combined"]["auroc"],
+        "image_aupr": image["combined"]["aupr"],
+        "target_fpr": calibration.target_fpr,
+        "test_fpr": at_target["fpr"],
+        "threshold": 1.0 - calibration.target_fpr,
+        "counts": {"normal": int((scored.labels == 0).sum()), "anomalous": int((scored.labels == 1).sum())},
+        "image": image,
+        "at_target_fpr": at_target,
+    }
+    if calibration.f1_optimal_score is not None:
+        metrics["at_f1_optimal_threshold"] = {
+            "threshold": calibration.f1_optimal_score,
+            **decision_metrics(scored.labels, pvalues.anomaly_score >= calibration.f1_optimal_score),
+        }
+    has_masks = bool(scored.masks[scored.labels == 1].any()) if (scored.labels == 1).any() else False
+    if has_masks:
+        pixel = pixel_metrics(scored.masks, scored.maps)
+        threshold = calibration.pixel_threshold()
+        pixel_decisions = decision_metrics(scored.masks.ravel(), scored.maps.ravel() > threshold)
+        metrics["pixel_auroc"] = pixel["auroc"]
+        metrics["pixel_aupro"] = pixel["aupro"]
+        metrics["pixel"] = {**pixel, "threshold": threshold, "at_target_fpr": pixel_decisions}
+    metrics["categories"] = category_breakdown(scored, signals["combined"], decisions)
+    return _clean(metrics)
+
+
+def category_breakdown(scored: ScoredSet, scores: np.ndarray, decisions: np.ndarray) -> dict[str, Any]:
+    """Per defect category: AUROC against all test normals, and recall at the target FPR."""
+    categories = np.asarray(scored.categories)
+    normal = scored.labels == 0
+    breakdown = {}
+    for category in sorted(set(categories[~normal])):
+        chosen = normal | (categories == category)
+        breakdown[category] = {
+            "count": int((categories == category).sum()),
+            "auroc": ranking_metrics(scored.labels[chosen], scores[chosen])["auroc"],
+            "recall_at_target_fpr": float(decisions[categories == category].mean()),
+        }
+    return breakdown

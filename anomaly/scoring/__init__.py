@@ -1,0 +1,1 @@
+"""Per-image scores from a trained model: anomaly maps, reconstruction scores, latent distances."""

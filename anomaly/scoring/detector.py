@@ -1,0 +1,88 @@
+"""AnomalyDetector: the trained autoencoder plus its scoring head, as one nn.Module.
+
+Evaluation runs this module and export traces this module, so what is served is what was
+evaluated. It stops at raw scores: p-values and decisions live in anomaly.calibration (NumPy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from anomaly.config import Config
+from anomaly.errors import AnomalyError
+from anomaly.models import build_model
+from anomaly.scoring.latent import NearestNeighbourDistance, build_latent_distance
+from anomaly.scoring.maps import AnomalyMap, MapReduction
+
+
+@dataclass
+class DetectorOutput:
+    reconstruction: torch.Tensor  # (B, C, H, W)
+    latent: torch.Tensor  # (B, D)
+    anomaly_map: torch.Tensor  # (B, 1, H, W)
+    reconstruction_score: torch.Tensor  # (B,)
+    latent_distance: torch.Tensor  # (B,)
+
+
+@torch.no_grad()
+def latent_size(model: nn.Module, channels: int, image_size: tuple[int, int]) -> int:
+    was_training = model.training
+    model.eval()
+    size = model(torch.zeros(1, channels, *image_size)).latent.shape[1]
+    model.train(was_training)
+    return int(size)
+
+
+class AnomalyDetector(nn.Module):
+    def __init__(self, config: Config, model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        data = config.data
+        self.model = model if model is not None else build_model(config.model, data.channels, data.image_size)
+        self.anomaly_map = AnomalyMap(config.scoring)
+        self.reduce = MapReduction(config.scoring, data.image_size)
+        self.latent_distance = build_latent_distance(config.scoring, latent_size(self.model, data.channels, data.image_size))
+
+    def forward(self, images: torch.Tensor) -> DetectorOutput:
+        output = self.model(images)
+        anomaly_map = self.anomaly_map(images, output.reconstruction)
+        return DetectorOutput(
+            reconstruction=output.reconstruction,
+            latent=output.latent,
+            anomaly_map=anomaly_map,
+            reconstruction_score=self.reduce(anomaly_map),
+            latent_distance=self.latent_distance(output.latent),
+        )
+
+
+def weights_checksum(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer, by name: identifies the exact weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_detector(detector: AnomalyDetector, path: Path) -> None:
+    torch.save({"config": detector.config.model_dump(mode="json"), "state_dict": detector.state_dict()}, path)
+
+
+def load_detector(path: Path) -> AnomalyDetector:
+    if not path.is_file():
+        raise AnomalyError(f"detector file not found: {path}")
+    try:
+        saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise AnomalyError(f"cannot read detector file {path}: {type(error).__name__}") from None
+    detector = AnomalyDetector(Config.model_validate(saved["config"]))
+    if isinstance(detector.latent_distance, NearestNeighbourDistance):
+        detector.latent_distance.bank = torch.zeros_like(saved["state_dict"]["latent_distance.bank"])
+    detector.load_state_dict(saved["state_dict"])
+    return detector.eval()
