@@ -16,6 +16,7 @@ import numpy as np
 from scipy import stats
 
 MIN_TAIL_SAMPLES = 5
+MIN_FIT_SAMPLES = 2 * MIN_TAIL_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,8 @@ class TailFittedDistribution:
     @classmethod
     def fit(cls, scores: np.ndarray, tail_fraction: float = 0.1) -> TailFittedDistribution:
         sample = np.sort(np.asarray(scores, dtype=np.float64).ravel())
-        if len(sample) < 2 * MIN_TAIL_SAMPLES:
-            raise ValueError(f"need at least {2 * MIN_TAIL_SAMPLES} calibration scores, got {len(sample)}")
+        if len(sample) < MIN_FIT_SAMPLES:
+            raise ValueError(f"need at least {MIN_FIT_SAMPLES} calibration scores, got {len(sample)}")
         tail_count = max(MIN_TAIL_SAMPLES, int(round(len(sample) * tail_fraction)))
         threshold = float(sample[-tail_count - 1])
         excess = sample[sample > threshold] - threshold

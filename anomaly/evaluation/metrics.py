@@ -36,7 +36,8 @@ def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = AUPRO_MAX_FPR) -
     """Area under the per-region-overlap curve up to `max_fpr`, normalised to [0, 1].
 
     Each connected defect region counts equally whatever its size (Bergmann et al., MVTec AD).
-    Thresholds are quantiles of the normal pixels' scores, so the FPR axis is sampled evenly.
+    The FPR axis is sampled evenly; at each FPR f the threshold is the lowest normal-pixel
+    quantile whose realised FPR is at most f, so tied scores cannot collapse the axis.
     """
     normal_scores = np.sort(maps[~masks])
     regions: list[np.ndarray] = []
@@ -46,12 +47,11 @@ def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = AUPRO_MAX_FPR) -
     if not regions or normal_scores.size == 0:
         return float("nan")
     fprs = np.linspace(0.0, max_fpr, AUPRO_STEPS + 1)
-    thresholds = np.quantile(normal_scores, 1.0 - fprs)
-    realised_fpr = 1.0 - np.searchsorted(normal_scores, thresholds, side="right") / normal_scores.size
+    thresholds = np.quantile(normal_scores, 1.0 - fprs, method="higher")
     overlap = np.mean(
         [1.0 - np.searchsorted(region, thresholds, side="right") / region.size for region in regions], axis=0
     )
-    return float(np.trapezoid(overlap, realised_fpr) / max_fpr)
+    return float(np.trapezoid(overlap, fprs) / max_fpr)
 
 
 def pixel_metrics(masks: np.ndarray, maps: np.ndarray) -> dict[str, float]:

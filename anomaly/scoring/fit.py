@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 
 from anomaly.calibration.artifact import Calibration
 from anomaly.calibration.combine import combination_statistic
-from anomaly.calibration.distribution import TailFittedDistribution
+from anomaly.calibration.distribution import MIN_FIT_SAMPLES, TailFittedDistribution
 from anomaly.data.datamodule import AnomalyDataModule
+from anomaly.errors import AnomalyError
 from anomaly.scoring.detector import AnomalyDetector, weights_checksum
 
 
@@ -86,6 +87,11 @@ def fit_detector(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> Ca
     """Fit latent statistics on the training split, then calibrate on the calibration split."""
     config = detector.config
     scoring = config.scoring
+    if len(datamodule.calibration_set) < MIN_FIT_SAMPLES:
+        raise AnomalyError(
+            f"calibration needs at least {MIN_FIT_SAMPLES} held-out normal images, got {len(datamodule.calibration_set)}: "
+            "add normal training images or raise data.calibration_fraction"
+        )
     codes = training_latents(detector, datamodule.train_dataloader_for_fitting())
     detector.latent_distance.fit(codes)
     held_out = score_loader(detector, datamodule.calibration_dataloader())

@@ -1,0 +1,121 @@
+"""The NumPy/SciPy calibration: p-values, tails, combination, the JSON artifact."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from anomaly.calibration.artifact import Calibration
+from anomaly.calibration.combine import combination_statistic
+from anomaly.calibration.distribution import TailFittedDistribution
+from anomaly.errors import AnomalyError
+
+
+def gamma_scores(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).gamma(shape=2.0, scale=1.0, size=count)
+
+
+def test_pvalues_of_fresh_normal_scores_are_uniform():
+    distribution = TailFittedDistribution.fit(gamma_scores(2000, seed=0))
+    assert stats.kstest(distribution.pvalue(gamma_scores(1000, seed=1)), "uniform").pvalue > 0.05
+    pvalues = distribution.pvalue(gamma_scores(50_000, seed=2))
+    for alpha in (0.01, 0.05, 0.2):
+        assert abs(np.mean(pvalues < alpha) - alpha) < 0.3 * alpha
+
+
+def test_tail_is_graded_and_positive_beyond_the_sample_maximum():
+    sample = gamma_scores(500, seed=2)
+    distribution = TailFittedDistribution.fit(sample)
+    beyond = sample.max() + np.array([0.1, 1.0, 3.0, 6.0])
+    pvalues = distribution.pvalue(beyond)
+    assert np.all(pvalues > 0) and np.all(pvalues < 1 / (len(sample) + 1))
+    assert np.all(np.diff(pvalues) < 0)
+    # Against Gamma(2)'s true survival: close just past the maximum, conservative (larger) far out.
+    truth = stats.gamma.sf(beyond, 2.0)
+    assert np.all(np.abs(np.log(pvalues[:2] / truth[:2])) < np.log(4.0))
+    assert np.all((pvalues >= truth / 4) & (pvalues < 30 * truth))
+
+
+def test_score_at_pvalue_inverts_pvalue_in_body_and_tail():
+    distribution = TailFittedDistribution.fit(gamma_scores(800, seed=3))
+    for alpha in (0.5, 0.2, 0.05, 0.01, 1e-4):
+        threshold = distribution.score_at_pvalue(alpha)
+        assert distribution.pvalue(threshold) == pytest.approx(alpha, rel=0.02)
+
+
+def test_pvalues_below_the_sample_minimum_are_one():
+    distribution = TailFittedDistribution.fit(gamma_scores(100, seed=4) + 1.0)
+    assert distribution.pvalue(0.0) == 1.0
+
+
+def test_fisher_statistic_matches_scipy():
+    rng = np.random.default_rng(5)
+    first, second = rng.uniform(size=50), rng.uniform(size=50)
+    ours = combination_statistic([first, second], "fisher")
+    theirs = [stats.combine_pvalues([a, b], method="fisher").statistic for a, b in zip(first, second)]
+    assert np.allclose(ours, theirs)
+    min_p = combination_statistic([first, second], "min_p")
+    assert np.allclose(min_p, -np.log(np.minimum(2 * np.minimum(first, second), 1.0)))
+
+
+def correlated_scores(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=count)
+    return np.exp(shared + 0.3 * rng.normal(size=count)), 5 + shared + 0.3 * rng.normal(size=count)
+
+
+def make_calibration(seed: int = 6) -> Calibration:
+    reconstruction, latent = correlated_scores(2000, seed)
+    fitted = {"reconstruction": TailFittedDistribution.fit(reconstruction), "latent": TailFittedDistribution.fit(latent)}
+    statistic = combination_statistic(
+        [fitted["reconstruction"].pvalue(reconstruction), fitted["latent"].pvalue(latent)], "fisher"
+    )
+    return Calibration(
+        model_checksum="a" * 64,
+        preprocessing={"image_size": [32, 32], "channels": 1},
+        scoring={"combine": "fisher"},
+        distributions={**fitted, "combined": TailFittedDistribution.fit(statistic), "pixel": TailFittedDistribution.fit(reconstruction)},
+        target_fpr=0.01,
+        sample_sizes={"calibration_images": 2000},
+    )
+
+
+def test_combined_decision_keeps_the_false_positive_rate_despite_correlation():
+    calibration = make_calibration()
+    reconstruction, latent = correlated_scores(50_000, seed=7)
+    pvalues = calibration.pvalues(reconstruction, latent)
+    assert 0.006 < calibration.is_anomaly(pvalues).mean() < 0.015
+    # Plain chi-square Fisher would be anti-conservative for such strongly correlated signals.
+    naive = stats.chi2.sf(pvalues.statistic, df=4)
+    assert (naive < 0.01).mean() > 0.02
+    assert np.all((pvalues.anomaly_score >= 0) & (pvalues.anomaly_score <= 1))
+
+
+def test_calibration_round_trip(tmp_path: Path):
+    calibration = make_calibration()
+    digest = calibration.save(tmp_path / "calibration.json")
+    assert len(digest) == 64
+    loaded = Calibration.load(tmp_path / "calibration.json", expected_model_checksum="a" * 64)
+    scores = correlated_scores(100, seed=8)
+    assert np.array_equal(loaded.pvalues(*scores).combined, calibration.pvalues(*scores).combined)
+    assert loaded.thresholds(0.05) == calibration.thresholds(0.05)
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    assert saved["schema_version"] == 1 and saved["thresholds"]["anomaly_score"] == pytest.approx(0.99)
+
+
+def test_calibration_refuses_mismatch_and_damage(tmp_path: Path):
+    path = tmp_path / "calibration.json"
+    make_calibration().save(path)
+    with pytest.raises(AnomalyError, match="belongs to model aaaaaaaaaaaa, not to this model bbbbbbbbbbbb"):
+        Calibration.load(path, expected_model_checksum="b" * 64)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "schema_version": 99}))
+    with pytest.raises(AnomalyError, match="schema version 99"):
+        Calibration.load(path)
+    path.write_text("{not json")
+    with pytest.raises(AnomalyError, match="is not valid JSON"):
+        Calibration.load(path)
+    with pytest.raises(AnomalyError, match="calibration file not found"):
+        Calibration.load(tmp_path / "absent.json")

@@ -1,0 +1,108 @@
+"""`anomaly evaluate` and `anomaly oneclass` end to end on real (small) data and a real MLflow store."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from anomaly.calibration.artifact import Calibration
+from anomaly.config import build_config
+from anomaly.errors import AnomalyError
+from anomaly.evaluation.run import evaluate_checkpoint
+from anomaly.scoring.detector import load_detector, weights_checksum
+from anomaly.training.train import train
+from tests.conftest import tiny_config, write_texture_folder
+from tests.test_training import run_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny AE on a texture folder with masks, trained once for this module's tests."""
+    root = tmp_path_factory.mktemp("evaluate")
+    folder = write_texture_folder(root / "textures", train=80, test_good=8, test_defect=8)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    config = build_config(tiny_config(
+        folder, data={"calibration_fraction": 0.2, "synthetic_validation": True},
+        train={"max_epochs": 3, "early_stopping_patience": 0},
+        tracking={"uri": uri}, output_dir=str(root / "runs"),
+    ))
+    return train(config), uri, root
+
+
+def test_evaluate_writes_metrics_calibration_plots_and_logs_to_the_training_run(trained):
+    result, uri, root = trained
+    evaluation = evaluate_checkpoint(result.checkpoint, [], root / "evaluation")
+    metrics = json.loads((root / "evaluation" / "metrics.json").read_text())
+    assert metrics == evaluation.metrics
+    for key in ("image_auroc", "image_aupr", "pixel_auroc", "pixel_aupro", "target_fpr", "test_fpr", "threshold"):
+        assert isinstance(metrics[key], float), key
+    assert set(metrics["image"]) == {"reconstruction", "latent", "combined"}
+    assert metrics["counts"] == {"normal": 8, "anomalous": 8}
+    assert set(metrics["categories"]) == {"scratch"}
+    assert "at_f1_optimal_threshold" in metrics
+    # The bright scratches are far off the training texture: reconstruction finds them.
+    assert metrics["image"]["reconstruction"]["auroc"] > 0.9
+    assert metrics["pixel_auroc"] > 0.9
+    detector = load_detector(root / "evaluation" / "detector.pt")
+    calibration = Calibration.load(root / "evaluation" / "calibration.json", expected_model_checksum=weights_checksum(detector))
+    assert calibration.sample_sizes["calibration_images"] == 16
+    assert calibration.f1_optimal_score is not None
+    plots = {path.name for path in (root / "evaluation" / "plots").iterdir()}
+    assert plots == {"score_histograms.png", "examples.png", "latent_pca.png", "roc.png"}
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(result.run_id)
+    assert run.data.metrics["test.image_auroc"] == pytest.approx(metrics["image_auroc"])
+    logged = {item.path for item in client.list_artifacts(result.run_id, "evaluation")}
+    assert {"evaluation/metrics.json", "evaluation/calibration.json", "evaluation/plots"} <= logged
+
+
+def test_evaluation_scoring_can_change_but_the_model_cannot(trained, tmp_path):
+    result, _, _ = trained
+    evaluation = evaluate_checkpoint(result.checkpoint, ["scoring.latent=knn", "scoring.map=ssim", "scoring.target_fpr=0.05"], tmp_path)
+    assert evaluation.metrics["target_fpr"] == 0.05
+    assert json.loads((tmp_path / "calibration.json").read_text())["scoring"]["latent"] == "knn"
+    with pytest.raises(AnomalyError, match="only data, scoring, tracking, output_dir can change after training"):
+        evaluate_checkpoint(result.checkpoint, ["model.depth=2"], tmp_path)
+
+
+def test_evaluate_cli_errors(trained, tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", "--checkpoint", str(tmp_path / "missing.ckpt"))
+    assert code == 2 and err.strip() == f"error: checkpoint not found: {tmp_path / 'missing.ckpt'}"
+    (tmp_path / "broken.ckpt").write_bytes(b"garbage")
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", "--checkpoint", str(tmp_path / "broken.ckpt"))
+    assert code == 2 and "cannot load checkpoint" in err and "Traceback" not in err
+
+
+def test_too_few_calibration_images_is_a_clear_error(texture_folder, tmp_path):
+    config = build_config(tiny_config(texture_folder, train={"max_epochs": 1, "early_stopping_patience": 0},
+                                      tracking={"uri": f"sqlite:///{tmp_path / 'm.db'}"}, output_dir=str(tmp_path / "runs")))
+    result = train(config)
+    with pytest.raises(AnomalyError, match="calibration needs at least 10 held-out normal images, got 2"):
+        evaluate_checkpoint(result.checkpoint, [], tmp_path / "evaluation")
+
+
+def test_oneclass_protocol_on_mnist(shared_datasets, tmp_path, monkeypatch, capsys):
+    config = tmp_path / "mnist.yaml"
+    config.write_text(json.dumps(tiny_config(
+        shared_datasets, data={"kind": "mnist", "normal_class": 0, "batch_size": 64},
+        trainer={"enable_progress_bar": False, "limit_train_batches": 5, "limit_val_batches": 2},
+        train={"max_epochs": 1, "early_stopping_patience": 0},
+        tracking={"uri": f"sqlite:///{tmp_path / 'm.db'}"}, output_dir=str(tmp_path / "runs"),
+    )))
+    code, out, err = run_cli(monkeypatch, capsys, "oneclass", "-c", str(config), "--classes", "1", "--architectures", "ae,vae",
+                             "-o", str(tmp_path / "oneclass"))
+    assert code == 0, err
+    results = json.loads((tmp_path / "oneclass" / "oneclass.json").read_text())
+    assert set(results["architectures"]) == {"ae", "vae"}
+    row = results["architectures"]["vae"]["1"]
+    assert 0.5 < row["combined_auroc"] <= 1.0 and 0 <= row["test_fpr"] <= 1
+    assert (tmp_path / "oneclass" / "vae" / "class_1" / "plots" / "vae_samples.png").is_file()
+    assert "| vae | mean |" in out
+
+
+def test_oneclass_refuses_folder_data(texture_folder, tmp_path, monkeypatch, capsys):
+    config = tmp_path / "folder.yaml"
+    config.write_text(json.dumps(tiny_config(texture_folder)))
+    code, _, err = run_cli(monkeypatch, capsys, "oneclass", "-c", str(config))
+    assert code == 2 and "the one-class protocol needs data.kind in mnist" in err

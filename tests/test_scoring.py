@@ -1,0 +1,85 @@
+"""Scoring head: maps, reductions, latent distances, the detector file and its checksum."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly.config import ScoringConfig, build_config
+from anomaly.errors import AnomalyError
+from anomaly.scoring.detector import AnomalyDetector, load_detector, save_detector, weights_checksum
+from anomaly.scoring.latent import MahalanobisDistance, NearestNeighbourDistance
+from anomaly.scoring.maps import AnomalyMap, GaussianBlur, MapReduction
+
+
+def test_mahalanobis_distance_on_a_known_gaussian():
+    rng = np.random.default_rng(0)
+    covariance = np.array([[4.0, 1.2, 0.0], [1.2, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    mean = np.array([1.0, -2.0, 0.5])
+    codes = rng.multivariate_normal(mean, covariance, size=20_000)
+    distance = MahalanobisDistance(3).fit(codes)
+    probes = rng.multivariate_normal(mean, covariance, size=200)
+    exact = np.sqrt(np.einsum("ij,jk,ik->i", probes - mean, np.linalg.inv(covariance), probes - mean))
+    ours = distance(torch.from_numpy(probes).float()).numpy()
+    assert np.allclose(ours, exact, rtol=0.03, atol=0.02)
+    assert distance(torch.from_numpy(mean[None]).float()).item() == pytest.approx(0.0, abs=0.05)
+
+
+def test_knn_distance_is_mean_distance_to_nearest_codes():
+    bank = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0]])
+    distance = NearestNeighbourDistance(2, k=2, bank_size=10).fit(bank)
+    assert distance.bank.shape == (3, 2)
+    assert distance(torch.tensor([[0.0, 0.0]])).item() == pytest.approx((0 + 5) / 2)
+
+
+def test_map_reductions():
+    maps = torch.zeros(1, 1, 10, 10)
+    maps[0, 0, 0, :5] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    size = (10, 10)
+    assert MapReduction(ScoringConfig(reduction="mean"), size)(maps).item() == pytest.approx(15 / 100)
+    assert MapReduction(ScoringConfig(reduction="max"), size)(maps).item() == 5.0
+    assert MapReduction(ScoringConfig(reduction="topk", topk_fraction=0.03), size)(maps).item() == pytest.approx(4.0)
+
+
+def test_gaussian_blur_keeps_constants_and_mass():
+    blur = GaussianBlur(2.0)
+    assert torch.allclose(blur(torch.full((1, 1, 20, 20), 0.7)), torch.full((1, 1, 20, 20), 0.7))
+    spike = torch.zeros(1, 1, 41, 41)
+    spike[0, 0, 20, 20] = 1.0
+    blurred = blur(spike)
+    assert blurred.sum().item() == pytest.approx(1.0, rel=1e-4) and blurred.max() < 0.05
+    assert torch.equal(GaussianBlur(0.0)(spike), spike)
+
+
+@pytest.mark.parametrize("kind", ["squared", "ssim"])
+def test_anomaly_map_is_zero_for_perfect_reconstruction_and_marks_differences(kind):
+    anomaly_map = AnomalyMap(ScoringConfig(map=kind, smoothing_sigma=1.0))
+    images = torch.rand(2, 3, 32, 32)
+    assert anomaly_map(images, images).abs().max() < 1e-5
+    damaged = images.clone()
+    damaged[:, :, 8:16, 8:16] = 0.0
+    result = anomaly_map(images, damaged)
+    assert result.shape == (2, 1, 32, 32)
+    assert result[:, :, 8:16, 8:16].mean() > 10 * result[:, :, 24:, 24:].mean()
+
+
+def test_detector_file_round_trip_and_checksum(tmp_path: Path):
+    config = build_config({
+        "data": {"kind": "folder", "root": "x", "image_size": 16},
+        "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
+        "scoring": {"latent": "knn", "knn_bank_size": 50},
+    })
+    detector = AnomalyDetector(config).eval()
+    detector.latent_distance.fit(np.random.default_rng(0).normal(size=(30, 6)))
+    save_detector(detector, tmp_path / "detector.pt")
+    loaded = load_detector(tmp_path / "detector.pt")
+    assert weights_checksum(loaded) == weights_checksum(detector)
+    images = torch.rand(3, 1, 16, 16)
+    assert torch.equal(loaded(images).latent_distance, detector(images).latent_distance)
+    with torch.no_grad():
+        next(loaded.model.parameters()).add_(1e-3)
+    assert weights_checksum(loaded) != weights_checksum(detector)
+    (tmp_path / "broken.pt").write_bytes(b"not a torch file")
+    with pytest.raises(AnomalyError, match="cannot read detector file"):
+        load_detector(tmp_path / "broken.pt")
