@@ -92,6 +92,80 @@ def oneclass(
     typer.echo(f"results: {output / 'oneclass.json'}")
 
 
+@app.command()
+def export(
+    evaluation: Annotated[Path, typer.Option("--evaluation", "-e", help="Folder written by `anomaly evaluate`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")],
+    int8: Annotated[bool, typer.Option("--int8", help="Also try int8 static quantisation (kept if AUROC drops <= 0.005).")] = False,
+    register_as: Annotated[Optional[str], typer.Option("--register", help="Register in MLflow under this name.")] = None,
+    set_: SetOption = None,
+    overrides: ExtraOverrides = None,
+) -> None:
+    """Export to ONNX with the scoring head, check parity, write the model directory."""
+    import json
+
+    from anomaly.export.publish import publish
+
+    run = json.loads((evaluation / "run.json").read_text()) if (evaluation / "run.json").is_file() else {}
+    result = publish(evaluation, output, collect_overrides(set_, overrides), run.get("mlflow_run_id"))
+    typer.echo(f"model directory: {result.directory}")
+    typer.echo("parity: " + json.dumps(result.parity))
+    test = result.datamodule.test_set
+    if int8:
+        from anomaly.export.quantize import quantise_bundle
+        from anomaly.runtime.bundle import OnnxDetector
+
+        quantised = quantise_bundle(
+            OnnxDetector(result.directory), result.datamodule.calibration_set.images, test.images, test.labels,
+            result.directory.with_name(result.directory.name + "-int8"),
+        )
+        verdict = f"kept at {quantised.directory}" if quantised.kept else "dropped"
+        typer.echo(f"int8: auroc {quantised.int8_auroc:.4f} vs fp32 {quantised.fp32_auroc:.4f}: {verdict}")
+    if register_as:
+        import mlflow
+
+        from anomaly.export.registry import register
+        from anomaly.training.tracking import resolve_tracking_uri
+
+        mlflow.set_tracking_uri(run.get("tracking_uri") or resolve_tracking_uri(result.detector.config))
+        registration = register(result.directory, register_as, run.get("mlflow_run_id"), test)
+        champion = "none" if registration.champion_auroc is None else f"{registration.champion_auroc:.4f} (v{registration.champion_version})"
+        outcome = "promoted to champion" if registration.promoted else "champion kept"
+        typer.echo(f"registered {registration.name} v{registration.version}: auroc {registration.challenger_auroc:.4f} vs champion {champion}: {outcome}")
+
+
+@app.command()
+def score(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model directory or models:/NAME@ALIAS.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    target_fpr: Annotated[Optional[float], typer.Option(help="Override the calibrated target false-positive rate.")] = None,
+) -> None:
+    """Score image files with ONNX Runtime (no torch); one JSON line per image."""
+    import json
+
+    import numpy as np
+
+    from anomaly.runtime.bundle import OnnxDetector
+    from anomaly.runtime.resolve import resolve_model
+
+    if target_fpr is not None and not 0 < target_fpr < 0.5:
+        raise AnomalyError(f"--target-fpr must be in (0, 0.5), got {target_fpr}")
+    detector = OnnxDetector(resolve_model(model))
+    decoded, failures = {}, 0
+    for path in images:
+        try:
+            decoded[path] = detector.load_image(path)
+        except AnomalyError as error:
+            typer.echo(f"error: {error}", err=True)
+            failures += 1
+    if decoded:
+        results = detector.results(detector.run(np.stack(list(decoded.values()))), target_fpr)
+        for path, result in zip(decoded, results):
+            typer.echo(json.dumps({"image": str(path), **result.to_dict()}))
+    if failures:
+        raise typer.Exit(code=2)
+
+
 def main() -> None:
     try:
         app()

@@ -12,6 +12,7 @@ from tests.conftest import tiny_config
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     monkeypatch.setattr("sys.argv", ["anomaly", *args])
+    capsys.readouterr()  # drop what the test printed before: only the command's output counts
     try:
         main()
         code = 0

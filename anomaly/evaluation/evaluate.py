@@ -9,7 +9,7 @@ import numpy as np
 
 from anomaly.calibration.artifact import Calibration, ScorePValues
 from anomaly.evaluation.metrics import decision_metrics, pixel_metrics, ranking_metrics
-from anomaly.scoring.fit import ScoredSet
+from anomaly.calibration.scored import ScoredSet
 
 
 def signal_scores(scored: ScoredSet, pvalues: ScorePValues) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from anomaly.calibration.artifact import Calibration  # noqa: E402
-from anomaly.scoring.fit import ScoredSet  # noqa: E402
+from anomaly.calibration.scored import ScoredSet  # noqa: E402
 
 EXAMPLES = 4
 

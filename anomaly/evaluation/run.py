@@ -71,6 +71,8 @@ def evaluate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Path
     save_detector(detector, output_dir / "detector.pt")
     calibration.save(output_dir / "calibration.json")
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    run = {"mlflow_run_id": module.hparams.get("mlflow_run_id"), "tracking_uri": module.hparams.get("tracking_uri")}
+    (output_dir / "run.json").write_text(json.dumps(run, indent=1))
     pvalues = calibration.pvalues(scored.reconstruction_scores, scored.latent_distances)
     plots = write_plots(output_dir / "plots", scored, datamodule.test_set.images, signal_scores(scored, pvalues), calibration, detector.model)
     log_to_training_run(module, metrics, [output_dir / "metrics.json", output_dir / "calibration.json", *plots])

@@ -1,0 +1,66 @@
+"""Fitting a Calibration from score arrays: NumPy only, so ONNX Runtime outputs can be
+calibrated without torch (the int8 model is recalibrated this way)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve
+
+from anomaly.calibration.artifact import Calibration
+from anomaly.calibration.combine import combination_statistic
+from anomaly.calibration.distribution import TailFittedDistribution
+from anomaly.calibration.scored import ScoredSet
+
+
+def _pixel_sample(maps: np.ndarray, size: int, seed: int) -> np.ndarray:
+    flat = maps.ravel()
+    if flat.size <= size:
+        return flat
+    return flat[np.random.default_rng(seed).choice(flat.size, size=size, replace=False)]
+
+
+def f1_optimal_score(calibration: Calibration, labelled: ScoredSet) -> float:
+    """The anomaly-score threshold with the best F1 on labelled validation data (never test data)."""
+    scores = calibration.pvalues(labelled.reconstruction_scores, labelled.latent_distances).anomaly_score
+    precision, recall, thresholds = precision_recall_curve(labelled.labels, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def fit_calibration(
+    held_out: ScoredSet,
+    scoring: dict[str, Any],
+    preprocessing: dict[str, Any],
+    model_checksum: str,
+    seed: int,
+    labelled: ScoredSet | None = None,
+    sample_sizes: dict[str, int] | None = None,
+) -> Calibration:
+    """Fit each signal's distribution, the combination's, and the pixels', on held-out normals."""
+    tail_fraction = scoring["tail_fraction"]
+    reconstruction = TailFittedDistribution.fit(held_out.reconstruction_scores, tail_fraction)
+    latent = TailFittedDistribution.fit(held_out.latent_distances, tail_fraction)
+    statistic = combination_statistic(
+        [reconstruction.pvalue(held_out.reconstruction_scores), latent.pvalue(held_out.latent_distances)],
+        scoring["combine"],
+    )
+    pixels = _pixel_sample(held_out.maps, scoring["pixel_sample_size"], seed)
+    calibration = Calibration(
+        model_checksum=model_checksum,
+        preprocessing=preprocessing,
+        scoring=scoring,
+        distributions={
+            "reconstruction": reconstruction,
+            "latent": latent,
+            "combined": TailFittedDistribution.fit(statistic, tail_fraction),
+            "pixel": TailFittedDistribution.fit(pixels, tail_fraction),
+        },
+        target_fpr=scoring["target_fpr"],
+        sample_sizes={**(sample_sizes or {}), "calibration_images": len(held_out.labels), "calibration_pixels": int(pixels.size)},
+    )
+    if labelled is None:
+        return calibration
+    return replace(calibration, f1_optimal_score=f1_optimal_score(calibration, labelled))

@@ -1,0 +1,1 @@
+"""ONNX export, parity checks, int8 quantisation, model cards and the MLflow registry."""

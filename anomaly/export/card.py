@@ -1,0 +1,37 @@
+"""The model card: what a model directory holds, where it came from, how good it is."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from anomaly.calibration.artifact import Calibration
+from anomaly.config import Config
+
+
+def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any], parity: dict[str, float], run_id: str | None) -> str:
+    data = config.data
+    source = str(data.root) if data.kind == "folder" else data.kind
+    if data.normal_class is not None and data.kind != "folder":
+        source += f" (normal class {data.normal_class})"
+    lines = [
+        f"# Anomaly detector: {config.model.architecture}",
+        "",
+        f"- data: {source}",
+        f"- training run: {run_id or 'unknown'} (MLflow experiment `{config.tracking.experiment}`)",
+        f"- input: float32 NCHW [batch, {data.channels}, {data.image_size[0]}, {data.image_size[1]}] in [0, 1];"
+        " decode, convert and resize (bilinear) with anomaly.imageio, then divide by 255",
+        f"- outputs: reconstruction, latent, anomaly_map, reconstruction_score, latent_distance",
+        f"- calibration: {calibration.sample_sizes.get('calibration_images')} held-out normal images,"
+        f" target FPR {calibration.target_fpr}, combine {calibration.combine_method}",
+        "",
+        "## Test metrics (PyTorch evaluation)",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+    ]
+    for key in ("image_auroc", "image_aupr", "test_fpr", "pixel_auroc", "pixel_aupro"):
+        if metrics.get(key) is not None:
+            lines.append(f"| {key} | {metrics[key]:.4f} |")
+    lines += ["", "## ONNX parity", "", "```json", json.dumps(parity, indent=1), "```", ""]
+    return "\n".join(lines)

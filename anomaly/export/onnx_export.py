@@ -1,0 +1,71 @@
+"""Trace an AnomalyDetector to ONNX with its scoring head; p-values stay outside the graph.
+
+Preprocessing (decode, resize, /255) also stays outside: it is done by anomaly.imageio with
+Pillow, the same code training used, so no second resize implementation can disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from anomaly.runtime.bundle import INPUT_NAME, META_CALIBRATION_SHA256, META_MODEL_CHECKSUM, OUTPUT_NAMES
+from anomaly.scoring.detector import AnomalyDetector, weights_checksum
+
+OPSET = 18
+
+
+class ExportWrapper(nn.Module):
+    """The detector with a flat tuple output, in OUTPUT_NAMES order."""
+
+    def __init__(self, detector: AnomalyDetector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        output = self.detector(image)
+        return tuple(getattr(output, name) for name in OUTPUT_NAMES)
+
+
+def export_onnx(detector: AnomalyDetector, path: Path, calibration_sha256: str, sample: torch.Tensor) -> None:
+    """Export with a dynamic batch axis; record which calibration and weights belong to it."""
+    if sample.shape[0] < 2:
+        raise ValueError("export needs a sample batch of at least 2 images to keep the batch axis dynamic")
+    wrapper = ExportWrapper(detector.eval()).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (sample,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}},
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    config = detector.config
+    write_metadata(path, {
+        META_CALIBRATION_SHA256: calibration_sha256,
+        META_MODEL_CHECKSUM: weights_checksum(detector),
+        "anomaly.architecture": config.model.architecture,
+        "anomaly.input": json.dumps({"name": INPUT_NAME, "shape": ["batch", config.data.channels, *config.data.image_size], "range": [0, 1]}),
+    })
+
+
+def write_metadata(path: Path, values: dict[str, str]) -> None:
+    """Set (or replace) metadata entries of an ONNX file in place."""
+    model = onnx.load(str(path))
+    kept = [(entry.key, entry.value) for entry in model.metadata_props if entry.key not in values]
+    del model.metadata_props[:]
+    for key, value in [*kept, *values.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))

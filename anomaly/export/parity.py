@@ -1,0 +1,37 @@
+"""Parity: ONNX Runtime must reproduce PyTorch on real images before a model is published."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from anomaly.errors import AnomalyError
+from anomaly.runtime.bundle import OnnxDetector
+from anomaly.scoring.detector import AnomalyDetector
+
+SCORE_RTOL = 1e-4
+MAP_ATOL = 1e-3
+SCORES = ("reconstruction_score", "latent_distance")
+MAPS = ("reconstruction", "anomaly_map")
+
+
+@torch.no_grad()
+def parity_report(detector: AnomalyDetector, onnx_detector: OnnxDetector, images: np.ndarray) -> dict[str, float]:
+    """Largest relative score difference and largest absolute map difference over `images` (uint8 NHWC)."""
+    reference = detector.eval()(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
+    exported = onnx_detector.run(images)
+    report = {}
+    for name in SCORES:
+        expected = getattr(reference, name).numpy()
+        report[f"{name}_max_rel_diff"] = float(np.max(np.abs(exported[name] - expected) / np.maximum(np.abs(expected), 1e-6)))
+    for name in MAPS:
+        report[f"{name}_max_abs_diff"] = float(np.max(np.abs(exported[name] - getattr(reference, name).numpy())))
+    report["images"] = float(len(images))
+    return report
+
+
+def check_parity(report: dict[str, float]) -> None:
+    failures = [f"{name} {report[f'{name}_max_rel_diff']:.2e} > {SCORE_RTOL}" for name in SCORES if report[f"{name}_max_rel_diff"] > SCORE_RTOL]
+    failures += [f"{name} {report[f'{name}_max_abs_diff']:.2e} > {MAP_ATOL}" for name in MAPS if report[f"{name}_max_abs_diff"] > MAP_ATOL]
+    if failures:
+        raise AnomalyError("ONNX parity check failed, model not published: " + "; ".join(failures))

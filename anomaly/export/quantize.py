@@ -1,0 +1,112 @@
+"""Optional int8: ONNX Runtime static quantisation (QDQ, per channel) calibrated on normal images.
+
+The int8 model's scores differ from fp32, so its calibration is refitted on its own outputs
+(on the same held-out normals). It is kept only if image AUROC drops by at most MAX_AUROC_DROP.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from anomaly.calibration.fit import fit_calibration
+from anomaly.calibration.scored import ScoredSet
+from anomaly.evaluation.metrics import ranking_metrics
+from anomaly.export.onnx_export import write_metadata
+from anomaly.runtime.bundle import (
+    CALIBRATION_FILE,
+    INPUT_NAME,
+    META_CALIBRATION_SHA256,
+    META_MODEL_CHECKSUM,
+    MODEL_FILE,
+    OnnxDetector,
+    create_session,
+    run_session,
+)
+
+MAX_AUROC_DROP = 0.005
+QUANTISATION_IMAGES = 64
+
+
+class _NormalImages(CalibrationDataReader):
+    def __init__(self, images: np.ndarray, batch_size: int = 8) -> None:
+        floats = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        self._batches = iter([{INPUT_NAME: floats[i : i + batch_size]} for i in range(0, len(floats), batch_size)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+@dataclass(frozen=True)
+class QuantisationResult:
+    kept: bool
+    fp32_auroc: float
+    int8_auroc: float
+    directory: Path | None
+
+
+def scored_from_outputs(outputs: dict[str, np.ndarray], labels: np.ndarray) -> ScoredSet:
+    count = len(labels)
+    return ScoredSet(
+        reconstruction_scores=outputs["reconstruction_score"],
+        latent_distances=outputs["latent_distance"],
+        latents=outputs["latent"],
+        maps=outputs["anomaly_map"][:, 0],
+        labels=labels,
+        masks=np.zeros_like(outputs["anomaly_map"][:, 0], dtype=bool),
+        categories=["unknown"] * count,
+        names=[str(i) for i in range(count)],
+    )
+
+
+def onnx_auroc(detector: OnnxDetector, images: np.ndarray, labels: np.ndarray) -> float:
+    outputs = detector.run(images)
+    pvalues = detector.calibration.pvalues(outputs["reconstruction_score"], outputs["latent_distance"])
+    return ranking_metrics(labels, pvalues.statistic)["auroc"]
+
+
+def quantise_bundle(
+    fp32: OnnxDetector, calibration_images: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray, output_dir: Path
+) -> QuantisationResult:
+    """Write an int8 model directory to `output_dir` if it keeps AUROC; report either way."""
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(fp32.directory / MODEL_FILE), str(prepared), skip_symbolic_shape=True)
+        candidate = Path(scratch) / "bundle"
+        candidate.mkdir()
+        quantize_static(
+            str(prepared),
+            str(candidate / MODEL_FILE),
+            _NormalImages(calibration_images[:QUANTISATION_IMAGES]),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        int8_scores = run_session(create_session(candidate / MODEL_FILE), calibration_images)
+        calibration = fit_calibration(
+            held_out=scored_from_outputs(int8_scores, np.zeros(len(calibration_images), dtype=np.int64)),
+            scoring=fp32.calibration.scoring,
+            preprocessing=fp32.calibration.preprocessing,
+            model_checksum=fp32.calibration.model_checksum,
+            seed=0,
+            sample_sizes={**fp32.calibration.sample_sizes, "quantisation_images": min(len(calibration_images), QUANTISATION_IMAGES)},
+        )
+        calibration = replace(calibration, f1_optimal_score=None)
+        digest = calibration.save(candidate / CALIBRATION_FILE)
+        write_metadata(candidate / MODEL_FILE, {META_CALIBRATION_SHA256: digest, META_MODEL_CHECKSUM: calibration.model_checksum})
+        int8 = OnnxDetector(candidate)
+        fp32_auroc = onnx_auroc(fp32, test_images, test_labels)
+        int8_auroc = onnx_auroc(int8, test_images, test_labels)
+        kept = fp32_auroc - int8_auroc <= MAX_AUROC_DROP
+        if kept:
+            if output_dir.exists():
+                shutil.rmtree(output_dir)
+            shutil.copytree(candidate, output_dir)
+        return QuantisationResult(kept, fp32_auroc, int8_auroc, output_dir if kept else None)

@@ -1,0 +1,1 @@
+"""Torch-free inference: ONNX Runtime sessions, model directories, calibrated results."""

@@ -1,0 +1,136 @@
+"""A self-contained model directory, loaded and run with ONNX Runtime only (no torch).
+
+Layout: model.onnx, calibration.json, model_card.md (files may also sit under extra_files/,
+where MLflow's ONNX flavour puts them). The ONNX metadata records the sha256 of the
+calibration file and the checksum of the weights, so a mismatched pair is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomaly.calibration.artifact import Calibration
+from anomaly.errors import AnomalyError
+from anomaly.imageio import decode_image
+
+MODEL_FILE = "model.onnx"
+CALIBRATION_FILE = "calibration.json"
+CARD_FILE = "model_card.md"
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("reconstruction", "latent", "anomaly_map", "reconstruction_score", "latent_distance")
+META_CALIBRATION_SHA256 = "anomaly.calibration_sha256"
+META_MODEL_CHECKSUM = "anomaly.model_checksum"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def find_file(directory: Path, name: str) -> Path | None:
+    for candidate in (directory / name, directory / "extra_files" / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def create_session(model_path: Path, threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types for damaged files
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise AnomalyError(f"cannot load ONNX model {model_path}: {reason}") from None
+
+
+def run_session(session: Any, images: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """uint8 (N, H, W, C) at the model's size -> the graph's raw outputs, in batches."""
+    parts = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        batch = np.ascontiguousarray(chunk.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+        parts.append(session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch}))
+    return {name: np.concatenate([part[i] for part in parts]) for i, name in enumerate(OUTPUT_NAMES)}
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    reconstruction_score: float
+    latent_distance: float
+    p_reconstruction: float
+    p_latent: float
+    p_combined: float
+    anomaly_score: float
+    is_anomaly: bool
+    target_fpr: float
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class OnnxDetector:
+    """model.onnx + calibration.json: preprocessing, inference, p-values, decisions."""
+
+    def __init__(self, directory: Path, threads: int | None = None) -> None:
+        if not directory.is_dir():
+            raise AnomalyError(f"model directory not found: {directory}")
+        model_path = find_file(directory, MODEL_FILE)
+        calibration_path = find_file(directory, CALIBRATION_FILE)
+        if model_path is None:
+            raise AnomalyError(f"model directory {directory} has no {MODEL_FILE}")
+        if calibration_path is None:
+            raise AnomalyError(f"model directory {directory} has no {CALIBRATION_FILE}")
+        self.directory = directory
+        self.session = create_session(model_path, threads)
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        if self.metadata.get(META_CALIBRATION_SHA256) != sha256_file(calibration_path):
+            raise AnomalyError(
+                f"{calibration_path} is not the calibration this model was exported with (checksum differs); export the model again"
+            )
+        self.calibration = Calibration.load(calibration_path, expected_model_checksum=self.metadata.get(META_MODEL_CHECKSUM))
+        spec = self.calibration.preprocessing
+        self.image_size: tuple[int, int] = (int(spec["image_size"][0]), int(spec["image_size"][1]))
+        self.channels: int = int(spec["channels"])
+
+    def load_image(self, source: Path | bytes, name: str | None = None) -> np.ndarray:
+        """Decode and resize exactly as training data was (anomaly.imageio)."""
+        return decode_image(source, self.channels, self.image_size, name=name)
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 (N, H, W, C) at the model's size -> the graph's raw outputs."""
+        return run_session(self.session, images)
+
+    def results(self, outputs: dict[str, np.ndarray], target_fpr: float | None = None) -> list[ImageResult]:
+        calibration = self.calibration
+        alpha = calibration.target_fpr if target_fpr is None else target_fpr
+        pvalues = calibration.pvalues(outputs["reconstruction_score"], outputs["latent_distance"])
+        decisions = calibration.is_anomaly(pvalues, alpha)
+        return [
+            ImageResult(
+                reconstruction_score=float(outputs["reconstruction_score"][i]),
+                latent_distance=float(outputs["latent_distance"][i]),
+                p_reconstruction=float(pvalues.reconstruction[i]),
+                p_latent=float(pvalues.latent[i]),
+                p_combined=float(pvalues.combined[i]),
+                anomaly_score=float(pvalues.anomaly_score[i]),
+                is_anomaly=bool(decisions[i]),
+                target_fpr=alpha,
+                threshold=1.0 - alpha,
+            )
+            for i in range(len(pvalues.combined))
+        ]
+
+
+def default_threads() -> int:
+    """CPUs this process may use (affinity), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,168 @@
+"""ONNX export with the scoring head, parity, the registry, and torch-free `anomaly score`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from anomaly.config import build_config
+from anomaly.errors import AnomalyError
+from anomaly.evaluation.run import evaluate_checkpoint
+from anomaly.export.parity import check_parity, parity_report
+from anomaly.export.publish import publish
+from anomaly.export.quantize import MAX_AUROC_DROP, quantise_bundle
+from anomaly.export.registry import register
+from anomaly.runtime.bundle import OnnxDetector
+from anomaly.scoring.detector import load_detector
+from anomaly.training.train import train
+from tests.conftest import PROJECT_ROOT, tiny_config, write_texture_folder
+from tests.test_training import run_cli
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return write_texture_folder(tmp_path_factory.mktemp("export") / "textures", train=80, test_good=6, test_defect=6)
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def evaluated(folder: Path, root: Path, tracking: str, architecture: str, **scoring) -> Path:
+    config = build_config(tiny_config(
+        folder, architecture, data={"calibration_fraction": 0.2}, scoring=scoring,
+        train={"max_epochs": 2, "early_stopping_patience": 0}, tracking={"uri": tracking}, output_dir=str(root / "runs"),
+    ))
+    result = train(config)
+    evaluate_checkpoint(result.checkpoint, [], root / "evaluation")
+    return root / "evaluation"
+
+
+@pytest.fixture(scope="module")
+def published_ae(folder, tracking, tmp_path_factory):
+    """One AE trained, evaluated and exported, shared by the tests that only need a model."""
+    root = tmp_path_factory.mktemp("published")
+    evaluation = evaluated(folder, root, tracking, "ae")
+    return evaluation, publish(evaluation, root / "model", [], None)
+
+
+def torch_scores(evaluation: Path, images: list[Path]) -> dict[str, np.ndarray]:
+    detector = load_detector(evaluation / "detector.pt")
+    from anomaly.imageio import decode_image
+
+    spec = detector.config.data
+    batch = np.stack([decode_image(path, spec.channels, spec.image_size) for path in images])
+    with torch.no_grad():
+        output = detector(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0)
+    return {"reconstruction_score": output.reconstruction_score.numpy(), "latent_distance": output.latent_distance.numpy()}
+
+
+@pytest.mark.parametrize(("architecture", "scoring"), [("ae", {}), ("vae", {"map": "ssim"}), ("unet", {"latent": "knn"})])
+def test_export_register_and_score_match_pytorch(architecture, scoring, folder, tracking, tmp_path, monkeypatch, capsys):
+    evaluation = evaluated(folder, tmp_path, tracking, architecture, **scoring)
+    run_id = json.loads((evaluation / "run.json").read_text())["mlflow_run_id"]
+    exported = publish(evaluation, tmp_path / "model", [], run_id)
+    assert {path.name for path in exported.directory.iterdir()} == {"model.onnx", "calibration.json", "model_card.md"}
+    assert exported.parity["reconstruction_score_max_rel_diff"] <= 1e-4
+    assert "image_auroc" in (exported.directory / "model_card.md").read_text()
+    name = f"textures-{architecture}"
+    registration = register(exported.directory, name, run_id, exported.datamodule.test_set)
+    assert registration.promoted and registration.champion_auroc is None
+    images = sorted((folder / "test" / "scratch").glob("*.png"))[:3] + sorted((folder / "test" / "good").glob("*.png"))[:2]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    code, out, err = run_cli(monkeypatch, capsys, "score", "--model", f"models:/{name}@champion", *map(str, images))
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["image"] for line in lines] == [str(path) for path in images]
+    reference = torch_scores(evaluation, images)
+    for key in ("reconstruction_score", "latent_distance"):
+        assert np.allclose([line[key] for line in lines], reference[key], rtol=1e-4)
+    assert all(0 <= line["anomaly_score"] <= 1 and line["threshold"] == pytest.approx(0.99) for line in lines)
+
+
+def test_champion_moves_only_for_a_better_model(published_ae, tracking):
+    _, exported = published_ae
+    test = exported.datamodule.test_set
+    first = register(exported.directory, "textures-champion", None, test)
+    again = register(exported.directory, "textures-champion", None, test)
+    assert first.promoted and not again.promoted
+    assert again.champion_auroc == pytest.approx(first.challenger_auroc)
+    client = mlflow.MlflowClient(tracking)
+    assert str(client.get_model_version_by_alias("textures-champion", "champion").version) == first.version
+    decision = client.get_run(mlflow.search_runs(experiment_ids=None, search_all_experiments=True, output_format="list",
+                                                 filter_string="tags.`registry.decision` LIKE '%kept champion%'")[0].info.run_id)
+    assert decision.data.metrics["registry.champion_auroc"] == pytest.approx(first.challenger_auroc)
+
+
+def test_parity_failure_is_refused(published_ae):
+    evaluation, exported = published_ae
+    detector = load_detector(evaluation / "detector.pt")
+    with torch.no_grad():
+        detector.model.decoder.head[0].bias.add_(0.05)  # the exported graph no longer matches these weights
+    images = exported.datamodule.test_set.images[:4]
+    with pytest.raises(AnomalyError, match="ONNX parity check failed, model not published"):
+        check_parity(parity_report(detector, OnnxDetector(exported.directory), images))
+
+
+def test_int8_is_kept_only_within_the_auroc_budget(published_ae, tmp_path):
+    _, exported = published_ae
+    data = exported.datamodule
+    result = quantise_bundle(OnnxDetector(exported.directory), data.calibration_set.images, data.test_set.images, data.test_set.labels, tmp_path / "int8")
+    assert result.kept == (result.fp32_auroc - result.int8_auroc <= MAX_AUROC_DROP)
+    if result.kept:
+        int8 = OnnxDetector(tmp_path / "int8")
+        assert int8.run(data.test_set.images[:2])["reconstruction_score"].shape == (2,)
+    else:
+        assert not (tmp_path / "int8").exists()
+
+
+def test_score_errors_are_one_line(published_ae, folder, tracking, tmp_path, monkeypatch, capsys):
+    model = published_ae[1].directory
+    image = str(next((folder / "test" / "good").glob("*.png")))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"junk")
+    (broken / "calibration.json").write_text((model / "calibration.json").read_text())
+    no_calibration = tmp_path / "no_calibration"
+    no_calibration.mkdir()
+    (no_calibration / "model.onnx").write_bytes((model / "model.onnx").read_bytes())
+    mismatched = tmp_path / "mismatched"
+    mismatched.mkdir()
+    (mismatched / "model.onnx").write_bytes((model / "model.onnx").read_bytes())
+    (mismatched / "calibration.json").write_text((model / "calibration.json").read_text().replace('"target_fpr": 0.01', '"target_fpr": 0.02', 1))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    cases = [
+        ([str(broken), image], "cannot load ONNX model"),
+        ([str(no_calibration), image], "has no calibration.json"),
+        ([str(mismatched), image], "is not the calibration this model was exported with"),
+        (["models:/no-such-model@champion", image], "cannot resolve models:/no-such-model@champion"),
+        ([str(tmp_path / "absent"), image], "model directory not found"),
+        ([str(model), str(tmp_path / "bad.png")], "cannot read image"),
+    ]
+    for (model_ref, *files), message in cases:
+        code, _, err = run_cli(monkeypatch, capsys, "score", "--model", model_ref, *files)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, (message, err)
+
+
+def test_score_does_not_import_torch(published_ae, folder):
+    model = published_ae[1].directory
+    image = next((folder / "test" / "good").glob("*.png"))
+    program = (
+        "import sys\nfrom anomaly.cli import main\n"
+        f"sys.argv = ['anomaly', 'score', '--model', {str(model)!r}, {str(image)!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'torch-free')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.stdout.strip().splitlines()[-1] == "torch-free", result.stderr
+    assert json.loads(result.stdout.splitlines()[0])["image"] == str(image)
