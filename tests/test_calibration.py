@@ -18,7 +18,7 @@ def gamma_scores(count: int, seed: int) -> np.ndarray:
 
 
 def test_pvalues_of_fresh_normal_scores_are_uniform():
-    distribution = TailFittedDistribution.fit(gamma_scores(2000, seed=0))
+    distribution = TailFittedDistribution.fit(gamma_scores(5000, seed=0))
     assert stats.kstest(distribution.pvalue(gamma_scores(1000, seed=1)), "uniform").pvalue > 0.05
     pvalues = distribution.pvalue(gamma_scores(50_000, seed=2))
     for alpha in (0.01, 0.05, 0.2):
@@ -30,12 +30,11 @@ def test_tail_is_graded_and_positive_beyond_the_sample_maximum():
     distribution = TailFittedDistribution.fit(sample)
     beyond = sample.max() + np.array([0.1, 1.0, 3.0, 6.0])
     pvalues = distribution.pvalue(beyond)
-    assert np.all(pvalues > 0) and np.all(pvalues < 1 / (len(sample) + 1))
-    assert np.all(np.diff(pvalues) < 0)
-    # Against Gamma(2)'s true survival: close just past the maximum, conservative (larger) far out.
+    assert np.all(pvalues > 0) and np.all(pvalues < 2 / (len(sample) + 1))
+    assert np.all(np.diff(pvalues) < 0) and pvalues[-1] < pvalues[0] / 10
+    # Against Gamma(2)'s true survival: conservative (never below the truth), yet within 100x.
     truth = stats.gamma.sf(beyond, 2.0)
-    assert np.all(np.abs(np.log(pvalues[:2] / truth[:2])) < np.log(4.0))
-    assert np.all((pvalues >= truth / 4) & (pvalues < 30 * truth))
+    assert np.all((pvalues >= truth) & (pvalues < 100 * truth))
 
 
 def test_score_at_pvalue_inverts_pvalue_in_body_and_tail():

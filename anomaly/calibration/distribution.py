@@ -1,11 +1,12 @@
 """A score's distribution under normality: empirical body, generalised-Pareto upper tail.
 
-p-values come from the empirical distribution (conformal style, (1 + #{x >= s}) / (n + 1) at
-the calibration scores, linearly interpolated between them so that p-values do not tie) up
-to the tail threshold u (by default the 90th percentile), and from a generalised Pareto
-distribution fitted to the exceedances above u beyond it. So a score far beyond anything seen
-still gets a graded, non-zero p-value. The shape is kept >= 0 (exponential or heavier tail),
-so the fit never claims a finite upper end point that a few samples cannot support.
+Up to the largest calibration score, p-values are empirical (conformal style,
+(1 + #{x >= s}) / (n + 1) at the calibration scores, linearly interpolated between them so
+that p-values do not tie): where there is data, the data decides. Beyond the largest score,
+a generalised Pareto distribution fitted to the exceedances over the tail threshold u (by
+default the 90th percentile) extrapolates, joined continuously at the maximum. So a score far
+beyond anything seen still gets a graded, non-zero p-value. The shape is kept >= 0
+(exponential or heavier tail): a few samples cannot support a finite upper end point.
 """
 
 from __future__ import annotations
@@ -38,27 +39,35 @@ class TailFittedDistribution:
         return cls(sample=sample, tail_threshold=threshold, shape=shape, scale=scale)
 
     @property
-    def tail_mass(self) -> float:
-        """p-value at the tail threshold: where the empirical body hands over to the fitted tail."""
-        return (1 + np.count_nonzero(self.sample > self.tail_threshold)) / (len(self.sample) + 1)
-
-    @property
     def _sample_pvalues(self) -> np.ndarray:
         count = len(self.sample)
         at_or_above = count - np.searchsorted(self.sample, self.sample, side="left")
         return (1 + at_or_above) / (count + 1)
 
+    @property
+    def maximum(self) -> float:
+        return float(self.sample[-1])
+
+    def _tail_survival(self, scores: np.ndarray | float) -> np.ndarray:
+        """P(S > s | S > maximum) under the fitted tail."""
+        at_max = stats.genpareto.sf(self.maximum - self.tail_threshold, self.shape, scale=self.scale)
+        return stats.genpareto.sf(np.asarray(scores) - self.tail_threshold, self.shape, scale=self.scale) / at_max
+
     def pvalue(self, scores: np.ndarray | float) -> np.ndarray:
         scores = np.asarray(scores, dtype=np.float64)
-        empirical = np.interp(scores, self.sample, self._sample_pvalues, left=1.0)
-        tail = self.tail_mass * stats.genpareto.sf(scores - self.tail_threshold, self.shape, scale=self.scale)
-        return np.where(scores > self.tail_threshold, tail, empirical)
+        sample_pvalues = self._sample_pvalues
+        empirical = np.interp(scores, self.sample, sample_pvalues, left=1.0)
+        tail = sample_pvalues[-1] * self._tail_survival(np.maximum(scores, self.maximum))
+        return np.where(scores > self.maximum, tail, empirical)
 
     def score_at_pvalue(self, alpha: float) -> float:
         """The score whose p-value is alpha: the decision threshold at false-positive rate alpha."""
-        if alpha < self.tail_mass:
-            return float(self.tail_threshold + stats.genpareto.isf(alpha / self.tail_mass, self.shape, scale=self.scale))
-        return float(np.interp(alpha, self._sample_pvalues[::-1], self.sample[::-1]))
+        sample_pvalues = self._sample_pvalues
+        if alpha >= sample_pvalues[-1]:
+            return float(np.interp(alpha, sample_pvalues[::-1], self.sample[::-1]))
+        at_max = stats.genpareto.sf(self.maximum - self.tail_threshold, self.shape, scale=self.scale)
+        survival = alpha / sample_pvalues[-1] * at_max
+        return float(self.tail_threshold + stats.genpareto.isf(survival, self.shape, scale=self.scale))
 
     def to_dict(self) -> dict[str, object]:
         return {
