@@ -43,6 +43,8 @@ def train(config: ConfigOption, set_: SetOption = None, overrides: ExtraOverride
     from anomaly.training.train import train as run_training
 
     result = run_training(resolved)
+    if not result.is_global_zero:
+        return
     typer.echo(f"mlflow run id: {result.run_id}")
     typer.echo(f"tracking uri: {result.tracking_uri}")
     typer.echo(f"checkpoint: {result.checkpoint}")

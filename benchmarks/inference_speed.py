@@ -20,6 +20,7 @@ import torch
 
 from anomaly.config import build_config
 from anomaly.export.onnx_export import export_onnx
+from anomaly.export.quantize import quantise_model
 from anomaly.runtime.bundle import INPUT_NAME, OUTPUT_NAMES, create_session, default_threads
 from anomaly.scoring.detector import AnomalyDetector
 from benchmarks.environment import environment
@@ -56,21 +57,8 @@ def build_detector(overrides: dict[str, Any]) -> AnomalyDetector:
 
 
 def quantised_session(model: Path, sample: np.ndarray, folder: Path) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{INPUT_NAME: sample[i : i + 4]} for i in range(0, len(sample), 4)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
-    prepared, output = folder / "prepared.onnx", folder / "int8.onnx"
-    quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
-    quantize_static(str(prepared), str(output), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return create_session(output, default_threads())
+    quantise_model(model, folder / "int8.onnx", sample)
+    return create_session(folder / "int8.onnx", default_threads())
 
 
 def run(quick: bool) -> dict[str, Any]:

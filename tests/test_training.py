@@ -1,5 +1,7 @@
 """`anomaly train` end to end: real data, real Lightning training, a real MLflow SQLite store."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -78,6 +80,19 @@ def test_mlflow_tracking_uri_from_environment(texture_folder, tracking_uri, tmp_
     assert code == 0, err
     assert parse_output(out)["tracking uri"] == tracking_uri
     assert mlflow.MlflowClient(tracking_uri).get_run(parse_output(out)["mlflow run id"]).info.status == "FINISHED"
+
+
+def test_ddp_on_two_cpu_processes(texture_folder, tracking_uri, tmp_path):
+    """The Trainer's strategy and devices reach Lightning: a real 2-process DDP run (gloo, CPU)."""
+    config = write_config(tmp_path / "c.yaml", tiny_config(texture_folder, output_dir=str(tmp_path / "runs"),
+                                                          trainer={"enable_progress_bar": False, "accelerator": "cpu", "devices": 2, "strategy": "ddp"}))
+    result = subprocess.run([sys.executable, "-m", "anomaly.cli", "train", "-c", str(config), "--set", f"tracking.uri={tracking_uri}"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = parse_output(result.stdout)
+    assert result.stdout.count("mlflow run id:") == 1  # only rank 0 reports
+    assert Path(printed["checkpoint"]).is_file()
+    assert_run_recorded(tracking_uri, printed["mlflow run id"], epochs=2)
 
 
 def test_seeded_runs_are_reproducible(texture_folder, tracking_uri, tmp_path, monkeypatch, capsys):

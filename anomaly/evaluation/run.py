@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric
 
 from anomaly.config import Config, build_config, flatten_mapping, parse_override
 from anomaly.data.datamodule import AnomalyDataModule
@@ -49,9 +51,13 @@ def log_to_training_run(module: AutoencoderModule, metrics: dict[str, Any], file
     if not run_id or not uri:
         return
     client = mlflow.MlflowClient(uri)
-    numbers = {key: value for key, value in flatten_mapping(metrics).items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
-    for key, value in numbers.items():
-        client.log_metric(run_id, f"test.{key}", float(value))
+    now = int(time.time() * 1000)
+    numbers = [
+        Metric(f"test.{key}", float(value), now, 0)
+        for key, value in flatten_mapping(metrics).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
+    client.log_batch(run_id, metrics=numbers)
     for path in files:
         client.log_artifact(run_id, str(path), "evaluation" if path.suffix == ".json" else "evaluation/plots")
 

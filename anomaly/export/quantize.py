@@ -35,12 +35,29 @@ QUANTISATION_IMAGES = 64
 
 
 class _NormalImages(CalibrationDataReader):
-    def __init__(self, images: np.ndarray, batch_size: int = 8) -> None:
-        floats = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    """Feeds float NCHW batches of normal images to the quantiser's range calibration."""
+
+    def __init__(self, floats: np.ndarray, batch_size: int = 8) -> None:
         self._batches = iter([{INPUT_NAME: floats[i : i + batch_size]} for i in range(0, len(floats), batch_size)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
+
+
+def quantise_model(source: Path, target: Path, normal_images: np.ndarray) -> None:
+    """Static int8 quantisation (QDQ, per-channel weights) with ranges from float NCHW normal images."""
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(target),
+            _NormalImages(normal_images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
 
 
 @dataclass(frozen=True)
@@ -76,19 +93,10 @@ def quantise_bundle(
 ) -> QuantisationResult:
     """Write an int8 model directory to `output_dir` if it keeps AUROC; report either way."""
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(fp32.directory / MODEL_FILE), str(prepared), skip_symbolic_shape=True)
         candidate = Path(scratch) / "bundle"
         candidate.mkdir()
-        quantize_static(
-            str(prepared),
-            str(candidate / MODEL_FILE),
-            _NormalImages(calibration_images[:QUANTISATION_IMAGES]),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
+        floats = calibration_images[:QUANTISATION_IMAGES].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        quantise_model(fp32.directory / MODEL_FILE, candidate / MODEL_FILE, floats)
         int8_scores = run_session(create_session(candidate / MODEL_FILE), calibration_images)
         calibration = fit_calibration(
             held_out=scored_from_outputs(int8_scores, np.zeros(len(calibration_images), dtype=np.int64)),

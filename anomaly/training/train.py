@@ -28,6 +28,7 @@ class TrainResult:
     checkpoint: Path
     best_val_loss: float
     epochs: int
+    is_global_zero: bool = True
 
 
 def build_trainer(config: Config, logger: L.pytorch.loggers.Logger, output_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
@@ -66,7 +67,8 @@ def train(config: Config) -> TrainResult:
     datamodule.setup("fit")
     logger = create_logger(config)
     module = AutoencoderModule(config.model_dump(mode="json"), mlflow_run_id=logger.run_id, tracking_uri=resolve_tracking_uri(config))
-    output_dir = config.output_dir / logger.run_id
+    # Only rank 0 has an MLflow run; Lightning broadcasts rank 0's checkpoint folder to the others.
+    output_dir = config.output_dir / (logger.run_id or "rank-local")
     trainer, checkpoint = build_trainer(config, logger, output_dir)
     trainer.fit(module, datamodule=datamodule)
     best = Path(checkpoint.best_model_path)
@@ -81,4 +83,5 @@ def train(config: Config) -> TrainResult:
         checkpoint=best,
         best_val_loss=float(checkpoint.best_model_score),
         epochs=trainer.current_epoch,
+        is_global_zero=trainer.is_global_zero,
     )
