@@ -73,6 +73,20 @@ def test_train_mnist_one_class(architecture, shared_datasets, tracking_uri, tmp_
     assert_run_recorded(tracking_uri, parse_output(out)["mlflow run id"], epochs=2)
 
 
+@pytest.mark.parametrize("architecture", ["ae", "vae", "unet"])
+def test_train_on_real_kolektorsdd_folder(architecture, shared_datasets, tracking_uri, tmp_path, monkeypatch, capsys):
+    config = tiny_config(
+        shared_datasets / "kolektorsdd", architecture,
+        data={"image_size": [64, 32]},
+        trainer={"enable_progress_bar": False, "limit_train_batches": 3, "limit_val_batches": 2},
+        output_dir=str(tmp_path / "runs"),
+    )
+    code, out, err = run_cli(monkeypatch, capsys, "train", "-c", str(write_config(tmp_path / "c.yaml", config)),
+                             "--set", f"tracking.uri={tracking_uri}")
+    assert code == 0, err
+    assert_run_recorded(tracking_uri, parse_output(out)["mlflow run id"], epochs=2)
+
+
 def test_mlflow_tracking_uri_from_environment(texture_folder, tracking_uri, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     config = tiny_config(texture_folder, train={"max_epochs": 1, "early_stopping_patience": 0}, output_dir=str(tmp_path / "runs"))

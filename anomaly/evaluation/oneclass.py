@@ -10,10 +10,21 @@ import numpy as np
 
 from anomaly.config import TORCHVISION_KINDS, load_config
 from anomaly.errors import AnomalyError
-from anomaly.evaluation.run import evaluate_checkpoint, summary_row
+from anomaly.evaluation.run import evaluate_checkpoint
 from anomaly.training.train import train
 
 SIGNAL_COLUMNS = ("reconstruction_auroc", "latent_auroc", "combined_auroc", "test_fpr")
+
+
+def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    image = metrics["image"]
+    return {
+        "reconstruction_auroc": image["reconstruction"]["auroc"],
+        "latent_auroc": image["latent"]["auroc"],
+        "combined_auroc": image["combined"]["auroc"],
+        "test_fpr": metrics["test_fpr"],
+        "recall": metrics["at_target_fpr"]["recall"],
+    }
 
 
 def run_oneclass(

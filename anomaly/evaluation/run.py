@@ -1,4 +1,4 @@
-"""`anomaly evaluate` and `anomaly oneclass`: from a checkpoint to metrics.json, plots and MLflow."""
+"""`anomaly evaluate`: from a training checkpoint to metrics.json, calibration, plots and MLflow."""
 
 from __future__ import annotations
 
@@ -83,14 +83,3 @@ def evaluate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Path
     plots = write_plots(output_dir / "plots", scored, datamodule.test_set.images, signal_scores(scored, pvalues), calibration, detector.model)
     log_to_training_run(module, metrics, [output_dir / "metrics.json", output_dir / "calibration.json", *plots])
     return EvaluationResult(metrics=metrics, output_dir=output_dir)
-
-
-def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    image = metrics["image"]
-    return {
-        "reconstruction_auroc": image["reconstruction"]["auroc"],
-        "latent_auroc": image["latent"]["auroc"],
-        "combined_auroc": image["combined"]["auroc"],
-        "test_fpr": metrics["test_fpr"],
-        "recall": metrics["at_target_fpr"]["recall"],
-    }

@@ -16,8 +16,11 @@ def resolve_model(reference: str) -> Path:
         if not path.is_dir():
             raise AnomalyError(f"model directory not found: {reference}")
         return path
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    try:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+    except ImportError:
+        raise AnomalyError(f"resolving {reference} needs the MLflow client: install the serve extra") from None
 
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=reference))
