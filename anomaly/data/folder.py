@@ -21,44 +21,42 @@ def _decode_all(files: list[Path], size: tuple[int, int], channels: int) -> np.n
     return np.stack([decode_image(path, channels, size) for path in files])
 
 
-def _check_masks_have_images(root: Path, test_files: dict[str, list[Path]]) -> None:
+def _mask_index(root: Path, test_files: dict[str, list[Path]]) -> dict[str, dict[str, Path]]:
+    """Mask files per category by image stem, listed once; every mask must have its image."""
     truth = root / "ground_truth"
-    if not truth.is_dir():
-        return
+    index: dict[str, dict[str, Path]] = {}
     for category_dir in sorted(path for path in truth.iterdir() if path.is_dir()):
         stems = {path.stem for path in test_files.get(category_dir.name, [])}
-        for mask in _image_files(category_dir):
-            if mask.stem.removesuffix(MASK_SUFFIX) not in stems:
-                raise AnomalyError(
-                    f"mask {mask} has no image: expected {root / 'test' / category_dir.name}/"
-                    f"{mask.stem.removesuffix(MASK_SUFFIX)}.<ext>"
-                )
+        masks = {mask.stem.removesuffix(MASK_SUFFIX): mask for mask in _image_files(category_dir)}
+        for stem, mask in masks.items():
+            if stem not in stems:
+                raise AnomalyError(f"mask {mask} has no image: expected {root / 'test' / category_dir.name}/{stem}.<ext>")
+        index[category_dir.name] = masks
+    return index
 
 
-def _mask_for(root: Path, category: str, image: Path) -> Path:
-    folder = root / "ground_truth" / category
-    candidates = _image_files(folder) if folder.is_dir() else []
-    matches = [path for path in candidates if path.stem == image.stem + MASK_SUFFIX]
-    if not matches:
-        raise AnomalyError(f"image {image} has no mask: expected {folder}/{image.stem}{MASK_SUFFIX}.png")
-    return matches[0]
+def _mask_for(root: Path, index: dict[str, dict[str, Path]], category: str, image: Path) -> Path:
+    mask = index.get(category, {}).get(image.stem)
+    if mask is None:
+        raise AnomalyError(f"image {image} has no mask: expected {root / 'ground_truth' / category}/{image.stem}{MASK_SUFFIX}.png")
+    return mask
 
 
 def _load_test(root: Path, size: tuple[int, int], channels: int) -> ImageSet:
     test_dir = root / "test"
     categories = sorted(p.name for p in test_dir.iterdir() if p.is_dir()) if test_dir.is_dir() else []
     files = {category: _image_files(test_dir / category) for category in categories}
-    _check_masks_have_images(root, files)
+    index = _mask_index(root, files) if (root / "ground_truth").is_dir() else None
     ordered = [(category, path) for category in categories for path in files[category]]
     if not ordered:
         empty = np.zeros((0, *size, channels), dtype=np.uint8)
         return ImageSet(empty, np.zeros(0, dtype=np.int64), [], [])
     masks = None
-    if (root / "ground_truth").is_dir():
+    if index is not None:
         masks = np.zeros((len(ordered), *size), dtype=bool)
         for i, (category, path) in enumerate(ordered):
             if category != NORMAL_CATEGORY:
-                masks[i] = load_mask(_mask_for(root, category, path), size)
+                masks[i] = load_mask(_mask_for(root, index, category, path), size)
     return ImageSet(
         images=_decode_all([path for _, path in ordered], size, channels),
         labels=np.array([int(category != NORMAL_CATEGORY) for category, _ in ordered], dtype=np.int64),

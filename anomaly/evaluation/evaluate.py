@@ -52,8 +52,7 @@ def evaluate_scored(calibration: Calibration, scored: ScoredSet) -> dict[str, An
             "threshold": calibration.f1_optimal_score,
             **decision_metrics(scored.labels, pvalues.anomaly_score >= calibration.f1_optimal_score),
         }
-    has_masks = bool(scored.masks[scored.labels == 1].any()) if (scored.labels == 1).any() else False
-    if has_masks:
+    if scored.masks[scored.labels == 1].any():
         pixel = pixel_metrics(scored.masks, scored.maps)
         threshold = calibration.pixel_threshold()
         pixel_decisions = decision_metrics(scored.masks.ravel(), scored.maps.ravel() > threshold)

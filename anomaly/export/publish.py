@@ -31,7 +31,6 @@ class ExportResult:
     metrics: dict[str, Any]
     detector: AnomalyDetector
     datamodule: AnomalyDataModule
-    int8: Any = None
 
 
 def load_evaluation(folder: Path, data_overrides: list[str]) -> tuple[AnomalyDetector, Calibration, dict[str, Any]]:
