@@ -17,8 +17,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from anomaly.calibration.fit import fit_calibration
 from anomaly.calibration.scored import ScoredSet
-from anomaly.evaluation.metrics import ranking_metrics
 from anomaly.export.onnx_export import write_metadata
+from anomaly.export.onnx_metrics import onnx_image_auroc
 from anomaly.runtime.bundle import (
     CALIBRATION_FILE,
     INPUT_NAME,
@@ -82,12 +82,6 @@ def scored_from_outputs(outputs: dict[str, np.ndarray], labels: np.ndarray) -> S
     )
 
 
-def onnx_auroc(detector: OnnxDetector, images: np.ndarray, labels: np.ndarray) -> float:
-    outputs = detector.run(images)
-    pvalues = detector.calibration.pvalues(outputs["reconstruction_score"], outputs["latent_distance"])
-    return ranking_metrics(labels, pvalues.statistic)["auroc"]
-
-
 def quantise_bundle(
     fp32: OnnxDetector, calibration_images: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray, output_dir: Path
 ) -> QuantisationResult:
@@ -110,8 +104,8 @@ def quantise_bundle(
         digest = calibration.save(candidate / CALIBRATION_FILE)
         write_metadata(candidate / MODEL_FILE, {META_CALIBRATION_SHA256: digest, META_MODEL_CHECKSUM: calibration.model_checksum})
         int8 = OnnxDetector(candidate)
-        fp32_auroc = onnx_auroc(fp32, test_images, test_labels)
-        int8_auroc = onnx_auroc(int8, test_images, test_labels)
+        fp32_auroc = onnx_image_auroc(fp32, test_images, test_labels)
+        int8_auroc = onnx_image_auroc(int8, test_images, test_labels)
         kept = fp32_auroc - int8_auroc <= MAX_AUROC_DROP
         if kept:
             if output_dir.exists():

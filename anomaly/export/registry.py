@@ -13,8 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from anomaly.data.imageset import ImageSet
-from anomaly.evaluation.metrics import ranking_metrics
-from anomaly.imageio import conform_array
+from anomaly.export.onnx_metrics import onnx_image_auroc
 from anomaly.runtime.bundle import CALIBRATION_FILE, CARD_FILE, MODEL_FILE, OnnxDetector
 from anomaly.runtime.resolve import resolve_model
 
@@ -29,16 +28,6 @@ class Registration:
     challenger_auroc: float
     champion_auroc: float | None
     champion_version: str | None
-
-
-def auroc_on(detector: OnnxDetector, test: ImageSet) -> float:
-    """Image AUROC of an exported model on test images, resized to its own input spec if needed."""
-    images = test.images
-    if images.shape[1:3] != detector.image_size or images.shape[3] != detector.channels:
-        images = np.stack([conform_array(image, detector.channels, detector.image_size) for image in images])
-    outputs = detector.run(images)
-    statistic = detector.calibration.pvalues(outputs["reconstruction_score"], outputs["latent_distance"]).statistic
-    return ranking_metrics(test.labels, statistic)["auroc"]
 
 
 def log_model(bundle: Path, detector: OnnxDetector, example: np.ndarray) -> str:
@@ -70,11 +59,12 @@ def register(bundle: Path, name: str, run_id: str | None, test: ImageSet) -> Reg
     with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=f"register-{name}"):
         model_uri = log_model(bundle, detector, test.images[:1])
         version = mlflow.register_model(model_uri, name).version
-        challenger = auroc_on(detector, test)
+        challenger = onnx_image_auroc(detector, test.images, test.labels)
         champion_version = current_champion(client, name)
         champion = None
         if champion_version is not None:
-            champion = auroc_on(OnnxDetector(resolve_model(f"models:/{name}@{CHAMPION}")), test)
+            champion_model = OnnxDetector(resolve_model(f"models:/{name}@{CHAMPION}"))
+            champion = onnx_image_auroc(champion_model, test.images, test.labels)
         promoted = champion is None or challenger > champion
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
