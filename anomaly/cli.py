@@ -152,7 +152,7 @@ def score(
 
     if target_fpr is not None and not 0 < target_fpr < 0.5:
         raise AnomalyError(f"--target-fpr must be in (0, 0.5), got {target_fpr}")
-    detector = OnnxDetector(resolve_model(model))
+    detector = OnnxDetector(resolve_model(model).directory)
     decoded, failures = {}, 0
     for path in images:
         try:
@@ -166,6 +166,36 @@ def score(
             typer.echo(json.dumps({"image": str(path), **result.to_dict()}))
     if failures:
         raise typer.Exit(code=2)
+
+
+@app.command()
+def serve(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="ANOMALY_MODEL", help="Model directory or models:/NAME@ALIAS.")] = None,
+    host: Annotated[str, typer.Option(envvar="ANOMALY_HOST", help="Interface to listen on (0.0.0.0 in a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PORT", help="Port to listen on.")] = 3000,
+) -> None:
+    """Serve a model over HTTP with BentoML and ONNX Runtime (needs the serve extra; no torch)."""
+    import os
+
+    from anomaly.runtime.bundle import OnnxDetector
+    from anomaly.runtime.resolve import resolve_model
+
+    try:
+        import bentoml  # noqa: F401  (checked here for a clear message; the service imports it)
+
+        import serving
+        from serving.settings import ServingSettings
+    except ImportError as error:
+        raise AnomalyError(f"serving needs the serve extra (uv sync --extra serve): {error}") from None
+    if model is None:
+        raise AnomalyError("no model to serve: pass --model DIR or models:/NAME@ALIAS, or set ANOMALY_MODEL")
+    settings = ServingSettings.from_env({**os.environ, "ANOMALY_MODEL": model})
+    OnnxDetector(resolve_model(model).directory)  # fail here, in one line, rather than in a worker
+    root = Path(serving.__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:AnomalyService",
+               "--host", host, "--port", str(port), "--working-dir", str(root)]
+    typer.echo(f"serving {model} on http://{host}:{port} (POST /score, /score_batch; GET /model, /readyz, /metrics)")
+    os.execve(sys.executable, command, {**os.environ, **settings.to_env()})
 
 
 def main() -> None:

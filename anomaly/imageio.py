@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,31 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _open(source: Path | bytes, name: str) -> Image.Image:
-    """Open and fully decode, so truncated files fail here rather than later in a batch."""
+class ImageTooLargeError(AnomalyError):
+    """The image has more pixels than allowed: refused before its pixels are decoded."""
+
+
+def _open(source: Path | bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode, so truncated files fail here rather than later in a batch.
+
+    The pixel count is checked from the header, before decoding, so a small file that
+    declares a huge image (a decompression bomb) never allocates its pixels.
+    """
+    if isinstance(source, bytes) and not source:
+        raise AnomalyError(f"image {name} is empty (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # checked just below, with a clearer error
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLargeError(f"image {name} is {width}x{height} pixels, above the limit of {max_pixels} pixels")
         image.load()
     except FileNotFoundError:
         raise AnomalyError(f"image file not found: {name}") from None
     except Image.DecompressionBombError as error:
-        raise AnomalyError(f"image {name} is too large: {error}") from None
+        raise ImageTooLargeError(f"image {name} is too large: {error}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         reason = "not a readable image" if isinstance(error, UnidentifiedImageError) else str(error)
         raise AnomalyError(f"cannot read image {name}: {reason}") from None
@@ -51,11 +68,15 @@ def _conform(image: Image.Image, channels: int, size: tuple[int, int] | None) ->
 
 
 def decode_image(
-    source: Path | bytes, channels: int, size: tuple[int, int] | None = None, name: str | None = None
+    source: Path | bytes,
+    channels: int,
+    size: tuple[int, int] | None = None,
+    name: str | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Decode to uint8 (H, W, C), converted to `channels` and resized bilinearly to `size` (H, W)."""
     label = name or (str(source) if isinstance(source, Path) else "<bytes>")
-    return _conform(_open(source, label), channels, size)
+    return _conform(_open(source, label, max_pixels), channels, size)
 
 
 def conform_array(image: np.ndarray, channels: int, size: tuple[int, int] | None) -> np.ndarray:

@@ -21,7 +21,8 @@ import torch
 from anomaly.config import build_config
 from anomaly.export.onnx_export import export_onnx
 from anomaly.export.quantize import quantise_model
-from anomaly.runtime.bundle import INPUT_NAME, OUTPUT_NAMES, create_session, default_threads
+from anomaly.runtime.bundle import INPUT_NAME, OUTPUT_NAMES, create_session
+from anomaly.runtime.cpus import available_cpus
 from anomaly.scoring.detector import AnomalyDetector
 from benchmarks.environment import environment
 
@@ -58,11 +59,11 @@ def build_detector(overrides: dict[str, Any]) -> AnomalyDetector:
 
 def quantised_session(model: Path, sample: np.ndarray, folder: Path) -> Any:
     quantise_model(model, folder / "int8.onnx", sample)
-    return create_session(folder / "int8.onnx", default_threads())
+    return create_session(folder / "int8.onnx", available_cpus())
 
 
 def run(quick: bool) -> dict[str, Any]:
-    threads = default_threads()
+    threads = available_cpus()
     torch.set_num_threads(threads)
     results: dict[str, Any] = {"environment": environment(), "threads": threads, "cases": {}}
     for name, overrides in CASES.items():

@@ -98,12 +98,17 @@ class Calibration:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise AnomalyError(f"calibration file {path} is not valid JSON") from None
+        return cls.from_dict(data, f"calibration file {path}", expected_model_checksum)
+
+    @classmethod
+    def from_dict(cls, data: Any, label: str = "calibration", expected_model_checksum: str | None = None) -> Calibration:
+        """Rebuild from `to_dict()` output (a file, or a message from the model server)."""
         version = data.get("schema_version") if isinstance(data, dict) else None
         if version != SCHEMA_VERSION:
-            raise AnomalyError(f"calibration file {path} has schema version {version}, this version reads {SCHEMA_VERSION}")
+            raise AnomalyError(f"{label} has schema version {version}, this version reads {SCHEMA_VERSION}")
         if expected_model_checksum is not None and data["model_checksum"] != expected_model_checksum:
             raise AnomalyError(
-                f"calibration file {path} belongs to model {data['model_checksum'][:12]}, "
+                f"{label} belongs to model {data['model_checksum'][:12]}, "
                 f"not to this model {expected_model_checksum[:12]}: calibrate this model again"
             )
         return cls(

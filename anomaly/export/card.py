@@ -9,11 +9,18 @@ from anomaly.calibration.artifact import Calibration
 from anomaly.config import Config
 
 
-def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any], parity: dict[str, float], run_id: str | None) -> str:
+def data_source(config: Config) -> str:
+    """What the model was trained on, in words: a folder path, or a data set and its normal class."""
     data = config.data
     source = str(data.root) if data.kind == "folder" else data.kind
     if data.normal_class is not None and data.kind != "folder":
         source += f" (normal class {data.normal_class})"
+    return source
+
+
+def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any], parity: dict[str, float], run_id: str | None) -> str:
+    data = config.data
+    source = data_source(config)
     lines = [
         f"# Anomaly detector: {config.model.architecture}",
         "",

@@ -14,7 +14,17 @@ import onnx
 import torch
 from torch import nn
 
-from anomaly.runtime.bundle import INPUT_NAME, META_CALIBRATION_SHA256, META_MODEL_CHECKSUM, OUTPUT_NAMES
+from anomaly.export.card import data_source
+from anomaly.runtime.bundle import (
+    INPUT_NAME,
+    META_ARCHITECTURE,
+    META_CALIBRATION_SHA256,
+    META_DATASET,
+    META_INPUT,
+    META_MODEL_CHECKSUM,
+    META_TRAINING_RUN,
+    OUTPUT_NAMES,
+)
 from anomaly.scoring.detector import AnomalyDetector, weights_checksum
 
 OPSET = 18
@@ -32,8 +42,10 @@ class ExportWrapper(nn.Module):
         return tuple(getattr(output, name) for name in OUTPUT_NAMES)
 
 
-def export_onnx(detector: AnomalyDetector, path: Path, calibration_sha256: str, sample: torch.Tensor) -> None:
-    """Export with a dynamic batch axis; record which calibration and weights belong to it."""
+def export_onnx(
+    detector: AnomalyDetector, path: Path, calibration_sha256: str, sample: torch.Tensor, run_id: str | None = None
+) -> None:
+    """Export with a dynamic batch axis; record which calibration, weights, run and data belong to it."""
     if sample.shape[0] < 2:
         raise ValueError("export needs a sample batch of at least 2 images to keep the batch axis dynamic")
     wrapper = ExportWrapper(detector.eval()).eval()
@@ -55,8 +67,10 @@ def export_onnx(detector: AnomalyDetector, path: Path, calibration_sha256: str, 
     write_metadata(path, {
         META_CALIBRATION_SHA256: calibration_sha256,
         META_MODEL_CHECKSUM: weights_checksum(detector),
-        "anomaly.architecture": config.model.architecture,
-        "anomaly.input": json.dumps({"name": INPUT_NAME, "shape": ["batch", config.data.channels, *config.data.image_size], "range": [0, 1]}),
+        META_ARCHITECTURE: config.model.architecture,
+        META_INPUT: json.dumps({"name": INPUT_NAME, "shape": ["batch", config.data.channels, *config.data.image_size], "range": [0, 1]}),
+        META_TRAINING_RUN: run_id or "",
+        META_DATASET: data_source(config),
     })
 
 

@@ -62,7 +62,7 @@ def publish(evaluation_dir: Path, output_dir: Path, data_overrides: list[str], r
     try:
         shutil.copyfile(evaluation_dir / CALIBRATION_FILE, output_dir / CALIBRATION_FILE)
         sample = torch.from_numpy(datamodule.calibration_set.images[:2]).permute(0, 3, 1, 2).float() / 255.0
-        export_onnx(detector, output_dir / MODEL_FILE, sha256_file(output_dir / CALIBRATION_FILE), sample)
+        export_onnx(detector, output_dir / MODEL_FILE, sha256_file(output_dir / CALIBRATION_FILE), sample, run_id)
         report = parity_report(detector, OnnxDetector(output_dir), parity_images(datamodule))
         check_parity(report)
     except BaseException:

@@ -63,7 +63,7 @@ def register(bundle: Path, name: str, run_id: str | None, test: ImageSet) -> Reg
         champion_version = current_champion(client, name)
         champion = None
         if champion_version is not None:
-            champion_model = OnnxDetector(resolve_model(f"models:/{name}@{CHAMPION}"))
+            champion_model = OnnxDetector(resolve_model(f"models:/{name}@{CHAMPION}").directory)
             champion = onnx_image_auroc(champion_model, test.images, test.labels)
         promoted = champion is None or challenger > champion
         if promoted:

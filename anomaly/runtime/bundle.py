@@ -8,7 +8,6 @@ calibration file and the checksum of the weights, so a mismatched pair is refuse
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,10 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("reconstruction", "latent", "anomaly_map", "reconstruction_score", "latent_distance")
 META_CALIBRATION_SHA256 = "anomaly.calibration_sha256"
 META_MODEL_CHECKSUM = "anomaly.model_checksum"
+META_ARCHITECTURE = "anomaly.architecture"
+META_INPUT = "anomaly.input"
+META_TRAINING_RUN = "anomaly.training_run"
+META_DATASET = "anomaly.dataset"
 
 
 def sha256_file(path: Path) -> str:
@@ -102,35 +105,36 @@ class OnnxDetector:
         self.image_size: tuple[int, int] = (int(spec["image_size"][0]), int(spec["image_size"][1]))
         self.channels: int = int(spec["channels"])
 
-    def load_image(self, source: Path | bytes, name: str | None = None) -> np.ndarray:
+    def load_image(self, source: Path | bytes, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
         """Decode and resize exactly as training data was (anomaly.imageio)."""
-        return decode_image(source, self.channels, self.image_size, name=name)
+        return decode_image(source, self.channels, self.image_size, name=name, max_pixels=max_pixels)
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 (N, H, W, C) at the model's size -> the graph's raw outputs."""
         return run_session(self.session, images)
 
     def results(self, outputs: dict[str, np.ndarray], target_fpr: float | None = None) -> list[ImageResult]:
-        calibration = self.calibration
-        alpha = calibration.target_fpr if target_fpr is None else target_fpr
-        pvalues = calibration.pvalues(outputs["reconstruction_score"], outputs["latent_distance"])
-        decisions = calibration.is_anomaly(pvalues, alpha)
-        return [
-            ImageResult(
-                reconstruction_score=float(outputs["reconstruction_score"][i]),
-                latent_distance=float(outputs["latent_distance"][i]),
-                p_reconstruction=float(pvalues.reconstruction[i]),
-                p_latent=float(pvalues.latent[i]),
-                p_combined=float(pvalues.combined[i]),
-                anomaly_score=float(pvalues.anomaly_score[i]),
-                is_anomaly=bool(decisions[i]),
-                target_fpr=alpha,
-                threshold=1.0 - alpha,
-            )
-            for i in range(len(pvalues.combined))
-        ]
+        return image_results(self.calibration, outputs["reconstruction_score"], outputs["latent_distance"], target_fpr)
 
 
-def default_threads() -> int:
-    """CPUs this process may use (affinity), not the machine's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def image_results(
+    calibration: Calibration, reconstruction_scores: np.ndarray, latent_distances: np.ndarray, target_fpr: float | None = None
+) -> list[ImageResult]:
+    """p-values and decisions for the graph's two scores; `target_fpr` defaults to the calibrated one."""
+    alpha = calibration.target_fpr if target_fpr is None else target_fpr
+    pvalues = calibration.pvalues(reconstruction_scores, latent_distances)
+    decisions = calibration.is_anomaly(pvalues, alpha)
+    return [
+        ImageResult(
+            reconstruction_score=float(reconstruction_scores[i]),
+            latent_distance=float(latent_distances[i]),
+            p_reconstruction=float(pvalues.reconstruction[i]),
+            p_latent=float(pvalues.latent[i]),
+            p_combined=float(pvalues.combined[i]),
+            anomaly_score=float(pvalues.anomaly_score[i]),
+            is_anomaly=bool(decisions[i]),
+            target_fpr=alpha,
+            threshold=1.0 - alpha,
+        )
+        for i in range(len(pvalues.combined))
+    ]

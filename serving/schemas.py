@@ -1,0 +1,74 @@
+"""The service's JSON contracts (pydantic): what clients get back, and what OpenAPI documents."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field
+
+
+class ModelIdentity(BaseModel):
+    name: str = Field(description="Registered model name, or the model directory's name.")
+    version: Optional[str] = Field(description="Registry version; null for a plain model directory.")
+    model_checksum: str = Field(description="Checksum of the weights; changes with every trained model.")
+
+
+class ImageScore(BaseModel):
+    filename: Optional[str]
+    reconstruction_score: float = Field(description="Reduced per-pixel reconstruction error.")
+    latent_distance: float = Field(description="Distance of the image's code to the training codes.")
+    p_reconstruction: float = Field(ge=0, le=1, description="p-value of the reconstruction score among held-out normal images.")
+    p_latent: float = Field(ge=0, le=1, description="p-value of the latent distance among held-out normal images.")
+    p_combined: float = Field(ge=0, le=1, description="p-value of both signals combined.")
+    anomaly_score: float = Field(ge=0, le=1, description="1 - p_combined.")
+    is_anomaly: bool = Field(description="p_combined < target_fpr.")
+    target_fpr: float = Field(description="False-positive rate the decision was made at.")
+    threshold: float = Field(description="anomaly_score above which an image is flagged: 1 - target_fpr.")
+    heatmap_png_base64: Optional[str] = Field(None, description="With heatmap=true: PNG overlay of the anomaly map at the model's input size.")
+
+
+class ScoreResponse(ImageScore):
+    model: ModelIdentity
+    time_ms: float = Field(description="Server time for this request, decoding included.")
+
+
+class BatchScoreResponse(BaseModel):
+    results: list[ImageScore] = Field(description="One result per uploaded image, in upload order.")
+    model: ModelIdentity
+    time_ms: float
+
+
+class InputSpec(BaseModel):
+    channels: int
+    height: int
+    width: int
+    formats: list[str]
+    max_image_pixels: int
+    max_body_bytes: int
+    max_batch_images: int
+    colour_handling: str
+
+
+class CalibrationSummary(BaseModel):
+    target_fpr: float
+    target_fpr_bounds: tuple[float, float]
+    combine: str
+    sample_sizes: dict[str, int]
+    thresholds: dict[str, float]
+    f1_optimal_score: Optional[float]
+
+
+class ModelDescription(BaseModel):
+    model: ModelIdentity
+    reference: str = Field(description="What the service was started with (a directory or models:/NAME@ALIAS).")
+    training_run: Optional[str]
+    dataset: Optional[str]
+    architecture: Optional[str]
+    input: InputSpec
+    calibration: CalibrationSummary
+    adaptive_batching: bool
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: Optional[Any] = None

@@ -1,0 +1,128 @@
+"""What passes between the two processes of the service, and how results are built from it.
+
+The model server owns the ONNX session; the API server decodes uploads, turns the graph's
+scores into p-values and decisions with the calibration it received from the model server
+(so both always talk about the same model), and draws heat maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from anomaly.calibration.artifact import Calibration
+from anomaly.imageio import IMAGE_SUFFIXES
+from anomaly.runtime.bundle import (
+    META_ARCHITECTURE,
+    META_DATASET,
+    META_MODEL_CHECKSUM,
+    META_TRAINING_RUN,
+    OnnxDetector,
+    image_results,
+)
+from anomaly.runtime.heatmap import overlay_png_base64
+from anomaly.runtime.resolve import ResolvedModel
+from serving.schemas import CalibrationSummary, ImageScore, InputSpec, ModelDescription, ModelIdentity
+from serving.settings import MAX_TARGET_FPR, MIN_TARGET_FPR, ServingSettings
+
+SCORE_COLUMNS = 2  # reconstruction_score, latent_distance; the flattened anomaly map follows
+
+
+def pack_outputs(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """One float32 row per image, so BentoML's batching can split a batch's answer by rows."""
+    maps = outputs["anomaly_map"].reshape(len(outputs["anomaly_map"]), -1)
+    scores = np.stack([outputs["reconstruction_score"], outputs["latent_distance"]], axis=1)
+    return np.concatenate([scores, maps], axis=1).astype(np.float32)
+
+
+def unpack_outputs(packed: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> reconstruction scores (N,), latent distances (N,), anomaly maps (N, H, W)."""
+    return packed[:, 0], packed[:, 1], packed[:, SCORE_COLUMNS:].reshape(len(packed), *image_size)
+
+
+def describe_loaded(resolved: ResolvedModel, detector: OnnxDetector) -> dict[str, Any]:
+    """What the model server tells the API server: identity, ONNX metadata and the calibration."""
+    return {
+        "reference": resolved.reference,
+        "name": resolved.name,
+        "version": resolved.version,
+        "metadata": detector.metadata,
+        "calibration": detector.calibration.to_dict(),
+    }
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """The API server's view of the loaded model."""
+
+    reference: str
+    identity: ModelIdentity
+    metadata: dict[str, str]
+    calibration: Calibration
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any]) -> ModelView:
+        metadata = description["metadata"]
+        checksum = metadata[META_MODEL_CHECKSUM]
+        calibration = Calibration.from_dict(description["calibration"], "calibration from the model server", checksum)
+        identity = ModelIdentity(name=description["name"], version=description["version"], model_checksum=checksum)
+        return cls(description["reference"], identity, metadata, calibration)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        height, width = self.calibration.preprocessing["image_size"]
+        return int(height), int(width)
+
+    @property
+    def channels(self) -> int:
+        return int(self.calibration.preprocessing["channels"])
+
+    def score(
+        self, images: np.ndarray, packed: np.ndarray, filenames: list[str | None], target_fpr: float | None, heatmap: bool
+    ) -> list[ImageScore]:
+        reconstruction, latent, maps = unpack_outputs(packed, self.image_size)
+        results = image_results(self.calibration, reconstruction, latent, target_fpr)
+        pixel_threshold = self.calibration.pixel_threshold(target_fpr) if heatmap else 0.0
+        return [
+            ImageScore(
+                filename=filename,
+                **result.to_dict(),
+                heatmap_png_base64=overlay_png_base64(image, anomaly_map, pixel_threshold) if heatmap else None,
+            )
+            for filename, result, image, anomaly_map in zip(filenames, results, images, maps)
+        ]
+
+    def describe(self, settings: ServingSettings) -> ModelDescription:
+        calibration = self.calibration
+        height, width = self.image_size
+        return ModelDescription(
+            model=self.identity,
+            reference=self.reference,
+            training_run=self.metadata.get(META_TRAINING_RUN) or None,
+            dataset=self.metadata.get(META_DATASET) or None,
+            architecture=self.metadata.get(META_ARCHITECTURE) or None,
+            input=InputSpec(
+                channels=self.channels,
+                height=height,
+                width=width,
+                formats=sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES),
+                max_image_pixels=settings.max_image_pixels,
+                max_body_bytes=settings.max_body_bytes,
+                max_batch_images=settings.max_batch_images,
+                colour_handling=(
+                    f"any mode is converted to {'grayscale' if self.channels == 1 else 'RGB'} "
+                    "(alpha dropped, 16-bit scaled to 8-bit) and resized bilinearly to the input size"
+                ),
+            ),
+            calibration=CalibrationSummary(
+                target_fpr=calibration.target_fpr,
+                target_fpr_bounds=(MIN_TARGET_FPR, MAX_TARGET_FPR),
+                combine=calibration.combine_method,
+                sample_sizes=calibration.sample_sizes,
+                thresholds=calibration.thresholds(),
+                f1_optimal_score=calibration.f1_optimal_score,
+            ),
+            adaptive_batching=settings.adaptive_batching,
+        )

@@ -1,0 +1,213 @@
+"""The BentoML scoring service: `bentoml serve serving.service:AnomalyService` (or `anomaly serve`).
+
+Two services, two kinds of process:
+- AnomalyModel owns the ONNX Runtime session. Its `infer` API is batchable, so BentoML's
+  adaptive batching merges images from concurrent requests into one model call.
+- AnomalyService answers HTTP (a FastAPI app mounted in BentoML): it decodes uploads, sends the
+  pixels to AnomalyModel, and turns scores into p-values and decisions with the calibration the
+  model server loaded. Health (/livez, /readyz) and /metrics are BentoML's own endpoints.
+
+Configuration comes from ANOMALY_* environment variables (serving.settings). Never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Annotated, Any, Optional
+
+import anyio
+import bentoml
+import numpy as np
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from anomaly.errors import AnomalyError
+from anomaly.imageio import ImageTooLargeError, decode_image
+from anomaly.runtime.bundle import OnnxDetector
+from anomaly.runtime.cpus import threads_per_worker
+from anomaly.runtime.resolve import resolve_model
+from serving.guard import RequestGuard
+from serving.metrics import RequestMetrics, service_metrics
+from serving.schemas import BatchScoreResponse, ErrorResponse, ImageScore, ModelDescription, ScoreResponse
+from serving.scoring import ModelView, describe_loaded, pack_outputs
+from serving.settings import MAX_TARGET_FPR, MIN_TARGET_FPR, ServingSettings
+
+logger = logging.getLogger("bentoml.serve.anomaly")  # under "bentoml", whose handlers BentoML sets up
+SETTINGS = ServingSettings.from_env()
+UPLOAD_ROUTES = frozenset({"/score", "/score_batch"})
+API_ROUTES = UPLOAD_ROUTES | {"/model", "/livez", "/readyz", "/metrics"}
+
+
+class ServingError(Exception):
+    """A request the service refuses, with its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# BentoML's client to a dependency replaces its connection pool every `max_requests` calls or
+# `max_age` seconds and drops the calls still in flight on the old one ("Server disconnected");
+# under steady load that fails requests, so the pool is kept for the life of the process.
+KEEP_CONNECTIONS = {"max_requests": 2**62, "max_age": 10.0**12}
+
+
+@bentoml.service(name="anomaly-model", workers=SETTINGS.model_workers, traffic={"timeout": 120}, runner_connection=KEEP_CONNECTIONS)
+class AnomalyModel:
+    """Loads the model once (logging the version resolved) and runs ONNX Runtime on image batches."""
+
+    def __init__(self) -> None:
+        if not SETTINGS.model:
+            raise AnomalyError("no model to serve: set ANOMALY_MODEL to a model directory or models:/NAME@ALIAS")
+        self.resolved = resolve_model(SETTINGS.model)
+        threads = threads_per_worker(SETTINGS.model_workers, SETTINGS.ort_threads)
+        self.detector = OnnxDetector(self.resolved.directory, threads=threads)
+        height, width = self.detector.image_size
+        self.detector.run(np.zeros((1, height, width, self.detector.channels), dtype=np.uint8))
+        logger.info(
+            "serving %s version %s (weights %s) from %s with %d ONNX Runtime threads",
+            self.resolved.name, self.resolved.version or "-", self.detector.calibration.model_checksum[:12],
+            self.resolved.directory, threads,
+        )
+
+    @bentoml.api(
+        batchable=SETTINGS.adaptive_batching,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) -> float32 rows of (reconstruction score, latent distance, map...)."""
+        return pack_outputs(self.detector.run(images))
+
+    @bentoml.api
+    def describe(self) -> dict[str, Any]:
+        return describe_loaded(self.resolved, self.detector)
+
+
+app = FastAPI(
+    title="anomaly",
+    description="Calibrated anomaly scores and heat maps for images.",
+    responses={code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)},
+)
+
+
+def error_response(status: int, message: str, detail: Any = None) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=message, detail=detail).model_dump(exclude_none=True), status_code=status)
+
+
+@app.exception_handler(ServingError)
+async def serving_error(_: Request, error: ServingError) -> JSONResponse:
+    return error_response(error.status, str(error))
+
+
+@app.exception_handler(RequestValidationError)
+async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    return error_response(422, "invalid request: " + "; ".join(describe_problem(problem) for problem in error.errors()))
+
+
+def describe_problem(problem: dict[str, Any]) -> str:
+    field = ".".join(str(part) for part in problem["loc"][1:]) or str(problem["loc"][0])
+    if "UploadFile" in problem["msg"]:  # a text field (often a URL) where a file belongs
+        return f"{field} must be an uploaded file, not text; the server does not fetch URLs"
+    return f"{field}: {problem['msg']}"
+
+
+@app.exception_handler(StarletteHTTPException)
+async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    return error_response(error.status_code, str(error.detail))
+
+
+TargetFpr = Annotated[
+    Optional[float],
+    Query(ge=MIN_TARGET_FPR, le=MAX_TARGET_FPR, description=f"Decide at this false-positive rate instead of the calibrated one ({MIN_TARGET_FPR} to {MAX_TARGET_FPR})."),
+]
+Heatmap = Annotated[bool, Query(description="Also return the anomaly map as a base64 PNG overlay.")]
+
+
+@bentoml.service(name="anomaly", workers=SETTINGS.api_workers, traffic={"timeout": 120})
+@bentoml.asgi_app(app, path="/")
+class AnomalyService:
+    model = bentoml.depends(AnomalyModel)
+
+    def __init__(self) -> None:
+        self.view: ModelView | None = None
+        self.loading = asyncio.Lock()
+
+    async def __is_ready__(self) -> bool:
+        """Ready once the model server has described its model and answered a warm-up inference."""
+        try:
+            await self.loaded()
+        except ServingError:
+            return False
+        return True
+
+    async def loaded(self) -> ModelView:
+        if self.view is not None:
+            return self.view
+        async with self.loading:
+            if self.view is None:
+                try:
+                    view = ModelView.from_description(await self.model.to_async.describe())
+                    height, width = view.image_size
+                    await self.model.to_async.infer(np.zeros((1, height, width, view.channels), dtype=np.uint8))
+                except Exception as error:  # the model server is not up yet or failed to load
+                    logger.warning("model server not ready: %s", error)
+                    raise ServingError(503, "the model is not loaded yet; retry when /readyz answers 200") from None
+                self.view = view
+        return self.view
+
+    async def decode(self, view: ModelView, upload: UploadFile, index: int | None = None) -> np.ndarray:
+        name = upload.filename or "upload"
+        label = name if index is None else f"#{index} ({name})"
+        data = await upload.read()
+        try:
+            return await anyio.to_thread.run_sync(
+                lambda: decode_image(data, view.channels, view.image_size, name=label, max_pixels=SETTINGS.max_image_pixels)
+            )
+        except ImageTooLargeError as error:
+            raise ServingError(413, str(error)) from None
+        except AnomalyError as error:
+            raise ServingError(400, str(error)) from None
+
+    async def run(self, view: ModelView, images: np.ndarray, filenames: list[str | None], target_fpr: float | None, heatmap: bool) -> list[ImageScore]:
+        try:
+            packed = await self.model.to_async.infer(images)
+        except Exception as error:
+            logger.warning("model server failed: %s", error)
+            raise ServingError(503, "the model server is unavailable or overloaded; retry") from None
+        results = await anyio.to_thread.run_sync(lambda: view.score(images, np.asarray(packed), filenames, target_fpr, heatmap))
+        service_metrics().observe_results([r.anomaly_score for r in results], [r.is_anomaly for r in results])
+        return results
+
+    @app.post("/score", response_model=ScoreResponse)
+    async def score(self, image: Annotated[UploadFile, File(description="PNG, JPEG, TIFF, BMP, ...")], target_fpr: TargetFpr = None, heatmap: Heatmap = False) -> ScoreResponse:
+        """Score one image: signals, p-values, decision, and optionally the heat map."""
+        started = time.perf_counter()
+        view = await self.loaded()
+        pixels = await self.decode(view, image)
+        (result,) = await self.run(view, pixels[None], [image.filename], target_fpr, heatmap)
+        return ScoreResponse(**result.model_dump(), model=view.identity, time_ms=(time.perf_counter() - started) * 1000)
+
+    @app.post("/score_batch", response_model=BatchScoreResponse)
+    async def score_batch(self, images: Annotated[list[UploadFile], File(description="Several image files, repeated field 'images'.")], target_fpr: TargetFpr = None, heatmap: Heatmap = False) -> BatchScoreResponse:
+        """Score several images; one result each, in upload order. One unreadable image refuses the request."""
+        started = time.perf_counter()
+        if len(images) > SETTINGS.max_batch_images:
+            raise ServingError(413, f"{len(images)} images in one request, above the limit of {SETTINGS.max_batch_images}")
+        view = await self.loaded()
+        pixels = np.stack([await self.decode(view, upload, index) for index, upload in enumerate(images)])
+        results = await self.run(view, pixels, [upload.filename for upload in images], target_fpr, heatmap)
+        return BatchScoreResponse(results=results, model=view.identity, time_ms=(time.perf_counter() - started) * 1000)
+
+    @app.get("/model", response_model=ModelDescription)
+    async def describe_model(self) -> ModelDescription:
+        """Which model answers: name, version, training run, data, input spec, calibration."""
+        return (await self.loaded()).describe(SETTINGS)
+
+
+AnomalyService.add_asgi_middleware(RequestMetrics, routes=API_ROUTES)
+AnomalyService.add_asgi_middleware(RequestGuard, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, upload_paths=UPLOAD_ROUTES)

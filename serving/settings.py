@@ -1,0 +1,56 @@
+"""Service settings, read from ANOMALY_* environment variables (how `bentoml serve` and Docker pass them)."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from anomaly.errors import AnomalyError
+
+ENV_PREFIX = "ANOMALY_"
+# The smallest per-request target FPR: below it the decision rests on the fitted tail alone.
+MIN_TARGET_FPR = 1e-4
+MAX_TARGET_FPR = 0.5
+
+
+class ServingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: Optional[str] = Field(None, description="Model directory or models:/NAME@ALIAS (ANOMALY_MODEL).")
+    api_key: Optional[str] = Field(None, description="When set, /score, /score_batch and /model need 'Authorization: Bearer <key>'.")
+    max_body_mb: float = Field(20.0, gt=0, description="Larger request bodies get 413.")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="Images declaring more pixels get 413 before decoding.")
+    max_batch_images: int = Field(64, ge=1, description="Most images in one /score_batch request.")
+    adaptive_batching: bool = Field(True, description="Merge concurrent requests into one model call.")
+    max_batch_size: int = Field(64, ge=1, description="Most requests merged into one model call.")
+    max_latency_ms: int = Field(10_000, ge=1, description="Queueing budget; requests that would exceed it get 503.")
+    model_workers: int = Field(1, ge=1, description="Processes running the ONNX model.")
+    api_workers: int = Field(1, ge=1, description="Processes decoding images and answering HTTP.")
+    ort_threads: Optional[int] = Field(None, ge=1, description="ONNX Runtime intra-op threads per model worker (default: usable CPUs / model workers).")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServingSettings:
+        """Settings from ANOMALY_<FIELD> variables (ANOMALY_MAX_BODY_MB=5); a bad value is a one-line error."""
+        environ = dict(os.environ if environ is None else environ)
+        known = {f"{ENV_PREFIX}{name.upper()}": name for name in cls.model_fields}
+        values = {known[key]: value for key, value in environ.items() if key in known and value != ""}
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            variable = f"{ENV_PREFIX}{str(problem['loc'][0]).upper()}"
+            raise AnomalyError(f"{variable}: {problem['msg']}") from None
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that reproduce these settings in a child process."""
+        return {
+            f"{ENV_PREFIX}{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }

@@ -1,0 +1,249 @@
+"""The BentoML service, started for real with `anomaly serve` on 127.0.0.1, with a small trained model."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomaly.export.publish import publish
+from benchmarks.http_load import run_load
+from serving.process import free_port, running_server, serve_command
+from tests.conftest import PROJECT_ROOT, write_texture_folder
+from tests.test_export import evaluated
+
+API_KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+LIMITS = {"ANOMALY_MAX_BODY_MB": "1", "ANOMALY_MAX_IMAGE_PIXELS": "1000000", "ANOMALY_MAX_BATCH_IMAGES": "8"}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return write_texture_folder(tmp_path_factory.mktemp("serving") / "textures", train=60, test_good=6, test_defect=6)
+
+
+@pytest.fixture(scope="module")
+def model_dir(folder, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("served")
+    evaluation = evaluated(folder, root, f"sqlite:///{root / 'mlflow.db'}", "ae")
+    run_id = json.loads((evaluation / "run.json").read_text())["mlflow_run_id"]
+    return publish(evaluation, root / "model", [], run_id).directory
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    port = free_port()
+    env = {"ANOMALY_API_KEY": API_KEY, **LIMITS}
+    log = tmp_path_factory.mktemp("logs") / "serve.log"
+    with running_server(serve_command(str(model_dir), port), env, port, log) as url:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
+            yield client
+
+
+def images_of(folder: Path) -> list[Path]:
+    return sorted((folder / "test" / "scratch").glob("*.png"))[:3] + sorted((folder / "test" / "good").glob("*.png"))[:3]
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def assert_serves(server: httpx.Client, folder: Path) -> None:
+    response = server.post("/score", files={"image": images_of(folder)[0].open("rb")})
+    assert response.status_code == 200, response.text
+
+
+def test_scores_equal_the_cli(server, model_dir, folder):
+    paths = images_of(folder)
+    cli = subprocess.run(
+        [sys.executable, "-m", "anomaly.cli", "score", "--model", str(model_dir), *map(str, paths)],
+        capture_output=True, text=True, check=True, cwd=PROJECT_ROOT,
+    )
+    expected = [json.loads(line) for line in cli.stdout.splitlines()]
+    singles = [server.post("/score", files={"image": path.open("rb")}).json() for path in paths]
+    batch = server.post("/score_batch", files=[("images", path.open("rb")) for path in paths]).json()
+    assert [item["filename"] for item in batch["results"]] == [path.name for path in paths]
+    assert any(item["is_anomaly"] for item in expected) and not all(item["is_anomaly"] for item in expected)
+    for want, single, batched in zip(expected, singles, batch["results"]):
+        for key in ("reconstruction_score", "latent_distance", "p_reconstruction", "p_latent", "p_combined", "anomaly_score"):
+            assert single[key] == pytest.approx(want[key], rel=1e-5, abs=1e-12), key
+            assert batched[key] == pytest.approx(want[key], rel=1e-5, abs=1e-12), key
+        assert single["is_anomaly"] == batched["is_anomaly"] == want["is_anomaly"]
+        assert single["target_fpr"] == want["target_fpr"] and single["threshold"] == pytest.approx(1 - want["target_fpr"])
+    assert singles[0]["model"]["model_checksum"] == batch["model"]["model_checksum"]
+    assert singles[0]["time_ms"] > 0
+
+
+def test_per_request_target_fpr_moves_the_decision(server, folder):
+    path = images_of(folder)[-1]
+    strict = server.post("/score", params={"target_fpr": 0.0001}, files={"image": path.open("rb")}).json()
+    loose = server.post("/score", params={"target_fpr": 0.5}, files={"image": path.open("rb")}).json()
+    assert strict["p_combined"] == loose["p_combined"]
+    assert (strict["target_fpr"], loose["target_fpr"], loose["threshold"]) == (0.0001, 0.5, 0.5)
+    assert strict["is_anomaly"] == (strict["p_combined"] < 0.0001) and loose["is_anomaly"] == (loose["p_combined"] < 0.5)
+
+
+def test_heatmap_is_a_png_overlay_that_marks_the_defect(server, folder):
+    result = server.post("/score", params={"heatmap": "true"}, files={"image": images_of(folder)[0].open("rb")}).json()
+    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["heatmap_png_base64"]))))
+    assert overlay.shape == (32, 32, 3)
+    # the input is grey; colour (R != B) appears only where the map is high: inside the bright scratch
+    coloured = np.abs(overlay[..., 0].astype(int) - overlay[..., 2].astype(int)) > 40
+    assert coloured[8:16].mean() > coloured[24:].mean()
+    plain = server.post("/score", files={"image": images_of(folder)[0].open("rb")}).json()
+    assert plain["heatmap_png_base64"] is None
+
+
+def test_model_endpoint_says_which_model_answers(server, model_dir):
+    info = server.get("/model").json()
+    calibration = json.loads((model_dir / "calibration.json").read_text())
+    assert info["model"]["model_checksum"] == calibration["model_checksum"]
+    assert info["model"]["name"] == "model" and info["model"]["version"] is None
+    assert info["reference"] == str(model_dir) and info["architecture"] == "ae"
+    assert len(info["training_run"]) == 32 and info["dataset"].endswith("textures")
+    assert (info["input"]["channels"], info["input"]["height"], info["input"]["width"]) == (1, 32, 32)
+    assert info["input"]["max_body_bytes"] == 1024 * 1024 and info["input"]["max_batch_images"] == 8
+    assert info["calibration"]["target_fpr"] == calibration["target_fpr"]
+    assert info["calibration"]["sample_sizes"]["calibration_images"] == calibration["sample_sizes"]["calibration_images"]
+
+
+def test_health_and_metrics_are_open_and_count_requests(server, folder, model_dir):
+    assert_serves(server, folder)
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert httpx.get(f"{server.base_url}{path}").status_code == 200, path
+    metrics = httpx.get(f"{server.base_url}/metrics").text
+    assert 'anomaly_http_requests_total{route="/score",status="200"}' in metrics
+    assert "anomaly_images_scored_total" in metrics and "anomaly_images_flagged_total" in metrics
+    assert 'anomaly_score_bucket{le="0.5"}' in metrics
+    assert "anomaly_http_request_seconds_bucket" in metrics
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"}])
+def test_api_key_is_required(server, folder, headers):
+    for method, path in (("POST", "/score"), ("POST", "/score_batch"), ("GET", "/model")):
+        files = {"image": images_of(folder)[0].read_bytes()} if method == "POST" else None
+        response = httpx.request(method, f"{server.base_url}{path}", headers=headers, files=files)
+        assert response.status_code == 401 and "API key" in response.json()["error"]
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def bad_requests(folder: Path) -> dict[str, tuple[dict, int, str]]:
+    """name -> (httpx request arguments for POST /score, expected status, expected message part)."""
+    good = images_of(folder)[0].read_bytes()
+    bomb = png_bytes(np.zeros((1100, 1000), dtype=np.uint8))  # 1.1 Mpx in a few KB, over the 1 Mpx limit
+    noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    return {
+        "not an image": ({"files": {"image": ("notes.txt", b"hello, not pixels")}}, 400, "not a readable image"),
+        "truncated": ({"files": {"image": ("cut.png", good[: len(good) // 2])}}, 400, "truncated"),
+        "zero bytes": ({"files": {"image": ("empty.png", b"")}}, 400, "empty (0 bytes)"),
+        "pixel bomb": ({"files": {"image": ("bomb.png", bomb)}}, 413, "above the limit of 1000000 pixels"),
+        "body too large": ({"files": {"image": ("noise.png", png_bytes(noise))}}, 413, "limit of 1 MB"),
+        "url as json": ({"json": "http://127.0.0.1:1/x.png"}, 415, "does not fetch URLs"),
+        "url as form text": ({"data": {"image": "http://127.0.0.1:1/x.png"}, "files": {"other": ("x", b"")}}, 422, "must be an uploaded file"),
+        "pickle": ({"content": b"\x80\x04K\x01.", "headers": {"Content-Type": "application/vnd.bentoml+pickle"}}, 415, "pickled bodies are never accepted"),
+        "no image field": ({"files": {"picture": ("a.png", good)}}, 422, "image"),
+        "target fpr too high": ({"files": {"image": ("a.png", good)}, "params": {"target_fpr": 0.9}}, 422, "target_fpr"),
+        "target fpr not a number": ({"files": {"image": ("a.png", good)}, "params": {"target_fpr": "lots"}}, 422, "target_fpr"),
+    }
+
+
+BAD_CASES = [
+    "not an image", "truncated", "zero bytes", "pixel bomb", "body too large", "url as json",
+    "url as form text", "pickle", "no image field", "target fpr too high", "target fpr not a number",
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, folder, case):
+    arguments, status, message = bad_requests(folder)[case]
+    headers = {**AUTH, **arguments.pop("headers", {})}
+    response = httpx.post(f"{server.base_url}/score", headers=headers, timeout=60, **arguments)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert_serves(server, folder)
+
+
+def test_chunked_body_over_the_limit_is_refused(server, folder):
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 64 * 1024
+
+    response = httpx.post(f"{server.base_url}/score", headers={**AUTH, "Content-Type": "multipart/form-data; boundary=b"}, content=chunks())
+    assert response.status_code == 413
+    assert_serves(server, folder)
+
+
+def test_other_channel_layouts_are_converted(server, folder):
+    """Documented: RGBA, palette, 16-bit and RGB inputs are converted to the model's grayscale."""
+    grey = np.asarray(Image.open(images_of(folder)[0]).convert("L"))
+    reference = server.post("/score", files={"image": ("grey.png", png_bytes(grey))}).json()
+    variants = {
+        "rgb": png_bytes(np.repeat(grey[..., None], 3, axis=2)),
+        "rgba": png_bytes(np.dstack([np.repeat(grey[..., None], 3, axis=2), np.full_like(grey, 255)])),
+        "palette": palette_png(grey),
+    }
+    for name, data in variants.items():
+        result = server.post("/score", files={"image": (f"{name}.png", data)})
+        assert result.status_code == 200, (name, result.text)
+        assert result.json()["reconstruction_score"] == pytest.approx(reference["reconstruction_score"], rel=1e-4), name
+
+
+def palette_png(grey: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(grey).convert("P").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_batch_limits_and_a_bad_member(server, folder):
+    path = images_of(folder)[0]
+    too_many = server.post("/score_batch", files=[("images", path.read_bytes())] * 9)
+    assert too_many.status_code == 413 and "limit of 8" in too_many.json()["error"]
+    mixed = server.post("/score_batch", files=[("images", ("a.png", path.read_bytes())), ("images", ("b.png", b"junk"))])
+    assert mixed.status_code == 400 and "#1 (b.png)" in mixed.json()["error"]
+    assert server.get("/nowhere").status_code == 404
+
+
+def test_thirty_two_concurrent_clients_without_errors(server, folder):
+    images = [(path.name, path.read_bytes()) for path in images_of(folder)]
+    result = run_load(str(server.base_url), images, clients=32, max_requests=640, max_seconds=60, headers=AUTH)
+    assert result.errors == 0, result.error_samples[:3]
+    assert result.requests == 640
+
+
+def test_schemathesis_finds_no_server_errors(server, tmp_path):
+    schemathesis = Path(sys.executable).with_name("schemathesis")
+    result = subprocess.run(
+        [str(schemathesis), "run", f"{server.base_url}/docs.json", "--checks", "not_a_server_error",
+         "--header", f"Authorization: Bearer {API_KEY}", "--max-examples", "15", "--max-time", "45", "--seed", "7",
+         "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    generated = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
+    assert generated and int(generated.group(1)) > 100 and generated.group(1) == generated.group(2), result.stdout[-2000:]
+
+
+def test_service_modules_do_not_import_torch():
+    code = "import sys, serving.service; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_serve_without_a_model_is_a_one_line_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "anomaly.cli", "serve", "--model", str(tmp_path / "missing")],
+        capture_output=True, text=True, cwd=PROJECT_ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: model directory not found: {tmp_path / 'missing'}"
