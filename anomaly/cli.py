@@ -168,6 +168,35 @@ def score(
         raise typer.Exit(code=2)
 
 
+pipeline_app = typer.Typer(no_args_is_help=True, help="Pipeline runs: train, calibrate, evaluate, export, register, promote.")
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    config: ConfigOption,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for every step's outputs (default: runs/<config name>).")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard an earlier run in --output and start over.")] = False,
+    set_: SetOption = None,
+    overrides: ExtraOverrides = None,
+) -> None:
+    """Train -> calibrate -> evaluate -> export -> parity -> register -> promote, resumable; one MLflow parent run."""
+    import json
+
+    from anomaly.config import load_config
+
+    resolved = load_config(config, collect_overrides(set_, overrides))
+    from anomaly.pipeline.run import run_pipeline
+
+    folder = output or Path("runs") / config.stem
+    summary = run_pipeline(resolved, folder, restart, report=lambda line: typer.echo(line, err=True))
+    model_dir = summary["model_dir"]
+    typer.echo(f"metrics: {folder / 'metrics.json'}", err=True)
+    typer.echo(f"serve it:  uv run anomaly serve --model {model_dir}   (or --model {summary['model_uri']})", err=True)
+    typer.echo(f"query it:  curl -F image=@IMAGE.png 'http://127.0.0.1:3000/score?heatmap=true'", err=True)
+    typer.echo(json.dumps({"status": "finished", "output": str(folder), **summary}))
+
+
 @app.command()
 def serve(
     model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="ANOMALY_MODEL", help="Model directory or models:/NAME@ALIAS.")] = None,

@@ -164,6 +164,7 @@ class TrackingConfig(StrictModel):
     uri: str | None = None
     experiment: str = "anomaly"
     run_name: str | None = None
+    registered_model: str = Field("anomaly", min_length=1, description="Registry name that `anomaly pipeline run` registers and promotes under.")
 
 
 class Config(StrictModel):

@@ -11,12 +11,13 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric
 
+from anomaly.calibration.artifact import Calibration
 from anomaly.config import Config, build_config, flatten_mapping, parse_override
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.errors import AnomalyError
 from anomaly.evaluation.evaluate import evaluate_scored, signal_scores
 from anomaly.evaluation.plots import write_plots
-from anomaly.scoring.detector import AnomalyDetector, save_detector
+from anomaly.scoring.detector import AnomalyDetector, load_detector, save_detector, weights_checksum
 from anomaly.scoring.fit import fit_detector, score_loader
 from anomaly.training.module import AutoencoderModule
 
@@ -46,11 +47,11 @@ def load_trained(checkpoint: Path, overrides: list[str]) -> tuple[AutoencoderMod
     return module.eval(), config
 
 
-def log_to_training_run(module: AutoencoderModule, metrics: dict[str, Any], files: list[Path]) -> None:
-    run_id, uri = module.hparams.get("mlflow_run_id"), module.hparams.get("tracking_uri")
-    if not run_id or not uri:
+def log_evaluation(run_id: str | None, tracking_uri: str | None, metrics: dict[str, Any], files: list[Path]) -> None:
+    """test.* metrics and the evaluation files, into an MLflow run (the training run, or a pipeline step)."""
+    if not run_id or not tracking_uri:
         return
-    client = mlflow.MlflowClient(uri)
+    client = mlflow.MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
     numbers = [
         Metric(f"test.{key}", float(value), now, 0)
@@ -62,8 +63,16 @@ def log_to_training_run(module: AutoencoderModule, metrics: dict[str, Any], file
         client.log_artifact(run_id, str(path), "evaluation" if path.suffix == ".json" else "evaluation/plots")
 
 
-def evaluate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Path) -> EvaluationResult:
-    """Fit latent statistics (train split) and calibration (held-out normals), then evaluate on test."""
+@dataclass(frozen=True)
+class Calibrated:
+    detector: AnomalyDetector
+    calibration: Calibration
+    datamodule: AnomalyDataModule
+
+
+def calibrate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Path) -> Calibrated:
+    """Fit latent statistics (train split) and the calibration (held-out normals); write detector.pt,
+    calibration.json and run.json (which training run this came from)."""
     module, config = load_trained(checkpoint, overrides)
     datamodule = AnomalyDataModule(config.data)
     datamodule.setup()
@@ -71,15 +80,45 @@ def evaluate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Path
         raise AnomalyError("no test images to evaluate on: the data source has no test split (test/<category>/)")
     detector = AnomalyDetector(config, module.model)
     calibration = fit_detector(detector, datamodule)
-    scored = score_loader(detector, datamodule.test_dataloader())
-    metrics = evaluate_scored(calibration, scored)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_detector(detector, output_dir / "detector.pt")
     calibration.save(output_dir / "calibration.json")
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     run = {"mlflow_run_id": module.hparams.get("mlflow_run_id"), "tracking_uri": module.hparams.get("tracking_uri")}
     (output_dir / "run.json").write_text(json.dumps(run, indent=1))
+    return Calibrated(detector, calibration, datamodule)
+
+
+def load_calibrated(folder: Path, data_overrides: list[str] | None = None) -> Calibrated:
+    """detector.pt and calibration.json as calibrate_checkpoint wrote them, with the data they need
+    (`data_overrides` point at the data where it is now, if it moved)."""
+    for name in ("detector.pt", "calibration.json"):
+        if not (folder / name).is_file():
+            raise AnomalyError(f"{folder} has no {name}: run `anomaly evaluate` first and pass its output folder")
+    detector = load_detector(folder / "detector.pt")
+    calibration = Calibration.load(folder / "calibration.json", expected_model_checksum=weights_checksum(detector))
+    if data_overrides:
+        detector.config = build_config(detector.config.model_dump(mode="json"), data_overrides)
+    datamodule = AnomalyDataModule(detector.config.data)
+    datamodule.setup()
+    return Calibrated(detector, calibration, datamodule)
+
+
+def evaluate_calibrated(calibrated: Calibrated, output_dir: Path, log_run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
+    """Score the test split; write metrics.json and plots; log them to `log_run_id`."""
+    detector, calibration, datamodule = calibrated.detector, calibrated.calibration, calibrated.datamodule
+    scored = score_loader(detector, datamodule.test_dataloader())
+    metrics = evaluate_scored(calibration, scored)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     pvalues = calibration.pvalues(scored.reconstruction_scores, scored.latent_distances)
     plots = write_plots(output_dir / "plots", scored, datamodule.test_set.images, signal_scores(scored, pvalues), calibration, detector.model)
-    log_to_training_run(module, metrics, [output_dir / "metrics.json", output_dir / "calibration.json", *plots])
+    log_evaluation(log_run_id, tracking_uri, metrics, [output_dir / "metrics.json", output_dir / "calibration.json", *plots])
+    return metrics
+
+
+def evaluate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Path) -> EvaluationResult:
+    """Calibrate, then evaluate on the test split; the metrics go to the training run."""
+    calibrated = calibrate_checkpoint(checkpoint, overrides, output_dir)
+    run = json.loads((output_dir / "run.json").read_text())
+    metrics = evaluate_calibrated(calibrated, output_dir, run["mlflow_run_id"], run["tracking_uri"])
     return EvaluationResult(metrics=metrics, output_dir=output_dir)

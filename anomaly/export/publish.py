@@ -11,15 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomaly.calibration.artifact import Calibration
-from anomaly.config import build_config
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.errors import AnomalyError
 from anomaly.export.card import model_card
+from anomaly.evaluation.run import Calibrated, load_calibrated
 from anomaly.export.onnx_export import export_onnx
 from anomaly.export.parity import check_parity, parity_report
 from anomaly.runtime.bundle import CALIBRATION_FILE, CARD_FILE, MODEL_FILE, OnnxDetector, sha256_file
-from anomaly.scoring.detector import AnomalyDetector, load_detector, weights_checksum
+from anomaly.scoring.detector import AnomalyDetector
 
 PARITY_IMAGES = 64
 
@@ -33,16 +32,10 @@ class ExportResult:
     datamodule: AnomalyDataModule
 
 
-def load_evaluation(folder: Path, data_overrides: list[str]) -> tuple[AnomalyDetector, Calibration, dict[str, Any]]:
-    """detector.pt, calibration.json and metrics.json as `anomaly evaluate` wrote them."""
-    for name in ("detector.pt", CALIBRATION_FILE, "metrics.json"):
-        if not (folder / name).is_file():
-            raise AnomalyError(f"{folder} has no {name}: run `anomaly evaluate` first and pass its output folder")
-    detector = load_detector(folder / "detector.pt")
-    calibration = Calibration.load(folder / CALIBRATION_FILE, expected_model_checksum=weights_checksum(detector))
-    if data_overrides:
-        detector.config = build_config(detector.config.model_dump(mode="json"), data_overrides)
-    return detector, calibration, json.loads((folder / "metrics.json").read_text())
+def read_metrics(folder: Path) -> dict[str, Any]:
+    if not (folder / "metrics.json").is_file():
+        raise AnomalyError(f"{folder} has no metrics.json: run `anomaly evaluate` first and pass its output folder")
+    return json.loads((folder / "metrics.json").read_text())
 
 
 def parity_images(datamodule: AnomalyDataModule) -> np.ndarray:
@@ -51,22 +44,37 @@ def parity_images(datamodule: AnomalyDataModule) -> np.ndarray:
     return np.concatenate([datamodule.calibration_set.images[:half], datamodule.test_set.images[:half]])
 
 
-def publish(evaluation_dir: Path, output_dir: Path, data_overrides: list[str], run_id: str | None) -> ExportResult:
-    """Export, check parity on real images, write the card. On a parity failure nothing is left."""
-    detector, calibration, metrics = load_evaluation(evaluation_dir, data_overrides)
-    datamodule = AnomalyDataModule(detector.config.data)
-    datamodule.setup()
+def export_bundle(calibrated: Calibrated, evaluation_dir: Path, output_dir: Path, run_id: str | None) -> None:
+    """model.onnx (with the scoring head) and the calibration it belongs to, in a fresh `output_dir`."""
     if output_dir.exists():
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True)
+    shutil.copyfile(evaluation_dir / CALIBRATION_FILE, output_dir / CALIBRATION_FILE)
+    images = calibrated.datamodule.calibration_set.images[:2]
+    sample = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    export_onnx(calibrated.detector, output_dir / MODEL_FILE, sha256_file(output_dir / CALIBRATION_FILE), sample, run_id)
+
+
+def verify_parity(calibrated: Calibrated, output_dir: Path) -> dict[str, float]:
+    """Compare ONNX Runtime with PyTorch on real images; raise if they disagree."""
+    report = parity_report(calibrated.detector, OnnxDetector(output_dir), parity_images(calibrated.datamodule))
+    check_parity(report)
+    return report
+
+
+def write_card(calibrated: Calibrated, metrics: dict[str, Any], report: dict[str, float], output_dir: Path, run_id: str | None) -> None:
+    (output_dir / CARD_FILE).write_text(model_card(calibrated.detector.config, calibrated.calibration, metrics, report, run_id))
+
+
+def publish(evaluation_dir: Path, output_dir: Path, data_overrides: list[str], run_id: str | None) -> ExportResult:
+    """Export, check parity on real images, write the card. On a parity failure nothing is left."""
+    metrics = read_metrics(evaluation_dir)
+    calibrated = load_calibrated(evaluation_dir, data_overrides)
     try:
-        shutil.copyfile(evaluation_dir / CALIBRATION_FILE, output_dir / CALIBRATION_FILE)
-        sample = torch.from_numpy(datamodule.calibration_set.images[:2]).permute(0, 3, 1, 2).float() / 255.0
-        export_onnx(detector, output_dir / MODEL_FILE, sha256_file(output_dir / CALIBRATION_FILE), sample, run_id)
-        report = parity_report(detector, OnnxDetector(output_dir), parity_images(datamodule))
-        check_parity(report)
+        export_bundle(calibrated, evaluation_dir, output_dir, run_id)
+        report = verify_parity(calibrated, output_dir)
     except BaseException:
         shutil.rmtree(output_dir, ignore_errors=True)
         raise
-    (output_dir / CARD_FILE).write_text(model_card(detector.config, calibration, metrics, report, run_id))
-    return ExportResult(output_dir, report, metrics, detector, datamodule)
+    write_card(calibrated, metrics, report, output_dir, run_id)
+    return ExportResult(output_dir, report, metrics, calibrated.detector, calibrated.datamodule)

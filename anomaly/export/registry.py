@@ -52,26 +52,40 @@ def current_champion(client: mlflow.MlflowClient, name: str) -> str | None:
         return None
 
 
-def register(bundle: Path, name: str, run_id: str | None, test: ImageSet) -> Registration:
-    """Register `bundle` under `name`; promote it to champion only if it wins on `test`."""
+def register_version(bundle: Path, name: str, run_id: str | None, example: np.ndarray) -> str:
+    """Log `bundle` as an MLflow ONNX model in `run_id` (or a new run) and register it; return the version."""
+    detector = OnnxDetector(bundle)
+    with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=f"register-{name}"):
+        model_uri = log_model(bundle, detector, example[:1])
+        return str(mlflow.register_model(model_uri, name).version)
+
+
+def promote(bundle: Path, name: str, version: str, run_id: str | None, test: ImageSet) -> Registration:
+    """Move `champion` to `version` only if it beats the current champion on `test`; log the decision."""
     detector = OnnxDetector(bundle)
     client = mlflow.MlflowClient()
-    with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=f"register-{name}"):
-        model_uri = log_model(bundle, detector, test.images[:1])
-        version = mlflow.register_model(model_uri, name).version
-        challenger = onnx_image_auroc(detector, test.images, test.labels)
-        champion_version = current_champion(client, name)
-        champion = None
-        if champion_version is not None:
-            champion_model = OnnxDetector(resolve_model(f"models:/{name}@{CHAMPION}").directory)
-            champion = onnx_image_auroc(champion_model, test.images, test.labels)
-        promoted = champion is None or challenger > champion
-        if promoted:
-            client.set_registered_model_alias(name, CHAMPION, version)
-        mlflow.log_metric("registry.challenger_auroc", challenger)
+    challenger = onnx_image_auroc(detector, test.images, test.labels)
+    champion_version = current_champion(client, name)
+    champion = None
+    if champion_version is not None and champion_version != version:
+        champion_model = OnnxDetector(resolve_model(f"models:/{name}@{CHAMPION}").directory)
+        champion = onnx_image_auroc(champion_model, test.images, test.labels)
+    promoted = champion_version == version or champion is None or challenger > champion
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "image_auroc_at_registration", f"{challenger:.6f}")
+    if run_id:
+        client.log_metric(run_id, "registry.challenger_auroc", challenger)
         if champion is not None:
-            mlflow.log_metric("registry.champion_auroc", champion)
+            client.log_metric(run_id, "registry.champion_auroc", champion)
         decision = "promoted" if promoted else f"kept champion v{champion_version}"
-        mlflow.set_tag("registry.decision", f"{name} v{version}: {decision}")
-        client.set_model_version_tag(name, version, "image_auroc_at_registration", f"{challenger:.6f}")
-    return Registration(name, str(version), promoted, challenger, champion, champion_version)
+        client.set_tag(run_id, "registry.decision", f"{name} v{version}: {decision}")
+    return Registration(name, version, promoted, challenger, champion, champion_version if champion is not None else None)
+
+
+def register(bundle: Path, name: str, run_id: str | None, test: ImageSet) -> Registration:
+    """Register `bundle` under `name`; promote it to champion only if it wins on `test`."""
+    version = register_version(bundle, name, run_id, test.images)
+    if run_id is None:
+        run_id = mlflow.MlflowClient().get_model_version(name, version).run_id
+    return promote(bundle, name, version, run_id, test)

@@ -23,12 +23,14 @@ def resolve_tracking_uri(config: Config) -> str:
     return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def create_logger(config: Config) -> MLFlowLogger:
+def create_logger(config: Config, run_id: str | None = None) -> MLFlowLogger:
+    """A new MLflow run, or the existing `run_id` (its params must match: MLflow never overwrites them)."""
     logger = MLFlowLogger(
         experiment_name=config.tracking.experiment,
         run_name=config.tracking.run_name,
         tracking_uri=resolve_tracking_uri(config),
         tags={"architecture": config.model.architecture, "data.kind": config.data.kind},
+        run_id=run_id,
     )
     logger.log_hyperparams(flatten(config))
     return logger

@@ -57,20 +57,24 @@ def sample_reconstructions(module: AutoencoderModule, datamodule: AnomalyDataMod
     return reconstruction_grid(batch.cpu(), module(batch).reconstruction.cpu())
 
 
-def train(config: Config) -> TrainResult:
+def train(config: Config, run_id: str | None = None) -> TrainResult:
     """Fit on the normal training split; early-stop on validation normals; log everything to MLflow.
 
     Data is loaded and validated before the MLflow run opens, so bad input leaves no empty run.
+    With `run_id` (an existing MLflow run, e.g. a pipeline step), training logs into that run and
+    resumes from its last epoch checkpoint if one exists, so an interrupted run continues where it
+    stopped instead of logging its epochs twice.
     """
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     datamodule = AnomalyDataModule(config.data)
     datamodule.setup("fit")
-    logger = create_logger(config)
+    logger = create_logger(config, run_id)
     module = AutoencoderModule(config.model_dump(mode="json"), mlflow_run_id=logger.run_id, tracking_uri=resolve_tracking_uri(config))
     # Only rank 0 has an MLflow run; Lightning broadcasts rank 0's checkpoint folder to the others.
     output_dir = config.output_dir / (logger.run_id or "rank-local")
     trainer, checkpoint = build_trainer(config, logger, output_dir)
-    trainer.fit(module, datamodule=datamodule)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last if run_id and last.is_file() else None)
     best = Path(checkpoint.best_model_path)
     if trainer.is_global_zero:
         best_module = AutoencoderModule.load_from_checkpoint(best, map_location="cpu")

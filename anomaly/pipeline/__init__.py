@@ -1,0 +1,1 @@
+"""`anomaly pipeline run`: train -> calibrate -> evaluate -> export -> parity -> register -> promote."""
