@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -77,3 +78,23 @@ def tiny_config(root: Path, architecture: str = "ae", **sections: dict) -> dict:
     for section, values in sections.items():
         config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
     return config
+
+
+class PublishedModel(NamedTuple):
+    directory: Path  # the exported model directory
+    data: Path  # the texture folder it was trained on
+
+
+@pytest.fixture(scope="session")
+def published_model(tmp_path_factory) -> PublishedModel:
+    """One small AE trained on textures, evaluated and exported: the model the service tests serve."""
+    import json
+
+    from anomaly.export.publish import publish
+    from tests.test_export import evaluated
+
+    folder = write_texture_folder(tmp_path_factory.mktemp("served-data") / "textures", train=60, test_good=6, test_defect=6)
+    root = tmp_path_factory.mktemp("served")
+    evaluation = evaluated(folder, root, f"sqlite:///{root / 'mlflow.db'}", "ae")
+    run_id = json.loads((evaluation / "run.json").read_text())["mlflow_run_id"]
+    return PublishedModel(publish(evaluation, root / "model", [], run_id).directory, folder)

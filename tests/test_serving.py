@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly.export.publish import publish
 from benchmarks.http_load import run_load
 from serving.process import free_port, running_server, serve_command
-from tests.conftest import PROJECT_ROOT, write_texture_folder
-from tests.test_export import evaluated
+from tests.conftest import PROJECT_ROOT
 
 API_KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -27,16 +25,14 @@ LIMITS = {"ANOMALY_MAX_BODY_MB": "1", "ANOMALY_MAX_IMAGE_PIXELS": "1000000", "AN
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    return write_texture_folder(tmp_path_factory.mktemp("serving") / "textures", train=60, test_good=6, test_defect=6)
+def model_dir(published_model) -> Path:
+    return published_model.directory
 
 
 @pytest.fixture(scope="module")
-def model_dir(folder, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("served")
-    evaluation = evaluated(folder, root, f"sqlite:///{root / 'mlflow.db'}", "ae")
-    run_id = json.loads((evaluation / "run.json").read_text())["mlflow_run_id"]
-    return publish(evaluation, root / "model", [], run_id).directory
+def folder(published_model) -> Path:
+    """The texture folder the model was trained on (its test images have scratches and masks)."""
+    return published_model.data
 
 
 @pytest.fixture(scope="module")
