@@ -10,7 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_scoring_side_modules_import_without_torch():
-    code = "import sys, anomaly.config, anomaly.imageio, anomaly.errors, anomaly.cli; print('torch' in sys.modules)"
+    code = (
+        "import sys, anomaly.config, anomaly.imageio, anomaly.errors, anomaly.cli, anomaly.runtime.bundle, "
+        "anomaly.runtime.heatmap, anomaly.runtime.cpus, anomaly.calibration.artifact; print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "False"
 
@@ -31,6 +34,13 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.+?)\n```", readme)
     test_command = next(command for command in commands if "pytest" in command)
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_main_command_runs_the_default_pipeline():
+    commands = re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text())
+    main_command = commands[0]
+    assert main_command.endswith("uv run anomaly pipeline run --config pipelines/elpv.yaml")
+    assert (ROOT / "pipelines" / "elpv.yaml").is_file()
 
 
 def test_cli_exits_non_zero_with_one_line_on_bad_input(tmp_path):

@@ -1,0 +1,60 @@
+"""The service's NumPy-only parts, without a server: settings, CPU budget, heat maps, output packing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomaly.errors import AnomalyError
+from anomaly.runtime import cpus
+from anomaly.runtime.heatmap import overlay
+from serving.scoring import pack_outputs, unpack_outputs
+from serving.settings import ServingSettings
+
+
+def test_settings_come_from_anomaly_variables_and_bad_values_name_the_variable():
+    settings = ServingSettings.from_env({"ANOMALY_MODEL": "m", "ANOMALY_MAX_BODY_MB": "5", "ANOMALY_ADAPTIVE_BATCHING": "false", "HOME": "/x"})
+    assert (settings.model, settings.max_body_bytes, settings.adaptive_batching) == ("m", 5 * 1024 * 1024, False)
+    assert ServingSettings.from_env(settings.to_env()) == settings
+    with pytest.raises(AnomalyError, match="ANOMALY_MAX_BATCH_IMAGES: Input should be greater than or equal to 1"):
+        ServingSettings.from_env({"ANOMALY_MAX_BATCH_IMAGES": "0"})
+    with pytest.raises(AnomalyError, match="ANOMALY_ORT_THREADS: Input should be a valid integer"):
+        ServingSettings.from_env({"ANOMALY_ORT_THREADS": "many"})
+
+
+@pytest.mark.parametrize(("content", "expected"), [("max 100000", None), ("150000 100000", 1.5), ("50000 100000", 0.5)])
+def test_cgroup_v2_quota_caps_the_cpu_count(tmp_path, monkeypatch, content, expected):
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text(content + "\n")
+    monkeypatch.setattr(cpus, "CGROUP_V2_MAX", cpu_max)
+    assert cpus.cgroup_cpu_limit() == expected
+    affinity = len(cpus.os.sched_getaffinity(0))
+    assert cpus.available_cpus() == (affinity if expected is None else min(affinity, int(np.ceil(expected))))
+
+
+def test_threads_are_shared_between_workers(monkeypatch):
+    monkeypatch.setattr(cpus, "available_cpus", lambda: 8)
+    assert [cpus.threads_per_worker(workers) for workers in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    assert cpus.threads_per_worker(4, override=3) == 3
+
+
+def test_heatmap_colour_follows_the_calibrated_pixel_threshold():
+    image = np.full((2, 3, 1), 100, dtype=np.uint8)
+    anomaly_map = np.array([[0.0, 1.0, 2.0], [4.0, 0.0, 0.0]])
+    result = overlay(image, anomaly_map, pixel_threshold=1.0).astype(int)
+    assert result.shape == (2, 3, 3)
+    assert tuple(result[0, 0]) == (100, 100, 100)  # nothing below the threshold's half is painted
+    assert result[0, 1, 0] > result[0, 1, 2] and result[0, 1, 1] > 150  # at the threshold: yellow
+    assert tuple(result[0, 2]) == tuple(result[1, 0]) and result[0, 2, 0] > 200 and result[0, 2, 1] < 50  # 2x and above: red
+
+
+def test_packed_outputs_round_trip_per_image():
+    outputs = {
+        "reconstruction_score": np.array([0.1, 0.2], dtype=np.float32),
+        "latent_distance": np.array([3.0, 4.0], dtype=np.float32),
+        "anomaly_map": np.arange(2 * 1 * 2 * 3, dtype=np.float32).reshape(2, 1, 2, 3),
+    }
+    packed = pack_outputs(outputs)
+    scores, distances, maps = unpack_outputs(packed[1:], (2, 3))
+    assert scores.tolist() == pytest.approx([0.2]) and distances.tolist() == [4.0]
+    np.testing.assert_array_equal(maps[0], outputs["anomaly_map"][1, 0])
