@@ -106,3 +106,10 @@ def test_oneclass_refuses_folder_data(texture_folder, tmp_path, monkeypatch, cap
     config.write_text(json.dumps(tiny_config(texture_folder)))
     code, _, err = run_cli(monkeypatch, capsys, "oneclass", "-c", str(config))
     assert code == 2 and "the one-class protocol needs data.kind in mnist" in err
+
+
+def test_category_names_become_valid_mlflow_metric_names():
+    from anomaly.evaluation.run import mlflow_metric_name
+
+    assert mlflow_metric_name("test.categories.p>=0.67.auroc") == "test.categories.p__0.67.auroc"
+    assert mlflow_metric_name("test.image.combined.auroc") == "test.image.combined.auroc"

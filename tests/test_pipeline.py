@@ -68,11 +68,15 @@ def test_pipeline_on_a_folder_writes_metrics_and_a_model_that_serves(folder, tmp
         (child,) = runs[step]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED", step
 
-    port = free_port()
-    with running_server(serve_command(str(tmp_path / "out" / "model"), port), {}, port, tmp_path / "serve.log") as url:
+    port = free_port()  # served from the registry: the champion alias, resolved at start
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    with running_server(serve_command("models:/textures@champion", port), env, port, tmp_path / "serve.log") as url:
         image = sorted((folder / "test" / "scratch").glob("*.png"))[0]
         response = httpx.post(f"{url}/score", files={"image": image.open("rb")}, timeout=60)
+        described = httpx.get(f"{url}/model").json()
     assert response.status_code == 200 and response.json()["is_anomaly"] is True
+    assert response.json()["model"] == {"name": "textures", "version": "1", "model_checksum": described["model"]["model_checksum"]}
+    assert described["reference"] == "models:/textures@champion" and described["training_run"] == metrics["training_run_id"]
 
     again = subprocess.run(pipeline_command(config, tmp_path / "out"), capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert again.returncode == 0 and "nothing to run" in again.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,11 @@ def load_trained(checkpoint: Path, overrides: list[str]) -> tuple[AutoencoderMod
     return module.eval(), config
 
 
+def mlflow_metric_name(key: str) -> str:
+    """MLflow allows only alphanumerics and _ - . space : / in names; category names may hold more (p>=0.67)."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
+
+
 def log_evaluation(run_id: str | None, tracking_uri: str | None, metrics: dict[str, Any], files: list[Path]) -> None:
     """test.* metrics and the evaluation files, into an MLflow run (the training run, or a pipeline step)."""
     if not run_id or not tracking_uri:
@@ -54,7 +60,7 @@ def log_evaluation(run_id: str | None, tracking_uri: str | None, metrics: dict[s
     client = mlflow.MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
     numbers = [
-        Metric(f"test.{key}", float(value), now, 0)
+        Metric(mlflow_metric_name(f"test.{key}"), float(value), now, 0)
         for key, value in flatten_mapping(metrics).items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     ]
