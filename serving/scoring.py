@@ -27,19 +27,22 @@ from anomaly.runtime.resolve import ResolvedModel
 from serving.schemas import CalibrationSummary, ImageScore, InputSpec, ModelDescription, ModelIdentity
 from serving.settings import MAX_TARGET_FPR, MIN_TARGET_FPR, ServingSettings
 
-SCORE_COLUMNS = 2  # reconstruction_score, latent_distance; the flattened anomaly map follows
+SCORE_COLUMNS = 2  # reconstruction_score, latent_distance; the flattened anomaly map follows, if asked for
 
 
 def pack_outputs(outputs: dict[str, np.ndarray]) -> np.ndarray:
-    """One float32 row per image, so BentoML's batching can split a batch's answer by rows."""
-    maps = outputs["anomaly_map"].reshape(len(outputs["anomaly_map"]), -1)
-    scores = np.stack([outputs["reconstruction_score"], outputs["latent_distance"]], axis=1)
-    return np.concatenate([scores, maps], axis=1).astype(np.float32)
+    """One float32 row per image, so BentoML's batching can split a batch's answer by rows.
+    Maps travel only when the outputs hold them (heat-map requests): they are most of the bytes."""
+    columns = [np.stack([outputs["reconstruction_score"], outputs["latent_distance"]], axis=1)]
+    if "anomaly_map" in outputs:
+        columns.append(outputs["anomaly_map"].reshape(len(outputs["anomaly_map"]), -1))
+    return np.concatenate(columns, axis=1).astype(np.float32)
 
 
-def unpack_outputs(packed: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> reconstruction scores (N,), latent distances (N,), anomaly maps (N, H, W)."""
-    return packed[:, 0], packed[:, 1], packed[:, SCORE_COLUMNS:].reshape(len(packed), *image_size)
+def unpack_outputs(packed: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """-> reconstruction scores (N,), latent distances (N,), anomaly maps (N, H, W) or None."""
+    maps = packed[:, SCORE_COLUMNS:].reshape(len(packed), *image_size) if packed.shape[1] > SCORE_COLUMNS else None
+    return packed[:, 0], packed[:, 1], maps
 
 
 def describe_loaded(resolved: ResolvedModel, detector: OnnxDetector) -> dict[str, Any]:
@@ -84,14 +87,13 @@ class ModelView:
     ) -> list[ImageScore]:
         reconstruction, latent, maps = unpack_outputs(packed, self.image_size)
         results = image_results(self.calibration, reconstruction, latent, target_fpr)
-        pixel_threshold = self.calibration.pixel_threshold(target_fpr) if heatmap else 0.0
+        heatmaps: list[str | None] = [None] * len(results)
+        if heatmap and maps is not None:
+            pixel_threshold = self.calibration.pixel_threshold(target_fpr)
+            heatmaps = [overlay_png_base64(image, anomaly_map, pixel_threshold) for image, anomaly_map in zip(images, maps)]
         return [
-            ImageScore(
-                filename=filename,
-                **result.to_dict(),
-                heatmap_png_base64=overlay_png_base64(image, anomaly_map, pixel_threshold) if heatmap else None,
-            )
-            for filename, result, image, anomaly_map in zip(filenames, results, images, maps)
+            ImageScore(filename=filename, **result.to_dict(), heatmap_png_base64=drawn)
+            for filename, result, drawn in zip(filenames, results, heatmaps)
         ]
 
     def describe(self, settings: ServingSettings) -> ModelDescription:

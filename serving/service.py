@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from anomaly.errors import AnomalyError
 from anomaly.imageio import ImageTooLargeError, decode_image
-from anomaly.runtime.bundle import OnnxDetector
+from anomaly.runtime.bundle import SCORE_NAMES, OnnxDetector
 from anomaly.runtime.cpus import threads_per_worker
 from anomaly.runtime.resolve import resolve_model
 from serving.guard import RequestGuard
@@ -56,7 +56,12 @@ class ServingError(Exception):
 KEEP_CONNECTIONS = {"max_requests": 2**62, "max_age": 10.0**12}
 
 
-@bentoml.service(name="anomaly-model", workers=SETTINGS.model_workers, traffic={"timeout": 120}, runner_connection=KEEP_CONNECTIONS)
+@bentoml.service(
+    name="anomaly-model",
+    workers=SETTINGS.model_workers,
+    traffic={"timeout": 120},
+    runner_connection=KEEP_CONNECTIONS,
+)
 class AnomalyModel:
     """Loads the model once (logging the version resolved) and runs ONNX Runtime on image batches."""
 
@@ -74,14 +79,15 @@ class AnomalyModel:
             self.resolved.directory, threads,
         )
 
-    @bentoml.api(
-        batchable=SETTINGS.adaptive_batching,
-        max_batch_size=SETTINGS.max_batch_size,
-        max_latency_ms=SETTINGS.max_latency_ms,
-    )
+    @bentoml.api(batchable=SETTINGS.adaptive_batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def infer(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, C) -> float32 rows of (reconstruction score, latent distance, map...)."""
-        return pack_outputs(self.detector.run(images))
+        """uint8 (N, H, W, C) -> float32 rows of (reconstruction score, latent distance)."""
+        return pack_outputs(self.detector.run(images, SCORE_NAMES))
+
+    @bentoml.api(batchable=SETTINGS.adaptive_batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def infer_with_maps(self, images: np.ndarray) -> np.ndarray:
+        """As `infer`, each row followed by the image's flattened anomaly map (for heat maps)."""
+        return pack_outputs(self.detector.run(images, (*SCORE_NAMES, "anomaly_map")))
 
     @bentoml.api
     def describe(self) -> dict[str, Any]:
@@ -174,8 +180,9 @@ class AnomalyService:
             raise ServingError(400, str(error)) from None
 
     async def run(self, view: ModelView, images: np.ndarray, filenames: list[str | None], target_fpr: float | None, heatmap: bool) -> list[ImageScore]:
+        infer = self.model.to_async.infer_with_maps if heatmap else self.model.to_async.infer
         try:
-            packed = await self.model.to_async.infer(images)
+            packed = await infer(images)
         except Exception as error:
             logger.warning("model server failed: %s", error)
             raise ServingError(503, "the model server is unavailable or overloaded; retry") from None

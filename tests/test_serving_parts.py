@@ -58,3 +58,5 @@ def test_packed_outputs_round_trip_per_image():
     scores, distances, maps = unpack_outputs(packed[1:], (2, 3))
     assert scores.tolist() == pytest.approx([0.2]) and distances.tolist() == [4.0]
     np.testing.assert_array_equal(maps[0], outputs["anomaly_map"][1, 0])
+    scores_only = pack_outputs({key: outputs[key] for key in ("reconstruction_score", "latent_distance")})
+    assert scores_only.shape == (2, 2) and unpack_outputs(scores_only, (2, 3))[2] is None

@@ -55,14 +55,19 @@ def create_session(model_path: Path, threads: int | None = None) -> Any:
         raise AnomalyError(f"cannot load ONNX model {model_path}: {reason}") from None
 
 
-def run_session(session: Any, images: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """uint8 (N, H, W, C) at the model's size -> the graph's raw outputs, in batches."""
+SCORE_NAMES = ("reconstruction_score", "latent_distance")
+
+
+def run_session(
+    session: Any, images: np.ndarray, batch_size: int = 64, names: tuple[str, ...] = OUTPUT_NAMES
+) -> dict[str, np.ndarray]:
+    """uint8 (N, H, W, C) at the model's size -> the graph's outputs `names`, in batches."""
     parts = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         batch = np.ascontiguousarray(chunk.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
-        parts.append(session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch}))
-    return {name: np.concatenate([part[i] for part in parts]) for i, name in enumerate(OUTPUT_NAMES)}
+        parts.append(session.run(list(names), {INPUT_NAME: batch}))
+    return {name: np.concatenate([part[i] for part in parts]) for i, name in enumerate(names)}
 
 
 @dataclass(frozen=True)
@@ -109,9 +114,9 @@ class OnnxDetector:
         """Decode and resize exactly as training data was (anomaly.imageio)."""
         return decode_image(source, self.channels, self.image_size, name=name, max_pixels=max_pixels)
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 (N, H, W, C) at the model's size -> the graph's raw outputs."""
-        return run_session(self.session, images)
+    def run(self, images: np.ndarray, names: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, np.ndarray]:
+        """uint8 (N, H, W, C) at the model's size -> the graph's outputs `names` (default: all)."""
+        return run_session(self.session, images, names=names)
 
     def results(self, outputs: dict[str, np.ndarray], target_fpr: float | None = None) -> list[ImageResult]:
         return image_results(self.calibration, outputs["reconstruction_score"], outputs["latent_distance"], target_fpr)
