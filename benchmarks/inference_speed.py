@@ -24,6 +24,7 @@ from anomaly.export.quantize import quantise_model
 from anomaly.runtime.bundle import INPUT_NAME, OUTPUT_NAMES, create_session
 from anomaly.runtime.cpus import available_cpus
 from anomaly.scoring.detector import AnomalyDetector
+from benchmarks.compute import cpu_peak_gflops, flops_per_image
 from benchmarks.environment import environment
 
 RESULTS = Path(__file__).parent / "results"
@@ -65,11 +66,13 @@ def quantised_session(model: Path, sample: np.ndarray, folder: Path) -> Any:
 def run(quick: bool) -> dict[str, Any]:
     threads = available_cpus()
     torch.set_num_threads(threads)
-    results: dict[str, Any] = {"environment": environment(), "threads": threads, "cases": {}}
+    peak = cpu_peak_gflops()
+    results: dict[str, Any] = {"environment": environment(), "threads": threads, "cpu_peak_gflops": peak, "cases": {}}
     for name, overrides in CASES.items():
         detector = build_detector(overrides)
         channels, (height, width) = detector.config.data.channels, detector.config.data.image_size
-        case: dict[str, Any] = {"input": [channels, height, width]}
+        flops = flops_per_image(detector)
+        case: dict[str, Any] = {"input": [channels, height, width], "gflops_per_image": flops / 1e9}
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
             sample = torch.rand(64, channels, height, width)
@@ -92,6 +95,7 @@ def run(quick: bool) -> dict[str, Any]:
                     "onnxruntime_int8": onnx_int8,
                     "fp32_speedup_vs_eager": onnx_fp32["images_per_s"] / eager["images_per_s"],
                     "int8_speedup_vs_fp32": onnx_int8["images_per_s"] / onnx_fp32["images_per_s"],
+                    "fp32_fraction_of_cpu_peak": onnx_fp32["images_per_s"] * flops / 1e9 / peak,
                 }
         results["cases"][name] = case
     return results

@@ -43,7 +43,8 @@ class AutoencoderModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self.corruption_generator.manual_seed(self.config.train.seed + self.global_rank)
 
-    def _objective(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def objective(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Loss terms for a batch (corrupting the inputs first for a repairing U-Net)."""
         inputs = images
         if self.corrupt:
             inputs, _ = synthesize_anomalies(images, generator, self.config.train.corruption_probability)
@@ -55,14 +56,14 @@ class AutoencoderModule(L.LightningModule):
             self.log(key, value, on_step=False, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size, sync_dist=True)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        terms = self._objective(batch["image"], self.corruption_generator)
+        terms = self.objective(batch["image"], self.corruption_generator)
         self._log_terms("train", terms, len(batch["image"]))
         return terms["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # The same corruption each epoch, so validation losses are comparable across epochs.
         generator = torch.Generator().manual_seed(self.config.train.seed + 10_000 + batch_idx)
-        self._log_terms("val", self._objective(batch["image"], generator), len(batch["image"]))
+        self._log_terms("val", self.objective(batch["image"], generator), len(batch["image"]))
 
     def configure_optimizers(self) -> Any:
         train = self.config.train

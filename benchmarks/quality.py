@@ -1,0 +1,109 @@
+"""Detection quality, with baselines computed in the same run on the same splits.
+
+- MNIST one-class: digits x {ae, vae, unet} x {reconstruction, latent, combined} image AUROC.
+- KolektorSDD (MVTec layout): image AUROC, pixel AUROC, AUPRO.
+- ELPV: image AUROC, defect probability 0 against >= 2/3.
+Each data set's models train from the repository's pipeline configs; only epochs (and, in quick
+mode, how many digits) differ between quick and full mode.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anomaly.config import Config, load_config
+from anomaly.data.datamodule import AnomalyDataModule
+from anomaly.evaluation.run import evaluate_checkpoint
+from anomaly.export.publish import publish
+from anomaly.training.train import train
+from benchmarks.baselines import baseline_aurocs
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+ARCHITECTURES = ("ae", "vae", "unet")
+
+
+@dataclass(frozen=True)
+class Mode:
+    digits: tuple[int, ...]
+    architectures: tuple[str, ...]
+    mnist_epochs: int
+    kolektorsdd_epochs: int
+    elpv_epochs: int
+
+
+QUICK = Mode(digits=(0, 8), architectures=("ae",), mnist_epochs=1, kolektorsdd_epochs=2, elpv_epochs=2)
+FULL = Mode(digits=tuple(range(10)), architectures=ARCHITECTURES, mnist_epochs=10, kolektorsdd_epochs=25, elpv_epochs=12)
+
+
+def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = None) -> dict[str, Any]:
+    """Our detector (trained, calibrated, evaluated) and the baselines, on the same data module;
+    `export_to` also exports the model directory (the HTTP benchmark serves it)."""
+    started = time.perf_counter()
+    trained = train(config)
+    evaluation_dir = scratch / (trained.run_id or "run")
+    metrics = evaluate_checkpoint(trained.checkpoint, [], evaluation_dir).metrics
+    if export_to is not None:
+        publish(evaluation_dir, export_to, [], trained.run_id)
+    datamodule = AnomalyDataModule(config.data)
+    datamodule.setup()
+    test = datamodule.test_set
+    row = {
+        "reconstruction_auroc": metrics["image"]["reconstruction"]["auroc"],
+        "latent_auroc": metrics["image"]["latent"]["auroc"],
+        "combined_auroc": metrics["image_auroc"],
+        "test_fpr": metrics["test_fpr"],
+        "baselines": baseline_aurocs(datamodule.train_set.images, test.images, test.labels),
+        "train_images": len(datamodule.train_set),
+        "test_images": len(test),
+        "seconds": round(time.perf_counter() - started, 1),
+        "mlflow_run_id": trained.run_id,
+    }
+    if "pixel_auroc" in metrics:
+        row |= {"pixel_auroc": metrics["pixel_auroc"], "pixel_aupro": metrics["pixel_aupro"]}
+    return row
+
+
+def overrides_for(tracking_uri: str, output: Path, epochs: int) -> list[str]:
+    return [f"tracking.uri={tracking_uri}", f"output_dir={output}", f"train.max_epochs={epochs}", "trainer.enable_progress_bar=false"]
+
+
+def mnist(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for architecture in mode.architectures:
+        rows = {}
+        for digit in mode.digits:
+            config = load_config(PIPELINES / "mnist.yaml", [
+                *overrides_for(tracking_uri, scratch / "runs", mode.mnist_epochs),
+                f"data.root={datasets}", f"data.normal_class={digit}", f"model.architecture={architecture}",
+            ])
+            rows[str(digit)] = train_and_evaluate(config, scratch)
+        results[architecture] = rows
+    return results
+
+
+def kolektorsdd(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path) -> dict[str, Any]:
+    config = load_config(PIPELINES / "kolektorsdd.yaml", [
+        *overrides_for(tracking_uri, scratch / "runs", mode.kolektorsdd_epochs), f"data.root={datasets / 'kolektorsdd'}",
+    ])
+    return train_and_evaluate(config, scratch)
+
+
+def elpv(mode: Mode, tracking_uri: str, scratch: Path, export_to: Path) -> dict[str, Any]:
+    config = load_config(PIPELINES / "elpv.yaml", overrides_for(tracking_uri, scratch / "runs", mode.elpv_epochs))
+    return train_and_evaluate(config, scratch, export_to)
+
+
+def run(quick: bool, datasets: Path, scratch: Path, elpv_model: Path) -> dict[str, Any]:
+    """All quality measurements; the ELPV model is exported to `elpv_model` for the HTTP benchmark."""
+    mode = QUICK if quick else FULL
+    tracking_uri = f"sqlite:///{scratch / 'mlflow.db'}"
+    return {
+        "mode": "quick" if quick else "full",
+        "epochs": {"mnist": mode.mnist_epochs, "kolektorsdd": mode.kolektorsdd_epochs, "elpv": mode.elpv_epochs},
+        "mnist": mnist(mode, datasets, tracking_uri, scratch),
+        "kolektorsdd": kolektorsdd(mode, datasets, tracking_uri, scratch),
+        "elpv": elpv(mode, tracking_uri, scratch, elpv_model),
+    }

@@ -1,0 +1,125 @@
+"""BENCHMARKS.md from the benchmark JSON: every number in it comes from one `benchmarks.run`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SIGNALS = ("reconstruction_auroc", "latent_auroc", "combined_auroc")
+BASELINES = ("isolation_forest", "pca_reconstruction")
+
+
+def f(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def mnist_table(mnist: dict[str, Any]) -> list[str]:
+    lines = ["| model | digit | reconstruction | latent | combined | test FPR | IsolationForest | PCA |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for architecture, rows in mnist.items():
+        for digit, row in rows.items():
+            cells = [f(row[key]) for key in SIGNALS] + [f"{row['test_fpr']:.2%}"] + [f(row["baselines"][key]) for key in BASELINES]
+            lines.append(f"| {architecture} | {digit} | " + " | ".join(cells) + " |")
+        mean = [f(np.mean([row[key] for row in rows.values()])) for key in SIGNALS]
+        baseline_means = [f(np.mean([row["baselines"][key] for row in rows.values()])) for key in BASELINES]
+        lines.append(f"| {architecture} | **mean** | " + " | ".join([*mean, "", *baseline_means]) + " |")
+    return lines
+
+
+def dataset_row(name: str, row: dict[str, Any]) -> str:
+    cells = [f(row["combined_auroc"]), f(row["reconstruction_auroc"]), f(row["latent_auroc"]), f(row.get("pixel_auroc")),
+             f(row.get("pixel_aupro")), f"{row['test_fpr']:.2%}", f(row["baselines"]["isolation_forest"]), f(row["baselines"]["pca_reconstruction"])]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def headline(quality: dict[str, Any]) -> list[str]:
+    """Our best detector against each baseline, per data set."""
+    lines = ["| data set | our best (image AUROC) | IsolationForest | PCA |", "| --- | --- | --- | --- |"]
+    best_mnist = max(quality["mnist"], key=lambda arch: np.mean([r["combined_auroc"] for r in quality["mnist"][arch].values()]))
+    rows = quality["mnist"][best_mnist].values()
+    lines.append(
+        f"| MNIST one-class, mean over digits ({best_mnist}) | {f(np.mean([r['combined_auroc'] for r in rows]))} | "
+        f"{f(np.mean([r['baselines']['isolation_forest'] for r in rows]))} | {f(np.mean([r['baselines']['pca_reconstruction'] for r in rows]))} |"
+    )
+    for name in ("kolektorsdd", "elpv"):
+        row = quality[name]
+        lines.append(f"| {name} | {f(row['combined_auroc'])} | {f(row['baselines']['isolation_forest'])} | {f(row['baselines']['pca_reconstruction'])} |")
+    return lines
+
+
+def speed_lines(speed: dict[str, Any]) -> list[str]:
+    inference = speed["inference"]
+    lines = [f"Practical CPU peak (float32 4096x4096 matmul, torch, {inference['threads']} threads): **{inference['cpu_peak_gflops']:.1f} GFLOP/s**.", ""]
+    lines += ["| model | training images/s |", "| --- | --- |"]
+    lines += [f"| {name} | {row['images_per_s']:.1f} |" for name, row in speed["training"].items()]
+    lines += ["", "| model | GFLOP/image | batch | torch eager img/s | ORT fp32 img/s | ORT int8 img/s | fp32 / eager | fp32 p50 / p99 ms | fp32 share of CPU peak |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, case in inference["cases"].items():
+        for batch in ("batch_1", "batch_64"):
+            row = case[batch]
+            fp32 = row["onnxruntime_fp32"]
+            lines.append(
+                f"| {name} | {case['gflops_per_image']:.3f} | {batch.split('_')[1]} | {row['torch_eager']['images_per_s']:.0f} | {fp32['images_per_s']:.0f} | "
+                f"{row['onnxruntime_int8']['images_per_s']:.0f} | **{row['fp32_speedup_vs_eager']:.2f}x** | {fp32['p50_ms']:.1f} / {fp32['p99_ms']:.1f} | "
+                f"{row['fp32_fraction_of_cpu_peak']:.1%} |"
+            )
+    http = speed["http"]
+    lines += ["", f"HTTP (`/score`, {http['clients']} concurrent clients on the same machine, {http['seconds']:.0f} s per case, the ELPV model):", "",
+              "| case | requests/s | p50 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- |"]
+    for name, row in http["cases"].items():
+        lines.append(f"| {name.replace('_', ' ')} | {row['throughput_rps']:.1f} | {row['latency_p50_ms']:.0f} | {row['latency_p99_ms']:.0f} | {row['errors']} |")
+    lines += ["", f"Adaptive batching / none: **{http['throughput_ratio']:.2f}x**."]
+    return lines
+
+
+def scaling_lines(scaling: dict[str, Any]) -> list[str]:
+    lines = ["| image size | GFLOP/image | training images/s | ORT inference images/s |", "| --- | --- | --- | --- |"]
+    for size, row in scaling["image_size"].items():
+        lines.append(f"| {size} x {size} | {row['gflops_per_image']:.3f} | {row['train_images_per_s']:.1f} | {row['onnx_images_per_s']:.1f} |")
+    lines += ["", "| training images | seconds per epoch (64 px) | ORT images/s with kNN latent distance over all training codes |", "| --- | --- | --- |"]
+    for count, row in scaling["train_set_size"].items():
+        lines.append(f"| {count} | {row['epoch_seconds']:.2f} | {row['knn_onnx_images_per_s']:.1f} |")
+    return lines + ["", scaling["notes"]]
+
+
+def render(records: dict[str, dict[str, Any]]) -> str:
+    """`records`: each section's JSON (quality, speed, scaling) as benchmarks.run wrote it."""
+    quality, speed, scaling = (records[name][name] for name in ("quality", "speed", "scaling"))
+    first = records["quality"]
+    environment = first["environment"]
+    minutes = sum(record["seconds"] for record in records.values()) / 60
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{first['command']}` ({first['mode']} mode) on {first['date']}: {minutes:.0f} minutes of benchmarks in all",
+        f"(quality {records['quality']['seconds'] / 60:.0f}, speed {records['speed']['seconds'] / 60:.0f}, scaling {records['scaling']['seconds'] / 60:.0f}).",
+        f"Hardware: {environment['cpu']}, {environment['cpus_usable']} usable CPUs, no GPU. Python {environment['python']}; "
+        + ", ".join(f"{name} {version}" for name, version in environment["packages"].items() if version) + ".",
+        f"Epochs: MNIST {quality['epochs']['mnist']}, KolektorSDD {quality['epochs']['kolektorsdd']}, ELPV {quality['epochs']['elpv']}.",
+        "Baselines are fitted in the same run on the same training normals and scored on the same test images.",
+        "",
+        "## Headline: our best detector against the baselines (image AUROC)",
+        "",
+        *headline(quality),
+        "",
+        "## MNIST one-class (train on one digit, test on all 10,000 test images)",
+        "",
+        *mnist_table(quality["mnist"]),
+        "",
+        "## Real defects",
+        "",
+        "| data set | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR | IsolationForest | PCA |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        dataset_row("KolektorSDD (320 x 128)", quality["kolektorsdd"]),
+        dataset_row("ELPV (64 x 64; p = 0 vs p >= 2/3)", quality["elpv"]),
+        "",
+        "## Speed",
+        "",
+        *speed_lines(speed),
+        "",
+        "## Scaling",
+        "",
+        *scaling_lines(scaling),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""Every benchmark in one run: quality (with baselines), speed, scaling; JSON results and BENCHMARKS.md.
+
+    uv run python -m benchmarks.run            # full mode: benchmarks/results/*.json and BENCHMARKS.md
+    uv run python -m benchmarks.run --quick    # a smoke run: benchmarks/results/quick/
+    uv run python -m benchmarks.run --sections speed   # re-run one section; the report is re-rendered
+
+Each section's JSON is written as soon as it finishes. Quality needs MNIST and KolektorSDD under
+--datasets (default ../shared/datasets); ELPV comes with the elpv-dataset package. The HTTP
+benchmark serves the ELPV model that the quality section exported (kept in benchmarks/.work/).
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import quality, report, scaling, speed
+from benchmarks.environment import environment
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("quality", "speed", "scaling")
+
+
+def run_section(name: str, quick: bool, datasets: Path, work: Path) -> Any:
+    if name == "quality":
+        return quality.run(quick, datasets, work, work / "elpv-model")
+    if name == "speed":
+        if not (work / "elpv-model").is_dir():
+            raise SystemExit(f"the speed section serves the ELPV model exported by the quality section: run that first ({work})")
+        return speed.run(quick, work / "elpv-model", work)
+    return scaling.run(quick)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer digits, epochs and repeats")
+    parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets", help="holds MNIST/ and kolektorsdd/")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full"
+    output = ROOT / "benchmarks" / "results" / ("quick" if args.quick else "")
+    work = ROOT / "benchmarks" / ".work" / mode
+    output.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    command = "uv run python -m benchmarks.run" + (" --quick" if args.quick else "")
+    for name in args.sections.split(","):
+        started = time.perf_counter()
+        result = run_section(name, args.quick, args.datasets.resolve(), work)
+        record = {"command": command, "mode": mode, "date": datetime.date.today().isoformat(), "environment": environment(),
+                  "seconds": round(time.perf_counter() - started, 1), name: result}
+        (output / f"{name}.json").write_text(json.dumps(record, indent=1))
+        print(f"{name}: {record['seconds']:.0f} s, written to {output / (name + '.json')}", flush=True)
+    if all((output / f"{name}.json").is_file() for name in SECTIONS):
+        records = {name: json.loads((output / f"{name}.json").read_text()) for name in SECTIONS}
+        markdown = report.render(records)
+        (output / "BENCHMARKS.md" if args.quick else ROOT / "BENCHMARKS.md").write_text(markdown)
+        print(markdown)
+
+
+if __name__ == "__main__":
+    main()
