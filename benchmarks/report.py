@@ -95,7 +95,7 @@ def render(records: dict[str, dict[str, Any]]) -> str:
         f"(quality {records['quality']['seconds'] / 60:.0f}, speed {records['speed']['seconds'] / 60:.0f}, scaling {records['scaling']['seconds'] / 60:.0f}).",
         f"Hardware: {environment['cpu']}, {environment['cpus_usable']} usable CPUs, no GPU. Python {environment['python']}; "
         + ", ".join(f"{name} {version}" for name, version in environment["packages"].items() if version) + ".",
-        f"Epochs: MNIST {quality['epochs']['mnist']}, KolektorSDD {quality['epochs']['kolektorsdd']}, ELPV {quality['epochs']['elpv']}.",
+        f"Epochs: MNIST {', '.join(f'{arch} {epochs}' for arch, epochs in quality['epochs']['mnist'].items())}, KolektorSDD {quality['epochs']['kolektorsdd']}, ELPV {quality['epochs']['elpv']}.",
         "Baselines are fitted in the same run on the same training normals and scored on the same test images.",
         "",
         "## Headline: our best detector against the baselines (image AUROC)",
