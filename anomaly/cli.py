@@ -193,7 +193,7 @@ def pipeline_run(
     model_dir = summary["model_dir"]
     typer.echo(f"metrics: {folder / 'metrics.json'}", err=True)
     typer.echo(f"serve it:  uv run anomaly serve --model {model_dir}   (or --model {summary['model_uri']})", err=True)
-    typer.echo(f"query it:  curl -F image=@IMAGE.png 'http://127.0.0.1:3000/score?heatmap=true'", err=True)
+    typer.echo("query it:  curl -F image=@IMAGE.png 'http://127.0.0.1:3000/score?heatmap=true'", err=True)
     typer.echo(json.dumps({"status": "finished", "output": str(folder), **summary}))
 
 

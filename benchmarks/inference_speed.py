@@ -23,7 +23,7 @@ from anomaly.export.onnx_export import export_onnx
 from anomaly.export.quantize import quantise_model
 from anomaly.runtime.bundle import INPUT_NAME, OUTPUT_NAMES, create_session
 from anomaly.runtime.cpus import available_cpus
-from anomaly.scoring.detector import AnomalyDetector
+from anomaly.scoring.detector import AnomalyDetector, latent_size
 from benchmarks.compute import cpu_peak_gflops, flops_per_image
 from benchmarks.environment import environment
 
@@ -51,10 +51,14 @@ def timings(call: Callable[[], Any], repeats: int, batch: int) -> dict[str, floa
     }
 
 
-def build_detector(overrides: dict[str, Any]) -> AnomalyDetector:
+def build_detector(overrides: dict[str, Any], train_codes: int | None = None) -> AnomalyDetector:
+    """A detector with freshly initialised weights and its latent statistics fitted on random codes
+    (`train_codes` of them; default enough for a well-conditioned covariance)."""
     detector = AnomalyDetector(build_config(overrides)).eval()
-    dim = detector.latent_distance.mean.shape[0]
-    detector.latent_distance.fit(np.random.default_rng(0).normal(size=(max(2 * dim, 64), dim)))
+    data = detector.config.data
+    dim = latent_size(detector.model, data.channels, data.image_size)
+    count = train_codes or max(2 * dim, 64)
+    detector.latent_distance.fit(np.random.default_rng(0).normal(size=(count, dim)).astype(np.float32))
     return detector
 
 

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from anomaly.config import build_config
 from anomaly.export.onnx_export import export_onnx
 from anomaly.runtime.bundle import INPUT_NAME, OUTPUT_NAMES, create_session
 from anomaly.runtime.cpus import available_cpus
 from anomaly.scoring.detector import AnomalyDetector
 from benchmarks.compute import flops_per_image, training_throughput
+from benchmarks.inference_speed import build_detector, timings
 
 IMAGE_SIZES = (64, 128, 256)
 TRAIN_SIZES = (250, 500, 1000, 2000)
@@ -23,11 +22,11 @@ BATCH = 16
 
 
 def config_for(size: int, latent: str = "mahalanobis") -> dict[str, Any]:
-    return build_config({
+    return {
         "data": {"kind": "folder", "root": "x", "image_size": size, "batch_size": BATCH},
         "model": {"depth": 4, "latent_dim": 128, "bottleneck": "dense"},
         "scoring": {"latent": latent, "knn_bank_size": max(TRAIN_SIZES)},
-    }).model_dump(mode="json")
+    }
 
 
 def onnx_images_per_s(detector: AnomalyDetector, repeats: int) -> float:
@@ -36,34 +35,23 @@ def onnx_images_per_s(detector: AnomalyDetector, repeats: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         export_onnx(detector, Path(folder) / "model.onnx", "benchmark", torch.from_numpy(batch[:2]))
         session = create_session(Path(folder) / "model.onnx", available_cpus())
-        session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-        start = time.perf_counter()
-        for _ in range(repeats):
-            session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-        return BATCH * repeats / (time.perf_counter() - start)
-
-
-def fitted_detector(config: dict[str, Any], train_codes: int) -> AnomalyDetector:
-    detector = AnomalyDetector(build_config(config)).eval()
-    dim = detector.latent_distance.bank.shape[1] if hasattr(detector.latent_distance, "bank") else detector.latent_distance.mean.shape[0]
-    detector.latent_distance.fit(np.random.default_rng(0).normal(size=(train_codes, dim)).astype(np.float32))
-    return detector
+        return timings(lambda: session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch}), repeats, BATCH)["images_per_s"]
 
 
 def run(quick: bool) -> dict[str, Any]:
     repeats, steps = (3, 2) if quick else (20, 10)
     by_size = {}
     for size in IMAGE_SIZES:
-        config = config_for(size)
+        detector = build_detector(config_for(size))
         by_size[str(size)] = {
-            "gflops_per_image": flops_per_image(fitted_detector(config, 512)) / 1e9,
-            "train_images_per_s": training_throughput(config, steps, BATCH)["images_per_s"],
-            "onnx_images_per_s": onnx_images_per_s(fitted_detector(config, 512), repeats),
+            "gflops_per_image": flops_per_image(detector) / 1e9,
+            "train_images_per_s": training_throughput(detector.config.model_dump(mode="json"), steps, BATCH)["images_per_s"],
+            "onnx_images_per_s": onnx_images_per_s(detector, repeats),
         }
     by_train_size = {}
     for count in TRAIN_SIZES[:2] if quick else TRAIN_SIZES:
-        epoch = training_throughput(config_for(64), steps=-(-count // BATCH), batch_size=BATCH)
-        knn = fitted_detector(config_for(64, "knn"), count)
+        knn = build_detector(config_for(64, "knn"), train_codes=count)
+        epoch = training_throughput(knn.config.model_dump(mode="json"), steps=-(-count // BATCH), batch_size=BATCH)
         by_train_size[str(count)] = {
             "epoch_seconds": count / epoch["images_per_s"],
             "knn_onnx_images_per_s": onnx_images_per_s(knn, repeats),

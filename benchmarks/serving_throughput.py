@@ -54,6 +54,16 @@ def measure(model: Path, images: list[tuple[str, bytes]], batching: bool, client
         return run_load(url, images, clients, max_requests=10**9, max_seconds=seconds).summary()
 
 
+def compare(model: Path, images: list[tuple[str, bytes]], clients: int, seconds: float, logs: Path) -> dict[str, Any]:
+    """Both cases on the same model and images, and the throughput ratio between them."""
+    cases = {
+        name: measure(model, images, batching, clients, seconds, logs)
+        for name, batching in (("adaptive_batching", True), ("no_batching", False))
+    }
+    ratio = cases["adaptive_batching"]["throughput_rps"] / cases["no_batching"]["throughput_rps"]
+    return {"clients": clients, "seconds": seconds, "cases": cases, "throughput_ratio": round(ratio, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="model directory written by `anomaly export`")
@@ -63,18 +73,14 @@ def main() -> None:
     args = parser.parse_args()
     images = request_images(args.model, args.images)
     with tempfile.TemporaryDirectory() as logs:
-        cases = {
-            name: measure(args.model, images, batching, args.clients, args.seconds, Path(logs))
-            for name, batching in (("adaptive_batching", True), ("no_batching", False))
-        }
+        comparison = compare(args.model, images, args.clients, args.seconds, Path(logs))
     detector = OnnxDetector(args.model)
     results = {
         "environment": environment(),
         "cpus_available": available_cpus(),
         "model": {"input": [detector.channels, *detector.image_size], "directory": str(args.model)},
         "command": f"python -m benchmarks.serving_throughput --model {args.model} --clients {args.clients} --seconds {args.seconds}",
-        "cases": cases,
-        "throughput_ratio": round(cases["adaptive_batching"]["throughput_rps"] / cases["no_batching"]["throughput_rps"], 3),
+        **comparison,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serving_throughput.json").write_text(json.dumps(results, indent=1))

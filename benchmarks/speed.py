@@ -9,7 +9,7 @@ from typing import Any
 from anomaly.config import build_config
 from benchmarks import inference_speed
 from benchmarks.compute import training_throughput
-from benchmarks.serving_throughput import measure, request_images
+from benchmarks.serving_throughput import compare, request_images
 
 TRAINING_CASES = {
     "mnist_ae_32x32": {"data": {"kind": "mnist", "normal_class": 0, "image_size": 32, "batch_size": 128}, "model": {"depth": 3, "latent_dim": 32}},
@@ -31,16 +31,7 @@ def training(quick: bool) -> dict[str, Any]:
 
 
 def http(model_dir: Path, quick: bool, logs: Path) -> dict[str, Any]:
-    images = request_images(model_dir, None)
-    seconds, clients = (8.0, 32) if quick else (20.0, 32)
-    cases = {name: measure(model_dir, images, batching, clients, seconds, logs) for name, batching in (("adaptive_batching", True), ("no_batching", False))}
-    return {
-        "model_input": str(model_dir),
-        "clients": clients,
-        "seconds": seconds,
-        "cases": cases,
-        "throughput_ratio": cases["adaptive_batching"]["throughput_rps"] / cases["no_batching"]["throughput_rps"],
-    }
+    return {"model_input": str(model_dir), **compare(model_dir, request_images(model_dir, None), 32, 8.0 if quick else 20.0, logs)}
 
 
 def run(quick: bool, model_dir: Path, logs: Path) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -12,6 +14,16 @@ from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("ANOMALY_DATASETS", PROJECT_ROOT.parent / "shared" / "datasets"))
+
+
+def cli_command(*args: str) -> list[str]:
+    """`anomaly ARGS` as this interpreter runs it in a child process."""
+    return [sys.executable, "-m", "anomaly.cli", *args]
+
+
+def run_cli_process(*args: str) -> subprocess.CompletedProcess:
+    """Run `anomaly ARGS` in a child process from the project root; capture its text output."""
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, cwd=PROJECT_ROOT)
 
 
 def stripes(count: int, height: int, width: int, seed: int) -> np.ndarray:

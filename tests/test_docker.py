@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 
 from serving.process import free_port, running_server

@@ -1,7 +1,6 @@
 """`anomaly evaluate` and `anomaly oneclass` end to end on real (small) data and a real MLflow store."""
 
 import json
-from pathlib import Path
 
 import mlflow
 import pytest

@@ -1,7 +1,6 @@
 import math
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader

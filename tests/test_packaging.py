@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import run_cli_process
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,9 +46,6 @@ def test_readme_main_command_runs_the_default_pipeline():
 
 
 def test_cli_exits_non_zero_with_one_line_on_bad_input(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "anomaly.cli", "train", "--config", str(tmp_path / "missing.yaml")],
-        capture_output=True, text=True, cwd=ROOT,
-    )
+    result = run_cli_process("train", "--config", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: config file not found: {tmp_path / 'missing.yaml'}"

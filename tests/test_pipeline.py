@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from anomaly.errors import AnomalyError
 from anomaly.pipeline import run as pipeline
 from anomaly.pipeline.state import DONE, FAILED, PipelineState
 from serving.process import free_port, running_server, serve_command
-from tests.conftest import PROJECT_ROOT, tiny_config, write_texture_folder
+from tests.conftest import PROJECT_ROOT, cli_command, tiny_config, write_texture_folder
 
 
 def pipeline_config(folder: Path, tmp_path: Path, **train) -> dict:
@@ -31,7 +30,7 @@ def pipeline_config(folder: Path, tmp_path: Path, **train) -> dict:
 
 
 def pipeline_command(config: Path, output: Path) -> list[str]:
-    return [sys.executable, "-m", "anomaly.cli", "pipeline", "run", "--config", str(config), "--output", str(output)]
+    return cli_command("pipeline", "run", "--config", str(config), "--output", str(output))
 
 
 def runs_by_name(tracking_uri: str) -> dict[str, list]:
@@ -62,7 +61,7 @@ def test_pipeline_on_a_folder_writes_metrics_and_a_model_that_serves(folder, tmp
     assert "anomaly serve --model" in result.stderr
 
     runs = runs_by_name(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    parent = runs[f"pipeline-out"][0]
+    parent = runs["pipeline-out"][0]
     assert parent.info.status == "FINISHED" and parent.data.metrics["image_auroc"] == metrics["image_auroc"]
     for step in pipeline.STEPS:
         (child,) = runs[step]

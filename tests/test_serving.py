@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image
 
 from benchmarks.http_load import run_load
 from serving.process import free_port, running_server, serve_command
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, run_cli_process
 
 API_KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -62,10 +63,8 @@ def assert_serves(server: httpx.Client, folder: Path) -> None:
 
 def test_scores_equal_the_cli(server, model_dir, folder):
     paths = images_of(folder)
-    cli = subprocess.run(
-        [sys.executable, "-m", "anomaly.cli", "score", "--model", str(model_dir), *map(str, paths)],
-        capture_output=True, text=True, check=True, cwd=PROJECT_ROOT,
-    )
+    cli = run_cli_process("score", "--model", str(model_dir), *map(str, paths))
+    assert cli.returncode == 0, cli.stderr
     expected = [json.loads(line) for line in cli.stdout.splitlines()]
     singles = [server.post("/score", files={"image": path.open("rb")}).json() for path in paths]
     batch = server.post("/score_batch", files=[("images", path.open("rb")) for path in paths]).json()
@@ -134,35 +133,31 @@ def test_api_key_is_required(server, folder, headers):
         assert response.headers["www-authenticate"] == "Bearer"
 
 
-def bad_requests(folder: Path) -> dict[str, tuple[dict, int, str]]:
-    """name -> (httpx request arguments for POST /score, expected status, expected message part)."""
-    good = images_of(folder)[0].read_bytes()
-    bomb = png_bytes(np.zeros((1100, 1000), dtype=np.uint8))  # 1.1 Mpx in a few KB, over the 1 Mpx limit
-    noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
-    return {
-        "not an image": ({"files": {"image": ("notes.txt", b"hello, not pixels")}}, 400, "not a readable image"),
-        "truncated": ({"files": {"image": ("cut.png", good[: len(good) // 2])}}, 400, "truncated"),
-        "zero bytes": ({"files": {"image": ("empty.png", b"")}}, 400, "empty (0 bytes)"),
-        "pixel bomb": ({"files": {"image": ("bomb.png", bomb)}}, 413, "above the limit of 1000000 pixels"),
-        "body too large": ({"files": {"image": ("noise.png", png_bytes(noise))}}, 413, "limit of 1 MB"),
-        "url as json": ({"json": "http://127.0.0.1:1/x.png"}, 415, "does not fetch URLs"),
-        "url as form text": ({"data": {"image": "http://127.0.0.1:1/x.png"}, "files": {"other": ("x", b"")}}, 422, "must be an uploaded file"),
-        "pickle": ({"content": b"\x80\x04K\x01.", "headers": {"Content-Type": "application/vnd.bentoml+pickle"}}, 415, "pickled bodies are never accepted"),
-        "no image field": ({"files": {"picture": ("a.png", good)}}, 422, "image"),
-        "target fpr too high": ({"files": {"image": ("a.png", good)}, "params": {"target_fpr": 0.9}}, 422, "target_fpr"),
-        "target fpr not a number": ({"files": {"image": ("a.png", good)}, "params": {"target_fpr": "lots"}}, 422, "target_fpr"),
-    }
+def random_png(height: int, width: int) -> bytes:
+    return png_bytes(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-BAD_CASES = [
-    "not an image", "truncated", "zero bytes", "pixel bomb", "body too large", "url as json",
-    "url as form text", "pickle", "no image field", "target fpr too high", "target fpr not a number",
-]
+# name -> (httpx arguments for POST /score built from a good image's bytes, expected status, expected message part)
+BAD_REQUESTS: dict[str, tuple[Callable[[bytes], dict], int, str]] = {
+    "not an image": (lambda good: {"files": {"image": ("notes.txt", b"hello, not pixels")}}, 400, "not a readable image"),
+    "truncated": (lambda good: {"files": {"image": ("cut.png", good[: len(good) // 2])}}, 400, "truncated"),
+    "zero bytes": (lambda good: {"files": {"image": ("empty.png", b"")}}, 400, "empty (0 bytes)"),
+    # 1.1 Mpx in a few KB, over the 1 Mpx limit
+    "pixel bomb": (lambda good: {"files": {"image": ("bomb.png", png_bytes(np.zeros((1100, 1000), dtype=np.uint8)))}}, 413, "above the limit of 1000000 pixels"),
+    "body too large": (lambda good: {"files": {"image": ("noise.png", random_png(700, 700))}}, 413, "limit of 1 MB"),
+    "url as json": (lambda good: {"json": "http://127.0.0.1:1/x.png"}, 415, "does not fetch URLs"),
+    "url as form text": (lambda good: {"data": {"image": "http://127.0.0.1:1/x.png"}, "files": {"other": ("x", b"")}}, 422, "must be an uploaded file"),
+    "pickle": (lambda good: {"content": b"\x80\x04K\x01.", "headers": {"Content-Type": "application/vnd.bentoml+pickle"}}, 415, "pickled bodies are never accepted"),
+    "no image field": (lambda good: {"files": {"picture": ("a.png", good)}}, 422, "image"),
+    "target fpr too high": (lambda good: {"files": {"image": ("a.png", good)}, "params": {"target_fpr": 0.9}}, 422, "target_fpr"),
+    "target fpr not a number": (lambda good: {"files": {"image": ("a.png", good)}, "params": {"target_fpr": "lots"}}, 422, "target_fpr"),
+}
 
 
-@pytest.mark.parametrize("case", BAD_CASES)
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, folder, case):
-    arguments, status, message = bad_requests(folder)[case]
+    build, status, message = BAD_REQUESTS[case]
+    arguments = build(images_of(folder)[0].read_bytes())
     headers = {**AUTH, **arguments.pop("headers", {})}
     response = httpx.post(f"{server.base_url}/score", headers=headers, timeout=60, **arguments)
     assert response.status_code == status, response.text
@@ -237,9 +232,6 @@ def test_service_modules_do_not_import_torch():
 
 
 def test_serve_without_a_model_is_a_one_line_error(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "anomaly.cli", "serve", "--model", str(tmp_path / "missing")],
-        capture_output=True, text=True, cwd=PROJECT_ROOT,
-    )
+    result = run_cli_process("serve", "--model", str(tmp_path / "missing"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: model directory not found: {tmp_path / 'missing'}"

@@ -48,10 +48,14 @@ class TailFittedDistribution:
     def maximum(self) -> float:
         return float(self.sample[-1])
 
+    @property
+    def _survival_at_maximum(self) -> float:
+        """P(S > maximum | S > tail threshold) under the fitted tail: where it joins the data."""
+        return float(stats.genpareto.sf(self.maximum - self.tail_threshold, self.shape, scale=self.scale))
+
     def _tail_survival(self, scores: np.ndarray | float) -> np.ndarray:
         """P(S > s | S > maximum) under the fitted tail."""
-        at_max = stats.genpareto.sf(self.maximum - self.tail_threshold, self.shape, scale=self.scale)
-        return stats.genpareto.sf(np.asarray(scores) - self.tail_threshold, self.shape, scale=self.scale) / at_max
+        return stats.genpareto.sf(np.asarray(scores) - self.tail_threshold, self.shape, scale=self.scale) / self._survival_at_maximum
 
     def pvalue(self, scores: np.ndarray | float) -> np.ndarray:
         scores = np.asarray(scores, dtype=np.float64)
@@ -65,8 +69,7 @@ class TailFittedDistribution:
         sample_pvalues = self._sample_pvalues
         if alpha >= sample_pvalues[-1]:
             return float(np.interp(alpha, sample_pvalues[::-1], self.sample[::-1]))
-        at_max = stats.genpareto.sf(self.maximum - self.tail_threshold, self.shape, scale=self.scale)
-        survival = alpha / sample_pvalues[-1] * at_max
+        survival = alpha / sample_pvalues[-1] * self._survival_at_maximum
         return float(self.tail_threshold + stats.genpareto.isf(survival, self.shape, scale=self.scale))
 
     def to_dict(self) -> dict[str, object]:

@@ -74,6 +74,7 @@ class Calibrated:
     detector: AnomalyDetector
     calibration: Calibration
     datamodule: AnomalyDataModule
+    training_run: dict[str, str | None]  # run.json: the MLflow run and tracking URI training logged to
 
 
 def calibrate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Path) -> Calibrated:
@@ -91,7 +92,7 @@ def calibrate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Pat
     calibration.save(output_dir / "calibration.json")
     run = {"mlflow_run_id": module.hparams.get("mlflow_run_id"), "tracking_uri": module.hparams.get("tracking_uri")}
     (output_dir / "run.json").write_text(json.dumps(run, indent=1))
-    return Calibrated(detector, calibration, datamodule)
+    return Calibrated(detector, calibration, datamodule, run)
 
 
 def load_calibrated(folder: Path, data_overrides: list[str] | None = None) -> Calibrated:
@@ -106,7 +107,8 @@ def load_calibrated(folder: Path, data_overrides: list[str] | None = None) -> Ca
         detector.config = build_config(detector.config.model_dump(mode="json"), data_overrides)
     datamodule = AnomalyDataModule(detector.config.data)
     datamodule.setup()
-    return Calibrated(detector, calibration, datamodule)
+    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    return Calibrated(detector, calibration, datamodule, run)
 
 
 def evaluate_calibrated(calibrated: Calibrated, output_dir: Path, log_run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
@@ -125,6 +127,6 @@ def evaluate_calibrated(calibrated: Calibrated, output_dir: Path, log_run_id: st
 def evaluate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Path) -> EvaluationResult:
     """Calibrate, then evaluate on the test split; the metrics go to the training run."""
     calibrated = calibrate_checkpoint(checkpoint, overrides, output_dir)
-    run = json.loads((output_dir / "run.json").read_text())
+    run = calibrated.training_run
     metrics = evaluate_calibrated(calibrated, output_dir, run["mlflow_run_id"], run["tracking_uri"])
     return EvaluationResult(metrics=metrics, output_dir=output_dir)

@@ -28,7 +28,7 @@ def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any]
         f"- training run: {run_id or 'unknown'} (MLflow experiment `{config.tracking.experiment}`)",
         f"- input: float32 NCHW [batch, {data.channels}, {data.image_size[0]}, {data.image_size[1]}] in [0, 1];"
         " decode, convert and resize (bilinear) with anomaly.imageio, then divide by 255",
-        f"- outputs: reconstruction, latent, anomaly_map, reconstruction_score, latent_distance",
+        "- outputs: reconstruction, latent, anomaly_map, reconstruction_score, latent_distance",
         f"- calibration: {calibration.sample_sizes.get('calibration_images')} held-out normal images,"
         f" target FPR {calibration.target_fpr}, combine {calibration.combine_method}",
         "",

@@ -20,7 +20,7 @@ from mlflow.entities import RunStatus
 
 from anomaly.config import Config, build_config
 from anomaly.errors import AnomalyError
-from anomaly.evaluation.run import calibrate_checkpoint, evaluate_calibrated, load_calibrated
+from anomaly.evaluation.run import Calibrated, calibrate_checkpoint, evaluate_calibrated, load_calibrated
 from anomaly.export.publish import export_bundle, read_metrics, verify_parity, write_card
 from anomaly.export.registry import promote, register_version
 from anomaly.pipeline.state import DONE, FAILED, RUNNING, PipelineState, StepRecord
@@ -30,11 +30,19 @@ from anomaly.training.train import train
 SUMMARY_METRICS = ("image_auroc", "image_aupr", "pixel_auroc", "pixel_aupro", "target_fpr", "test_fpr", "threshold")
 
 
-@dataclass(frozen=True)
+@dataclass
 class PipelineContext:
     config: Config
     output: Path
     state: PipelineState
+    loaded: Calibrated | None = None
+
+    def calibrated(self) -> Calibrated:
+        """The calibrate step's detector, calibration and data: kept from the step that made them,
+        or read from disk once when a resumed run starts after that step."""
+        if self.loaded is None:
+            self.loaded = load_calibrated(self.evaluation_dir)
+        return self.loaded
 
     @property
     def checkpoint(self) -> Path:
@@ -56,24 +64,24 @@ def step_train(context: PipelineContext, run_id: str) -> dict[str, Any]:
 
 
 def step_calibrate(context: PipelineContext, run_id: str) -> dict[str, Any]:
-    calibrated = calibrate_checkpoint(context.checkpoint, [], context.evaluation_dir)
+    context.loaded = calibrate_checkpoint(context.checkpoint, [], context.evaluation_dir)
     mlflow.MlflowClient().log_artifact(run_id, str(context.evaluation_dir / "calibration.json"))
-    return {"calibration": str(context.evaluation_dir / "calibration.json"), "sample_sizes": calibrated.calibration.sample_sizes}
+    return {"calibration": str(context.evaluation_dir / "calibration.json"), "sample_sizes": context.loaded.calibration.sample_sizes}
 
 
 def step_evaluate(context: PipelineContext, run_id: str) -> dict[str, Any]:
-    metrics = evaluate_calibrated(load_calibrated(context.evaluation_dir), context.evaluation_dir, run_id, context.state.tracking_uri)
+    metrics = evaluate_calibrated(context.calibrated(), context.evaluation_dir, run_id, context.state.tracking_uri)
     return {key: metrics[key] for key in SUMMARY_METRICS if key in metrics}
 
 
 def step_export(context: PipelineContext, run_id: str) -> dict[str, Any]:
     training_run = context.state.steps["train"].run_id
-    export_bundle(load_calibrated(context.evaluation_dir), context.evaluation_dir, context.model_dir, training_run)
+    export_bundle(context.calibrated(), context.evaluation_dir, context.model_dir, training_run)
     return {"model_dir": str(context.model_dir)}
 
 
 def step_parity(context: PipelineContext, run_id: str) -> dict[str, Any]:
-    calibrated = load_calibrated(context.evaluation_dir)
+    calibrated = context.calibrated()
     try:
         report = verify_parity(calibrated, context.model_dir)
     except AnomalyError:
@@ -89,7 +97,7 @@ def step_parity(context: PipelineContext, run_id: str) -> dict[str, Any]:
 
 
 def step_register(context: PipelineContext, run_id: str) -> dict[str, Any]:
-    example = load_calibrated(context.evaluation_dir).datamodule.calibration_set.images
+    example = context.calibrated().datamodule.calibration_set.images
     name = context.config.tracking.registered_model
     version = register_version(context.model_dir, name, run_id, example)
     return {"name": name, "version": version, "model_uri": f"models:/{name}/{version}"}
@@ -97,7 +105,7 @@ def step_register(context: PipelineContext, run_id: str) -> dict[str, Any]:
 
 def step_promote(context: PipelineContext, run_id: str) -> dict[str, Any]:
     registered = context.state.steps["register"].outputs
-    test = load_calibrated(context.evaluation_dir).datamodule.test_set
+    test = context.calibrated().datamodule.test_set
     result = promote(context.model_dir, registered["name"], registered["version"], run_id, test)
     return {
         "promoted": result.promoted, "challenger_auroc": result.challenger_auroc,
