@@ -135,6 +135,13 @@ class ScoringConfig(StrictModel):
     reduction: Literal["mean", "max", "topk"] = "topk"
     topk_fraction: float = Field(0.01, gt=0.0, le=1.0)
     latent: Literal["mahalanobis", "knn"] = "mahalanobis"
+    latent_vector: Literal["code", "code_and_round_trip"] = Field(
+        "code",
+        description="What the latent distance measures. code: the model's code E(x). code_and_round_trip: E(x) "
+        "concatenated with E(x) - E(D(E(x))), how far the code moves when the reconstruction is encoded again "
+        "(normal images survive the round trip, anomalies are pulled towards normal codes); Mahalanobis then "
+        "shrinks each half's covariance separately (block-diagonal).",
+    )
     knn_k: int = Field(5, ge=1)
     knn_bank_size: int = Field(4096, ge=1)
     combine: Literal["fisher", "min_p"] = "fisher"

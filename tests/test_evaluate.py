@@ -4,9 +4,11 @@ import json
 
 import mlflow
 import pytest
+import torch
 
 from anomaly.calibration.artifact import Calibration
 from anomaly.config import build_config
+from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.errors import AnomalyError
 from anomaly.evaluation.run import evaluate_checkpoint
 from anomaly.scoring.detector import load_detector, weights_checksum
@@ -63,6 +65,24 @@ def test_evaluation_scoring_can_change_but_the_model_cannot(trained, tmp_path):
     assert json.loads((tmp_path / "calibration.json").read_text())["scoring"]["latent"] == "knn"
     with pytest.raises(AnomalyError, match="only data, scoring, tracking, output_dir can change after training"):
         evaluate_checkpoint(result.checkpoint, ["model.depth=2"], tmp_path)
+
+
+def test_round_trip_latent_is_fitted_on_the_vectors_it_measures(trained, tmp_path):
+    result, _, _ = trained
+    evaluate_checkpoint(result.checkpoint, ["scoring.latent_vector=code_and_round_trip"], tmp_path)
+    detector = load_detector(tmp_path / "detector.pt")
+    datamodule = AnomalyDataModule(detector.config.data)
+    datamodule.setup()
+    with torch.no_grad():
+        images = torch.cat([batch["image"] for batch in datamodule.train_dataloader_for_fitting()])
+        codes = detector.model(images).latent
+        round_trip = codes - detector.model(detector.model(images).reconstruction).latent
+    # Fitted on [E(x), E(x) - E(D(E(x)))] of the training images, one covariance per half.
+    half = codes.shape[1]
+    distance = detector.latent_distance
+    assert torch.allclose(distance.mean, torch.cat((codes, round_trip), dim=1).mean(0), atol=1e-4)
+    assert torch.count_nonzero(distance.precision[:half, half:]) == 0
+    assert torch.count_nonzero(distance.precision[half:, half:]) > half
 
 
 def test_evaluate_cli_errors(trained, tmp_path, monkeypatch, capsys):

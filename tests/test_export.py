@@ -65,7 +65,7 @@ def torch_scores(evaluation: Path, images: list[Path]) -> dict[str, np.ndarray]:
     return {"reconstruction_score": output.reconstruction_score.numpy(), "latent_distance": output.latent_distance.numpy()}
 
 
-@pytest.mark.parametrize(("architecture", "scoring"), [("ae", {}), ("vae", {"map": "ssim"}), ("unet", {"latent": "knn"})])
+@pytest.mark.parametrize(("architecture", "scoring"), [("ae", {}), ("vae", {"map": "ssim", "latent_vector": "code_and_round_trip"}), ("unet", {"latent": "knn"})])
 def test_export_register_and_score_match_pytorch(architecture, scoring, folder, tracking, tmp_path, monkeypatch, capsys):
     evaluation = evaluated(folder, tmp_path, tracking, architecture, **scoring)
     run_id = json.loads((evaluation / "run.json").read_text())["mlflow_run_id"]

@@ -26,6 +26,19 @@ def test_mahalanobis_distance_on_a_known_gaussian():
     assert distance(torch.from_numpy(mean[None]).float()).item() == pytest.approx(0.0, abs=0.05)
 
 
+def test_block_mahalanobis_adds_the_squared_distances_of_its_halves():
+    rng = np.random.default_rng(1)
+    first = rng.multivariate_normal([0.0, 1.0], [[2.0, 0.8], [0.8, 1.0]], size=20_000)
+    second = 5 * first[:, ::-1] + rng.normal(size=first.shape)  # strongly tied to the first half
+    whole = MahalanobisDistance(4, blocks=2).fit(np.hstack((first, second)))
+    halves = [MahalanobisDistance(2).fit(part) for part in (first, second)]
+    probes = rng.normal(size=(100, 4)) * 3
+    expected = np.hypot(*(half(torch.from_numpy(probes[:, i : i + 2]).float()).numpy() for half, i in zip(halves, (0, 2))))
+    assert np.allclose(whole(torch.from_numpy(probes).float()).numpy(), expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="does not split into 2 equal blocks"):
+        MahalanobisDistance(5, blocks=2)
+
+
 def test_knn_distance_is_mean_distance_to_nearest_codes():
     bank = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0]])
     distance = NearestNeighbourDistance(2, k=2, bank_size=10).fit(bank)

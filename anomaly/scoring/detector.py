@@ -17,6 +17,7 @@ from torch import nn
 from anomaly.config import Config
 from anomaly.errors import AnomalyError
 from anomaly.models import build_model
+from anomaly.models.outputs import AutoencoderOutput
 from anomaly.scoring.latent import NearestNeighbourDistance, build_latent_distance
 from anomaly.scoring.maps import AnomalyMap, MapReduction
 
@@ -24,7 +25,7 @@ from anomaly.scoring.maps import AnomalyMap, MapReduction
 @dataclass
 class DetectorOutput:
     reconstruction: torch.Tensor  # (B, C, H, W)
-    latent: torch.Tensor  # (B, D)
+    latent: torch.Tensor  # (B, D): the vector the latent distance measures (scoring.latent_vector)
     anomaly_map: torch.Tensor  # (B, 1, H, W)
     reconstruction_score: torch.Tensor  # (B,)
     latent_distance: torch.Tensor  # (B,)
@@ -49,15 +50,23 @@ class AnomalyDetector(nn.Module):
         self.reduce = MapReduction(config.scoring, data.image_size)
         self.latent_distance = build_latent_distance(config.scoring, latent_size(self.model, data.channels, data.image_size))
 
-    def forward(self, images: torch.Tensor) -> DetectorOutput:
+    def embed(self, images: torch.Tensor) -> tuple[AutoencoderOutput, torch.Tensor]:
+        """The model's output and the latent vector that the latent distance is fitted on and measures."""
         output = self.model(images)
+        if self.config.scoring.latent_vector == "code":
+            return output, output.latent
+        round_trip = output.latent - self.model(output.reconstruction).latent
+        return output, torch.cat((output.latent, round_trip), dim=1)
+
+    def forward(self, images: torch.Tensor) -> DetectorOutput:
+        output, latent = self.embed(images)
         anomaly_map = self.anomaly_map(images, output.reconstruction)
         return DetectorOutput(
             reconstruction=output.reconstruction,
-            latent=output.latent,
+            latent=latent,
             anomaly_map=anomaly_map,
             reconstruction_score=self.reduce(anomaly_map),
-            latent_distance=self.latent_distance(output.latent),
+            latent_distance=self.latent_distance(latent),
         )
 
 
