@@ -33,7 +33,7 @@ class Mode:
 
 
 QUICK = Mode(digits=(0, 8), mnist_epochs={"ae": 1}, kolektorsdd_epochs=2, elpv_epochs=2)
-# The protocol of benchmarks/results/mnist_oneclass.json: the AE 10 epochs, the VAE and U-Net 5.
+# The MNIST protocol of the scoring issue: the AE 10 epochs, the VAE and U-Net 5.
 FULL = Mode(digits=tuple(range(10)), mnist_epochs={"ae": 10, "vae": 5, "unet": 5}, kolektorsdd_epochs=25, elpv_epochs=12)
 
 

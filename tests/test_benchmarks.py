@@ -1,9 +1,13 @@
 """The benchmark's own baselines, on real tiny images (their timings never run in the suite)."""
 
+import re
+
+import re
+
 import numpy as np
 
 from benchmarks.baselines import baseline_aurocs
-from tests.conftest import stripes
+from tests.conftest import PROJECT_ROOT, stripes
 
 
 def test_baselines_rank_bright_scratches_above_normal_stripes():
@@ -15,3 +19,13 @@ def test_baselines_rank_bright_scratches_above_normal_stripes():
     aurocs = baseline_aurocs(train, np.concatenate([good, scratched]), labels)
     assert aurocs["pca_reconstruction"] > 0.95
     assert 0.5 < aurocs["isolation_forest"] <= 1.0
+
+
+def test_readme_quotes_only_numbers_from_benchmarks_md():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    benchmarks = (PROJECT_ROOT / "BENCHMARKS.md").read_text()
+    headline = readme[readme.index("Headline numbers from the full run"):readme.index("## Development")]
+    pipelines = "\n".join(line for line in readme.splitlines() if line.startswith("| `pipelines/"))
+    quoted = re.findall(r"\d+\.\d+x?", headline + pipelines) + re.findall(r"\d+ minutes", headline)
+    assert len(quoted) >= 15
+    assert [number for number in quoted if number not in benchmarks] == []
