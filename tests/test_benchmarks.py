@@ -2,8 +2,6 @@
 
 import re
 
-import re
-
 import numpy as np
 
 from benchmarks.baselines import baseline_aurocs
