@@ -32,6 +32,7 @@ def test_output_contract(architecture, channels, size, depth, bottleneck, downsa
     assert output.reconstruction.shape == images.shape
     assert output.reconstruction.min() >= 0 and output.reconstruction.max() <= 1
     assert output.latent.ndim == 2 and output.latent.shape[0] == 3
+    assert torch.allclose(model.latent(images), output.latent)
     if architecture == "vae":
         assert isinstance(output, VariationalOutput)
         assert output.mu.shape == output.logvar.shape

@@ -1,4 +1,7 @@
-"""The one inference contract every model returns, so scoring and export never branch on type."""
+"""The one inference contract every model returns, so scoring and export never branch on type.
+
+Every model also has `latent(x)`: the same `latent` as its forward(), without decoding.
+"""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ class AnomalyDetector(nn.Module):
         output = self.model(images)
         if self.config.scoring.latent_vector == "code":
             return output, output.latent
-        round_trip = output.latent - self.model(output.reconstruction).latent
+        round_trip = output.latent - self.model.latent(output.reconstruction)
         return output, torch.cat((output.latent, round_trip), dim=1)
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:

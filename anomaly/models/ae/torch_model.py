@@ -24,6 +24,10 @@ class ConvAutoencoder(nn.Module):
             x = block(x)
         return self.to_code(x)
 
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The `latent` of forward() without decoding (the round-trip latent encodes reconstructions)."""
+        return self.encode(x).flatten(1)
+
     def forward(self, x: torch.Tensor) -> AutoencoderOutput:
         code = self.encode(x)
         reconstruction = self.decoder(self.from_code(code))

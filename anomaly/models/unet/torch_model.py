@@ -20,11 +20,20 @@ class UNetAutoencoder(nn.Module):
         self.encoder = build_encoder(config, channels)
         self.decoder = MirroredDecoder(config, channels, with_skips=True)
 
-    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every encoder block's output, full resolution first; the last is the bottleneck."""
         features = []
         for block in self.encoder:
             x = block(x)
             features.append(x)
-        skips = list(reversed(features[:-1]))
-        reconstruction = self.decoder(x, skips)
-        return AutoencoderOutput(reconstruction=reconstruction, latent=x.mean(dim=(2, 3)))
+        return features
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The `latent` of forward() (the pooled bottleneck) without decoding."""
+        return self.encode(x)[-1].mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
+        features = self.encode(x)
+        bottleneck = features[-1]
+        reconstruction = self.decoder(bottleneck, list(reversed(features[:-1])))
+        return AutoencoderOutput(reconstruction=reconstruction, latent=bottleneck.mean(dim=(2, 3)))

@@ -25,6 +25,10 @@ class VariationalAutoencoder(nn.Module):
         mu, logvar = self.to_posterior(x).chunk(2, dim=1)
         return mu, logvar
 
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The `latent` of forward() (the posterior mean) without decoding."""
+        return self.posterior(x)[0].flatten(1)
+
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.from_code(code))
 
