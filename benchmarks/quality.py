@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.config import Config, load_config
-from anomaly.data.datamodule import AnomalyDataModule
-from anomaly.evaluation.run import evaluate_checkpoint
+from anomaly.evaluation.run import calibrate_checkpoint, evaluate_calibrated
 from anomaly.export.publish import publish
 from anomaly.training.train import train
 from benchmarks.baselines import baseline_aurocs
@@ -43,11 +42,12 @@ def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = N
     started = time.perf_counter()
     trained = train(config)
     evaluation_dir = scratch / (trained.run_id or "run")
-    metrics = evaluate_checkpoint(trained.checkpoint, [], evaluation_dir).metrics
+    calibrated = calibrate_checkpoint(trained.checkpoint, [], evaluation_dir)
+    run = calibrated.training_run
+    metrics = evaluate_calibrated(calibrated, evaluation_dir, run["mlflow_run_id"], run["tracking_uri"])
     if export_to is not None:
         publish(evaluation_dir, export_to, [], trained.run_id)
-    datamodule = AnomalyDataModule(config.data)
-    datamodule.setup()
+    datamodule = calibrated.datamodule
     test = datamodule.test_set
     row = {
         "reconstruction_auroc": metrics["image"]["reconstruction"]["auroc"],

@@ -19,6 +19,7 @@ from anomaly.runtime.bundle import (
     META_DATASET,
     META_MODEL_CHECKSUM,
     META_TRAINING_RUN,
+    SCORE_NAMES,
     OnnxDetector,
     image_results,
 )
@@ -27,13 +28,13 @@ from anomaly.runtime.resolve import ResolvedModel
 from serving.schemas import CalibrationSummary, ImageScore, InputSpec, ModelDescription, ModelIdentity
 from serving.settings import MAX_TARGET_FPR, MIN_TARGET_FPR, ServingSettings
 
-SCORE_COLUMNS = 2  # reconstruction_score, latent_distance; the flattened anomaly map follows, if asked for
+SCORE_COLUMNS = len(SCORE_NAMES)  # one column per score; the flattened anomaly map follows, if asked for
 
 
 def pack_outputs(outputs: dict[str, np.ndarray]) -> np.ndarray:
     """One float32 row per image, so BentoML's batching can split a batch's answer by rows.
     Maps travel only when the outputs hold them (heat-map requests): they are most of the bytes."""
-    columns = [np.stack([outputs["reconstruction_score"], outputs["latent_distance"]], axis=1)]
+    columns = [np.stack([outputs[name] for name in SCORE_NAMES], axis=1)]
     if "anomaly_map" in outputs:
         columns.append(outputs["anomaly_map"].reshape(len(outputs["anomaly_map"]), -1))
     return np.concatenate(columns, axis=1).astype(np.float32)

@@ -1,7 +1,8 @@
 """One pipeline run: seven steps, one MLflow parent run with a child run per step, resumable.
 
-Each step reads what earlier steps wrote under the output folder (never in-memory state), so
-a re-run after a crash or kill skips finished steps and starts at the first unfinished one.
+Each step's outputs are recorded under the output folder, so a re-run after a crash or kill
+skips finished steps and starts at the first unfinished one. The calibrated detector and its
+data are kept in memory between the steps of one process (read from disk once on a resume).
 Training resumes inside its own MLflow run from its last epoch checkpoint. A failing step
 marks its run and the parent FAILED, keeps everything earlier, and raises its error.
 """
