@@ -134,7 +134,14 @@ class ScoringConfig(StrictModel):
     smoothing_sigma: float = Field(2.0, ge=0.0, le=16.0)
     reduction: Literal["mean", "max", "topk"] = "topk"
     topk_fraction: float = Field(0.01, gt=0.0, le=1.0)
-    latent: Literal["mahalanobis", "knn"] = "mahalanobis"
+    latent: Literal["mahalanobis", "knn", "patch_knn"] = Field(
+        "mahalanobis",
+        description="How far an image is from the training images in the model's latent space. mahalanobis / knn: "
+        "distance of the image's latent vector (see latent_vector) to the training vectors. patch_knn: distance per "
+        "location, PatchCore-style on the model's own encoder: each position of encoder block `patch_level`'s "
+        "feature map is compared with a bank of training positions, and the image's distance is the largest "
+        "(after 3x3 averaging). Local defects on textured surfaces move one patch, not the whole-image code.",
+    )
     latent_vector: Literal["code", "code_and_round_trip"] = Field(
         "code",
         description="What the latent distance measures. code: the model's code E(x). code_and_round_trip: E(x) "
@@ -142,8 +149,9 @@ class ScoringConfig(StrictModel):
         "(normal images survive the round trip, anomalies are pulled towards normal codes); Mahalanobis then "
         "shrinks each half's covariance separately (block-diagonal).",
     )
-    knn_k: int = Field(5, ge=1)
-    knn_bank_size: int = Field(4096, ge=1)
+    knn_k: int = Field(5, ge=1, description="Neighbours averaged by knn and patch_knn.")
+    knn_bank_size: int = Field(4096, ge=1, description="Training vectors (knn) or patch vectors (patch_knn) kept, a seeded subsample.")
+    patch_level: int = Field(2, ge=1, description="patch_knn: how many encoder blocks the patch features pass (stride 2**patch_level).")
     combine: Literal["fisher", "min_p"] = "fisher"
     tail_fraction: float = Field(0.1, gt=0.0, le=0.5)
     target_fpr: float = Field(0.01, gt=0.0, lt=0.5)
@@ -193,6 +201,12 @@ class Config(StrictModel):
                 f"data.image_size {height}x{width} is not divisible by 2**model.depth = {factor}; "
                 f"use a multiple of {factor} or a smaller model.depth"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _patch_level_within_depth(self) -> Config:
+        if self.scoring.latent == "patch_knn" and self.scoring.patch_level > self.model.depth:
+            raise ValueError(f"scoring.patch_level {self.scoring.patch_level} exceeds model.depth {self.model.depth}")
         return self
 
 

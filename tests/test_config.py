@@ -36,6 +36,12 @@ def test_bad_choice_names_the_key():
         build_config(BASE, ["model.architecture=gan"])
 
 
+def test_patch_level_must_be_within_the_encoder():
+    assert build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=3"]).scoring.patch_level == 3
+    with pytest.raises(AnomalyError, match=r"scoring\.patch_level 4 exceeds model\.depth 3"):
+        build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=4"])
+
+
 def test_image_size_must_be_divisible_by_depth():
     with pytest.raises(AnomalyError, match=r"data\.image_size 30x32 is not divisible by 2\*\*model\.depth = 8"):
         build_config(BASE, ["data.image_size=[30, 32]"])

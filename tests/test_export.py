@@ -65,7 +65,11 @@ def torch_scores(evaluation: Path, images: list[Path]) -> dict[str, np.ndarray]:
     return {"reconstruction_score": output.reconstruction_score.numpy(), "latent_distance": output.latent_distance.numpy()}
 
 
-@pytest.mark.parametrize(("architecture", "scoring"), [("ae", {}), ("vae", {"map": "ssim", "latent_vector": "code_and_round_trip"}), ("unet", {"latent": "knn"})])
+@pytest.mark.parametrize(("architecture", "scoring"), [
+    ("ae", {}), ("vae", {"map": "ssim", "latent_vector": "code_and_round_trip"}), ("unet", {"latent": "knn"}),
+    # patch level 1: a 16x16 grid of 56 training images gives 14k patch vectors, a 5000-vector bank in 2 chunks
+    ("ae", {"latent": "patch_knn", "patch_level": 1, "knn_k": 2, "knn_bank_size": 5000}),
+])
 def test_export_register_and_score_match_pytorch(architecture, scoring, folder, tracking, tmp_path, monkeypatch, capsys):
     evaluation = evaluated(folder, tmp_path, tracking, architecture, **scoring)
     run_id = json.loads((evaluation / "run.json").read_text())["mlflow_run_id"]

@@ -9,7 +9,7 @@ import torch
 from anomaly.config import ScoringConfig, build_config
 from anomaly.errors import AnomalyError
 from anomaly.scoring.detector import AnomalyDetector, load_detector, save_detector, weights_checksum
-from anomaly.scoring.latent import MahalanobisDistance, NearestNeighbourDistance
+from anomaly.scoring.latent import MahalanobisDistance, NearestNeighbourDistance, PatchNearestNeighbourDistance
 from anomaly.scoring.maps import AnomalyMap, GaussianBlur, MapReduction
 
 
@@ -46,6 +46,33 @@ def test_knn_distance_is_mean_distance_to_nearest_codes():
     assert distance(torch.tensor([[0.0, 0.0]])).item() == pytest.approx((0 + 5) / 2)
 
 
+def test_patch_knn_marks_the_one_unseen_patch_and_scores_its_neighbourhood():
+    training = np.zeros((2, 3, 4, 5), dtype=np.float32)
+    training[:, 0] = np.arange(20, dtype=np.float32).reshape(4, 5) / 10  # every position a different vector
+    distance = PatchNearestNeighbourDistance(3, k=1, bank_size=1000).fit(training)
+    assert distance.bank.shape == (40, 3)
+    probe = torch.from_numpy(training[:1]).clone()
+    probe[0, 1, 3, 4] = 6.0  # one corner position moves 6 away from every training vector's plane
+    distance_map = distance.distance_map(probe)[0, 0]
+    expected = torch.zeros(4, 5)
+    expected[3, 4] = 6.0
+    assert torch.allclose(distance_map, expected, atol=1e-3)
+    # 3x3 mean without padding: the corner's window holds 4 positions, one of them the moved one
+    assert distance(probe).item() == pytest.approx(6.0 / 4, abs=1e-3)
+
+
+def test_patch_knn_chunks_agree_with_the_full_distance_matrix():
+    rng = np.random.default_rng(2)
+    distance = PatchNearestNeighbourDistance(4, k=3, bank_size=100).fit(rng.normal(size=(5, 4, 6, 6)))
+    probe = torch.from_numpy(rng.normal(size=(2, 4, 6, 6))).float()
+    whole = distance.distance_map(probe)
+    distance.CHUNK = 7  # 100 bank vectors in 15 chunks, each with its own nearest 3
+    assert torch.allclose(distance.distance_map(probe), whole, atol=1e-4)
+    queries = probe.permute(0, 2, 3, 1).reshape(-1, 4)
+    brute = torch.cdist(queries, distance.bank).topk(3, dim=1, largest=False).values.mean(dim=1)
+    assert torch.allclose(whole.permute(0, 2, 3, 1).reshape(-1), brute, atol=1e-4)
+
+
 def test_map_reductions():
     maps = torch.zeros(1, 1, 10, 10)
     maps[0, 0, 0, :5] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
@@ -77,14 +104,15 @@ def test_anomaly_map_is_zero_for_perfect_reconstruction_and_marks_differences(ki
     assert result[:, :, 8:16, 8:16].mean() > 10 * result[:, :, 24:, 24:].mean()
 
 
-def test_detector_file_round_trip_and_checksum(tmp_path: Path):
+@pytest.mark.parametrize(("latent", "fitted_shape"), [("knn", (30, 6)), ("patch_knn", (3, 8, 4, 4))])
+def test_detector_file_round_trip_and_checksum(latent, fitted_shape, tmp_path: Path):
     config = build_config({
         "data": {"kind": "folder", "root": "x", "image_size": 16},
         "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
-        "scoring": {"latent": "knn", "knn_bank_size": 50},
+        "scoring": {"latent": latent, "knn_bank_size": 50},
     })
     detector = AnomalyDetector(config).eval()
-    detector.latent_distance.fit(np.random.default_rng(0).normal(size=(30, 6)))
+    detector.latent_distance.fit(np.random.default_rng(0).normal(size=fitted_shape))
     save_detector(detector, tmp_path / "detector.pt")
     loaded = load_detector(tmp_path / "detector.pt")
     assert weights_checksum(loaded) == weights_checksum(detector)

@@ -17,15 +17,16 @@ from torch import nn
 from anomaly.config import Config
 from anomaly.errors import AnomalyError
 from anomaly.models import build_model
+from anomaly.models.blocks import encoder_channels
 from anomaly.models.outputs import AutoencoderOutput
-from anomaly.scoring.latent import NearestNeighbourDistance, build_latent_distance
+from anomaly.scoring.latent import build_latent_distance
 from anomaly.scoring.maps import AnomalyMap, MapReduction
 
 
 @dataclass
 class DetectorOutput:
     reconstruction: torch.Tensor  # (B, C, H, W)
-    latent: torch.Tensor  # (B, D): the vector the latent distance measures (scoring.latent_vector)
+    latent: torch.Tensor  # (B, D): the image's latent vector (scoring.latent_vector)
     anomaly_map: torch.Tensor  # (B, 1, H, W)
     reconstruction_score: torch.Tensor  # (B,)
     latent_distance: torch.Tensor  # (B,)
@@ -48,25 +49,36 @@ class AnomalyDetector(nn.Module):
         self.model = model if model is not None else build_model(config.model, data.channels, data.image_size)
         self.anomaly_map = AnomalyMap(config.scoring)
         self.reduce = MapReduction(config.scoring, data.image_size)
-        self.latent_distance = build_latent_distance(config.scoring, latent_size(self.model, data.channels, data.image_size))
+        scoring = config.scoring
+        self.latent_distance = build_latent_distance(
+            scoring,
+            code_size=latent_size(self.model, data.channels, data.image_size),
+            encoder_widths=encoder_channels(config.model),
+        )
 
-    def embed(self, images: torch.Tensor) -> tuple[AutoencoderOutput, torch.Tensor]:
-        """The model's output and the latent vector that the latent distance is fitted on and measures."""
+    def embed(self, images: torch.Tensor) -> tuple[AutoencoderOutput, torch.Tensor, torch.Tensor]:
+        """The model's output, the image's latent vector, and what the latent distance is fitted on
+        and measures: that vector, or for patch_knn the encoder's feature map at patch_level."""
         output = self.model(images)
-        if self.config.scoring.latent_vector == "code":
-            return output, output.latent
-        round_trip = output.latent - self.model.latent(output.reconstruction)
-        return output, torch.cat((output.latent, round_trip), dim=1)
+        latent = output.latent
+        if self.config.scoring.latent_vector == "code_and_round_trip":
+            latent = torch.cat((latent, latent - self.model.latent(output.reconstruction)), dim=1)
+        if self.config.scoring.latent != "patch_knn":
+            return output, latent, latent
+        features = images
+        for block in self.model.encoder[: self.config.scoring.patch_level]:
+            features = block(features)
+        return output, latent, features
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        output, latent = self.embed(images)
+        output, latent, measured = self.embed(images)
         anomaly_map = self.anomaly_map(images, output.reconstruction)
         return DetectorOutput(
             reconstruction=output.reconstruction,
             latent=latent,
             anomaly_map=anomaly_map,
             reconstruction_score=self.reduce(anomaly_map),
-            latent_distance=self.latent_distance(latent),
+            latent_distance=self.latent_distance(measured),
         )
 
 
@@ -91,7 +103,7 @@ def load_detector(path: Path) -> AnomalyDetector:
     except Exception as error:  # torch raises many types for a damaged file
         raise AnomalyError(f"cannot read detector file {path}: {type(error).__name__}") from None
     detector = AnomalyDetector(Config.model_validate(saved["config"]))
-    if isinstance(detector.latent_distance, NearestNeighbourDistance):
+    if "latent_distance.bank" in saved["state_dict"]:  # the bank's size is the training set's
         detector.latent_distance.bank = torch.zeros_like(saved["state_dict"]["latent_distance.bank"])
     detector.load_state_dict(saved["state_dict"])
     return detector.eval()

@@ -1,13 +1,20 @@
-"""Distance of an image's latent code to the training codes: Mahalanobis or k-nearest neighbours."""
+"""Distance of an image to the training images in latent space: Mahalanobis or k-nearest
+neighbours on the image's latent vector, or k-nearest neighbours per location (patches)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from torch import nn
 
 from anomaly.config import ScoringConfig
+
+
+def _seeded_rows(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
+    count = min(len(rows), count)
+    return rows[np.sort(np.random.default_rng(seed).choice(len(rows), size=count, replace=False))]
 
 
 class MahalanobisDistance(nn.Module):
@@ -50,9 +57,7 @@ class NearestNeighbourDistance(nn.Module):
         self.register_buffer("bank", torch.zeros(bank_size, dim))
 
     def fit(self, codes: np.ndarray, seed: int = 0) -> NearestNeighbourDistance:
-        count = min(len(codes), self.bank.shape[0])
-        chosen = np.sort(np.random.default_rng(seed).choice(len(codes), size=count, replace=False))
-        self.bank = torch.from_numpy(codes[chosen]).float()
+        self.bank = torch.from_numpy(_seeded_rows(codes, self.bank.shape[0], seed)).float()
         return self
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
@@ -61,8 +66,51 @@ class NearestNeighbourDistance(nn.Module):
         return distances.topk(k, dim=1, largest=False).values.mean(dim=1)
 
 
-def build_latent_distance(config: ScoringConfig, code_size: int) -> nn.Module:
-    """The distance for the latent vector of `config.latent_vector`, built from the model's code size."""
+class PatchNearestNeighbourDistance(nn.Module):
+    """Per-location distance: each position of an encoder feature map (B, C, h, w) against a bank
+    of training positions; mean distance to the k nearest, averaged over 3x3 neighbouring
+    positions; the image's distance is the largest over positions.
+
+    The bank is compared in chunks, so a batch never holds its full distance matrix (2560
+    positions x 30k bank vectors is 300 MB per image). The chunks are fixed when the bank is,
+    so the loop unrolls into the exported graph.
+    """
+
+    CHUNK = 4096
+
+    def __init__(self, channels: int, k: int, bank_size: int) -> None:
+        super().__init__()
+        self.k = k
+        self.register_buffer("bank", torch.zeros(bank_size, channels))
+
+    def fit(self, features: np.ndarray, seed: int = 0) -> PatchNearestNeighbourDistance:
+        vectors = features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1])
+        self.bank = torch.from_numpy(_seeded_rows(vectors, self.bank.shape[0], seed)).float()
+        return self
+
+    def distance_map(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, 1, h, w): mean distance of each position to its k nearest bank vectors."""
+        batch, channels, height, width = features.shape
+        queries = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        query_norms = (queries * queries).sum(dim=2, keepdim=True)
+        k = min(self.k, self.bank.shape[0])
+        nearest = []
+        for chunk in self.bank.split(self.CHUNK):
+            squared = query_norms - 2 * queries @ chunk.T + (chunk * chunk).sum(dim=1)
+            nearest.append(squared.topk(min(k, chunk.shape[0]), dim=2, largest=False).values)
+        squared = torch.cat(nearest, dim=2).topk(k, dim=2, largest=False).values
+        distances = squared.clamp_min(0).sqrt().mean(dim=2)
+        return distances.reshape(batch, 1, height, width)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        smoothed = F.avg_pool2d(self.distance_map(features), 3, stride=1, padding=1, count_include_pad=False)
+        return smoothed.amax(dim=(1, 2, 3))
+
+
+def build_latent_distance(config: ScoringConfig, code_size: int, encoder_widths: list[int]) -> nn.Module:
+    """The distance that `config.latent` names, sized for the model's latent vector or patch features."""
+    if config.latent == "patch_knn":
+        return PatchNearestNeighbourDistance(encoder_widths[config.patch_level - 1], config.knn_k, config.knn_bank_size)
     blocks = 1 if config.latent_vector == "code" else 2
     if config.latent == "mahalanobis":
         return MahalanobisDistance(code_size * blocks, blocks)
