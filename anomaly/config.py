@@ -152,6 +152,11 @@ class ScoringConfig(StrictModel):
     knn_k: int = Field(5, ge=1, description="Neighbours averaged by knn and patch_knn.")
     knn_bank_size: int = Field(4096, ge=1, description="Training vectors (knn) or patch vectors (patch_knn) kept, a seeded subsample.")
     patch_level: int = Field(2, ge=1, description="patch_knn: how many encoder blocks the patch features pass (stride 2**patch_level).")
+    patch_standardise: bool = Field(
+        False,
+        description="patch_knn: standardise each image's intensities (mean 0.5, std 0.15) before its patch features, "
+        "so that a brighter or darker normal image does not look unusual everywhere.",
+    )
     combine: Literal["fisher", "min_p"] = "fisher"
     tail_fraction: float = Field(0.1, gt=0.0, le=0.5)
     target_fpr: float = Field(0.01, gt=0.0, lt=0.5)

@@ -1,11 +1,14 @@
 """A score's distribution under normality: empirical body, generalised-Pareto upper tail.
 
-Up to the largest calibration score, p-values are empirical (conformal style,
-(1 + #{x >= s}) / (n + 1) at the calibration scores, linearly interpolated between them so
-that p-values do not tie): where there is data, the data decides. Beyond the largest score,
-a generalised Pareto distribution fitted to the exceedances over the tail threshold u (by
-default the 90th percentile) extrapolates, joined continuously at the maximum. So a score far
-beyond anything seen still gets a graded, non-zero p-value. The shape is kept >= 0
+Below the tail threshold u (by default the 90th percentile of the calibration scores),
+p-values are empirical (conformal style, (1 + #{x >= s}) / (n + 1) at the calibration scores,
+linearly interpolated between them so that p-values do not tie): where there is plenty of
+data, the data decides. Above u, p-values come from a generalised Pareto distribution fitted
+to the exceedances over u (peaks over threshold), joined continuously at u. A decision at 1%
+then rests on the whole top 10% of the sample rather than on the dozen scores above the
+empirical 99th percentile: on simulated samples the realised false-positive rate of the
+threshold varies about 15-20% less (tests/test_calibration.py). It also gives a
+score far beyond anything seen a graded, non-zero p-value. The shape is kept >= 0
 (exponential or heavier tail): a few samples cannot support a finite upper end point.
 """
 
@@ -45,32 +48,23 @@ class TailFittedDistribution:
         return (1 + at_or_above) / (count + 1)
 
     @property
-    def maximum(self) -> float:
-        return float(self.sample[-1])
-
-    @property
-    def _survival_at_maximum(self) -> float:
-        """P(S > maximum | S > tail threshold) under the fitted tail: where it joins the data."""
-        return float(stats.genpareto.sf(self.maximum - self.tail_threshold, self.shape, scale=self.scale))
-
-    def _tail_survival(self, scores: np.ndarray | float) -> np.ndarray:
-        """P(S > s | S > maximum) under the fitted tail."""
-        return stats.genpareto.sf(np.asarray(scores) - self.tail_threshold, self.shape, scale=self.scale) / self._survival_at_maximum
+    def _pvalue_at_tail_threshold(self) -> float:
+        """The empirical p-value where the fitted tail takes over."""
+        return float(np.interp(self.tail_threshold, self.sample, self._sample_pvalues))
 
     def pvalue(self, scores: np.ndarray | float) -> np.ndarray:
         scores = np.asarray(scores, dtype=np.float64)
-        sample_pvalues = self._sample_pvalues
-        empirical = np.interp(scores, self.sample, sample_pvalues, left=1.0)
-        tail = sample_pvalues[-1] * self._tail_survival(np.maximum(scores, self.maximum))
-        return np.where(scores > self.maximum, tail, empirical)
+        empirical = np.interp(scores, self.sample, self._sample_pvalues, left=1.0)
+        excess = np.maximum(scores - self.tail_threshold, 0.0)
+        tail = self._pvalue_at_tail_threshold * stats.genpareto.sf(excess, self.shape, scale=self.scale)
+        return np.where(scores > self.tail_threshold, tail, empirical)
 
     def score_at_pvalue(self, alpha: float) -> float:
         """The score whose p-value is alpha: the decision threshold at false-positive rate alpha."""
-        sample_pvalues = self._sample_pvalues
-        if alpha >= sample_pvalues[-1]:
-            return float(np.interp(alpha, sample_pvalues[::-1], self.sample[::-1]))
-        survival = alpha / sample_pvalues[-1] * self._survival_at_maximum
-        return float(self.tail_threshold + stats.genpareto.isf(survival, self.shape, scale=self.scale))
+        at_threshold = self._pvalue_at_tail_threshold
+        if alpha >= at_threshold:
+            return float(np.interp(alpha, self._sample_pvalues[::-1], self.sample[::-1]))
+        return float(self.tail_threshold + stats.genpareto.isf(alpha / at_threshold, self.shape, scale=self.scale))
 
     def to_dict(self) -> dict[str, object]:
         return {

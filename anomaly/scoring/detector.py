@@ -41,6 +41,13 @@ def latent_size(model: nn.Module, channels: int, image_size: tuple[int, int]) ->
     return int(size)
 
 
+def standardise_intensity(images: torch.Tensor) -> torch.Tensor:
+    """Each image to mean 0.5 and standard deviation 0.15: the range the encoder saw in training."""
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    std = images.std(dim=(1, 2, 3), keepdim=True)
+    return (images - mean) / (std + 1e-6) * 0.15 + 0.5
+
+
 class AnomalyDetector(nn.Module):
     def __init__(self, config: Config, model: nn.Module | None = None) -> None:
         super().__init__()
@@ -65,7 +72,7 @@ class AnomalyDetector(nn.Module):
             latent = torch.cat((latent, latent - self.model.latent(output.reconstruction)), dim=1)
         if self.config.scoring.latent != "patch_knn":
             return output, latent, latent
-        features = images
+        features = standardise_intensity(images) if self.config.scoring.patch_standardise else images
         for block in self.model.encoder[: self.config.scoring.patch_level]:
             features = block(features)
         return output, latent, features
