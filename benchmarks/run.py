@@ -3,6 +3,7 @@
     uv run python -m benchmarks.run            # full mode: benchmarks/results/*.json and BENCHMARKS.md
     uv run python -m benchmarks.run --quick    # a smoke run: benchmarks/results/quick/
     uv run python -m benchmarks.run --sections speed   # re-run one section; the report is re-rendered
+    uv run python -m benchmarks.run --sections seeds   # KolektorSDD over 3 training seeds (not in the default run)
 
 Each section's JSON is written as soon as it finishes. Quality needs MNIST and KolektorSDD under
 --datasets (default ../shared/datasets); ELPV comes with the elpv-dataset package. The HTTP
@@ -19,11 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import quality, report, scaling, speed
+from benchmarks import quality, report, scaling, seeds, speed
 from benchmarks.environment import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("quality", "speed", "scaling")
+OPTIONAL_SECTIONS = ("seeds",)  # reported when present; not part of a default run (about 45 minutes)
 
 
 def run_section(name: str, quick: bool, datasets: Path, work: Path) -> Any:
@@ -33,6 +35,8 @@ def run_section(name: str, quick: bool, datasets: Path, work: Path) -> Any:
         if not (work / "elpv-model").is_dir():
             raise SystemExit(f"the speed section serves the ELPV model exported by the quality section: run that first ({work})")
         return speed.run(quick, work / "elpv-model", work)
+    if name == "seeds":
+        return seeds.run(quick, datasets, work)
     return scaling.run(quick)
 
 
@@ -40,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer digits, epochs and repeats")
     parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets", help="holds MNIST/ and kolektorsdd/")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS + OPTIONAL_SECTIONS)}")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     output = ROOT / "benchmarks" / "results" / ("quick" if args.quick else "")
@@ -56,7 +60,8 @@ def main() -> None:
         (output / f"{name}.json").write_text(json.dumps(record, indent=1))
         print(f"{name}: {record['seconds']:.0f} s, written to {output / (name + '.json')}", flush=True)
     if all((output / f"{name}.json").is_file() for name in SECTIONS):
-        records = {name: json.loads((output / f"{name}.json").read_text()) for name in SECTIONS}
+        present = SECTIONS + tuple(name for name in OPTIONAL_SECTIONS if (output / f"{name}.json").is_file())
+        records = {name: json.loads((output / f"{name}.json").read_text()) for name in present}
         markdown = report.render(records)
         (output / "BENCHMARKS.md" if args.quick else ROOT / "BENCHMARKS.md").write_text(markdown)
         print(markdown)
