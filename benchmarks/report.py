@@ -82,8 +82,25 @@ def scaling_lines(scaling: dict[str, Any]) -> list[str]:
     return lines + ["", scaling["notes"]]
 
 
+def seeds_lines(record: dict[str, Any]) -> list[str]:
+    """KolektorSDD per training seed, then mean ± standard deviation."""
+    seeds = record["seeds"]
+    keys = ("combined_auroc", "reconstruction_auroc", "latent_auroc", "pixel_auroc", "pixel_aupro")
+    lines = [f"`{record['command']} --sections seeds` on {record['date']} ({record['seconds'] / 60:.0f} minutes): `{seeds['pipeline']}` "
+             f"as it is then ({seeds['epochs']} epochs at most), one run per training seed.", "",
+             "| seed | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR | training s | ONNX images/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for seed, row in seeds["seeds"].items():
+        lines.append(f"| {seed} | " + " | ".join(f(row[key]) for key in keys)
+                     + f" | {row['test_fpr']:.2%} | {row['training_seconds']:.0f} | {row['onnx_images_per_s']:.1f} |")
+    mean, std = seeds["mean"], seeds["std"]
+    lines.append("| **mean ± sd** | " + " | ".join(f"{f(mean[key])} ± {f(std[key])}" for key in keys)
+                 + f" | {mean['test_fpr']:.2%} | {mean['training_seconds']:.0f} | {mean['onnx_images_per_s']:.1f} |")
+    return lines
+
+
 def render(records: dict[str, dict[str, Any]]) -> str:
-    """`records`: each section's JSON (quality, speed, scaling) as benchmarks.run wrote it."""
+    """`records`: each section's JSON (quality, speed, scaling, and seeds when run) as benchmarks.run wrote it."""
     quality, speed, scaling = (records[name][name] for name in ("quality", "speed", "scaling"))
     first = records["quality"]
     environment = first["environment"]
@@ -113,6 +130,7 @@ def render(records: dict[str, dict[str, Any]]) -> str:
         dataset_row("KolektorSDD (320 x 128)", quality["kolektorsdd"]),
         dataset_row("ELPV (64 x 64; p = 0 vs p >= 2/3)", quality["elpv"]),
         "",
+        *(["## KolektorSDD over training seeds", "", *seeds_lines(records["seeds"]), ""] if "seeds" in records else []),
         "## Speed",
         "",
         *speed_lines(speed),
