@@ -77,7 +77,7 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
     assert {path.name for path in exported.directory.iterdir()} == {"model.onnx", "calibration.json", "model_card.md"}
     assert exported.parity["reconstruction_score_max_rel_diff"] <= 1e-4
     assert "image_auroc" in (exported.directory / "model_card.md").read_text()
-    name = f"textures-{architecture}"
+    name = f"textures-{architecture}-{scoring.get('latent', 'mahalanobis')}"
     registration = register(exported.directory, name, run_id, exported.datamodule.test_set)
     assert registration.promoted and registration.champion_auroc is None
     images = sorted((folder / "test" / "scratch").glob("*.png"))[:3] + sorted((folder / "test" / "good").glob("*.png"))[:2]
