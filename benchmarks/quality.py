@@ -22,6 +22,7 @@ from anomaly.export.publish import publish
 from anomaly.runtime.bundle import OnnxDetector
 from anomaly.training.train import train
 from benchmarks.baselines import baseline_aurocs
+from benchmarks.inference_speed import timings
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -46,12 +47,7 @@ def onnx_images_per_s(model_dir: Path, images: np.ndarray, repeats: int = 3) -> 
     """Images/s of the exported graph (scores and maps) over `images` (uint8 NHWC), batch SPEED_BATCH."""
     detector = OnnxDetector(model_dir)
     batches = [images[i : i + SPEED_BATCH] for i in range(0, len(images), SPEED_BATCH)]
-    detector.run(batches[0])  # warm-up
-    started = time.perf_counter()
-    for _ in range(repeats):
-        for batch in batches:
-            detector.run(batch)
-    return repeats * len(images) / (time.perf_counter() - started)
+    return timings(lambda: [detector.run(batch) for batch in batches], repeats, len(images))["images_per_s"]
 
 
 def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = None) -> dict[str, Any]:
