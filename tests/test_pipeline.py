@@ -13,11 +13,13 @@ import httpx
 import mlflow
 import pytest
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from anomaly.config import build_config
 from anomaly.errors import AnomalyError
 from anomaly.pipeline import run as pipeline
 from anomaly.pipeline.state import DONE, FAILED, PipelineState
+from anomaly.training.train import train
 from serving.process import free_port, running_server, serve_command
 from tests.conftest import PROJECT_ROOT, cli_command, tiny_config, write_texture_folder
 
@@ -109,6 +111,33 @@ def test_killed_during_training_resumes_without_losing_or_duplicating_epochs(fol
     history = mlflow.MlflowClient(tracking).get_metric_history(state.steps["train"].run_id, "val_loss")
     steps = [point.step for point in history]
     assert len(steps) == epochs and len(set(steps)) == epochs, steps
+
+
+def test_an_epoch_logged_but_not_yet_checkpointed_is_recorded_once_after_resume(folder, tmp_path, monkeypatch):
+    """The narrow window the kill test can only hit by chance: epoch 1's metrics are in MLflow, its checkpoint is not."""
+    epochs = 3
+    config = build_config({**pipeline_config(folder, tmp_path, max_epochs=epochs), "output_dir": str(tmp_path / "runs")})
+    save_checkpoints = ModelCheckpoint.on_validation_end
+
+    def killed_before_epoch_1_is_saved(self, trainer, module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("killed")
+        save_checkpoints(self, trainer, module)
+
+    client = mlflow.MlflowClient(config.tracking.uri)
+    run_id = client.create_run(client.create_experiment(config.tracking.experiment)).info.run_id
+    monkeypatch.setattr(ModelCheckpoint, "on_validation_end", killed_before_epoch_1_is_saved)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(config, run_id)
+    first_attempt = client.get_metric_history(run_id, "val_loss")
+    assert len(first_attempt) == 2  # epochs 0 and 1 logged; only epoch 0 checkpointed
+
+    monkeypatch.undo()
+    result = train(config, run_id)
+    history = client.get_metric_history(run_id, "val_loss")
+    assert result.epochs == epochs
+    assert sorted(point.step for point in history) == sorted({point.step for point in history}) and len(history) == epochs
+    assert [point.value for point in history[:2]] == [point.value for point in first_attempt]
 
 
 def test_a_failing_step_stops_keeps_earlier_outputs_and_resumes_there(folder, tmp_path, monkeypatch):

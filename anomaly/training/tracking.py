@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import yaml
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
 from anomaly.config import Config, flatten
@@ -23,9 +25,39 @@ def resolve_tracking_uri(config: Config) -> str:
     return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+class ResumableMLFlowLogger(MLFlowLogger):
+    """An MLflow logger that records each metric at most once per step, also across a resume.
+
+    Lightning logs an epoch's metrics before it writes that epoch's checkpoint, so a run killed in
+    between re-runs the epoch when it resumes and would log it a second time. Points at a step the
+    run's history already holds are dropped: the history keeps one value per epoch, the one logged
+    by the attempt that was killed.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._recorded_steps: dict[str, set[int]] | None = None
+
+    def _steps_already_recorded(self) -> dict[str, set[int]]:
+        if self._recorded_steps is None:
+            client, run_id = self.experiment, self.run_id
+            self._recorded_steps = {
+                key: {point.step for point in client.get_metric_history(run_id, key)}
+                for key in client.get_run(run_id).data.metrics
+            }
+        return self._recorded_steps
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        recorded = self._steps_already_recorded()
+        new = {key: value for key, value in metrics.items() if (step or 0) not in recorded.get(key, ())}
+        if new:
+            super().log_metrics(new, step)
+
+
 def create_logger(config: Config, run_id: str | None = None) -> MLFlowLogger:
     """A new MLflow run, or the existing `run_id` (its params must match: MLflow never overwrites them)."""
-    logger = MLFlowLogger(
+    logger = ResumableMLFlowLogger(
         experiment_name=config.tracking.experiment,
         run_name=config.tracking.run_name,
         tracking_uri=resolve_tracking_uri(config),
