@@ -17,7 +17,7 @@ from anomaly.export.parity import check_parity, parity_report
 from anomaly.export.publish import publish
 from anomaly.export.quantize import MAX_AUROC_DROP, quantise_bundle
 from anomaly.export.registry import register
-from anomaly.runtime.bundle import OnnxDetector
+from anomaly.runtime.bundle import OnnxDetector, batch_size_for, run_session
 from anomaly.scoring.detector import load_detector
 from anomaly.training.train import train
 from tests.conftest import PROJECT_ROOT, tiny_config, write_texture_folder
@@ -114,6 +114,16 @@ def test_parity_failure_is_refused(published_ae):
     images = exported.datamodule.test_set.images[:4]
     with pytest.raises(AnomalyError, match="ONNX parity check failed, model not published"):
         check_parity(parity_report(detector, OnnxDetector(exported.directory), images))
+
+
+def test_scoring_batches_shrink_with_image_size_without_changing_results(published_ae):
+    assert (batch_size_for(32, 32), batch_size_for(320, 128), batch_size_for(640, 256), batch_size_for(2048, 2048)) == (64, 25, 6, 1)
+    _, exported = published_ae
+    session = OnnxDetector(exported.directory).session
+    images = exported.datamodule.test_set.images
+    batched, one_by_one = run_session(session, images), run_session(session, images, batch_size=1)
+    for name, values in batched.items():
+        assert np.allclose(values, one_by_one[name], rtol=1e-5, atol=1e-6), name
 
 
 def test_int8_is_kept_only_within_the_auroc_budget(published_ae, tmp_path):

@@ -58,10 +58,22 @@ def create_session(model_path: Path, threads: int | None = None) -> Any:
 SCORE_NAMES = ("reconstruction_score", "latent_distance")
 
 
+# Pixels per ONNX Runtime call. A patch-kNN head's distance chunk grows with the feature positions,
+# so a fixed image count would exhaust memory at large inputs (64 images at 640 x 256: 11 GB per chunk).
+PIXELS_PER_BATCH = 64 * 128 * 128
+MAX_BATCH = 64
+
+
+def batch_size_for(height: int, width: int) -> int:
+    """Images per call at this input size: up to 64, fewer for large images (about 1 GB per kNN chunk)."""
+    return max(1, min(MAX_BATCH, PIXELS_PER_BATCH // (height * width)))
+
+
 def run_session(
-    session: Any, images: np.ndarray, batch_size: int = 64, names: tuple[str, ...] = OUTPUT_NAMES
+    session: Any, images: np.ndarray, batch_size: int | None = None, names: tuple[str, ...] = OUTPUT_NAMES
 ) -> dict[str, np.ndarray]:
     """uint8 (N, H, W, C) at the model's size -> the graph's outputs `names`, in batches."""
+    batch_size = batch_size or batch_size_for(*images.shape[1:3])
     parts = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
