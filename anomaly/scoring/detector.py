@@ -41,11 +41,19 @@ def latent_size(model: nn.Module, channels: int, image_size: tuple[int, int]) ->
     return int(size)
 
 
+def _image_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over (C, H, W), one axis at a time. ONNX Runtime sums a single reduction over a
+    640 x 256 image in one float32 accumulator, which was off by 5e-5 against PyTorch and failed
+    export parity; row-by-row partial means keep every sum short."""
+    return values.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+
+
 def standardise_intensity(images: torch.Tensor) -> torch.Tensor:
     """Each image to mean 0.5 and standard deviation 0.15: the range the encoder saw in training."""
-    mean = images.mean(dim=(1, 2, 3), keepdim=True)
-    std = images.std(dim=(1, 2, 3), keepdim=True)
-    return (images - mean) / (std + 1e-6) * 0.15 + 0.5
+    centred = images - _image_mean(images)
+    count = images[0].numel()
+    std = (_image_mean(centred.square()) * (count / max(count - 1, 1))).sqrt()
+    return centred / (std + 1e-6) * 0.15 + 0.5
 
 
 class AnomalyDetector(nn.Module):
