@@ -26,7 +26,11 @@ def mnist_table(mnist: dict[str, Any]) -> list[str]:
     return lines
 
 
-def dataset_row(name: str, row: dict[str, Any]) -> str:
+def dataset_row(name: str, row: dict[str, Any], note: str = "") -> str:
+    """One data set's row, named with the input size it was trained at (recorded since the 640 x 256 KolektorSDD config)."""
+    details = [f"{row['image_size'][0]} x {row['image_size'][1]}"] if "image_size" in row else []
+    details += [note] if note else []
+    name = f"{name} ({'; '.join(details)})" if details else name
     cells = [f(row["combined_auroc"]), f(row["reconstruction_auroc"]), f(row["latent_auroc"]), f(row.get("pixel_auroc")),
              f(row.get("pixel_aupro")), f"{row['test_fpr']:.2%}", f(row["baselines"]["isolation_forest"]), f(row["baselines"]["pca_reconstruction"])]
     return f"| {name} | " + " | ".join(cells) + " |"
@@ -127,8 +131,8 @@ def render(records: dict[str, dict[str, Any]]) -> str:
         "",
         "| data set | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR | IsolationForest | PCA |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        dataset_row("KolektorSDD (320 x 128)", quality["kolektorsdd"]),
-        dataset_row("ELPV (64 x 64; p = 0 vs p >= 2/3)", quality["elpv"]),
+        dataset_row("KolektorSDD", quality["kolektorsdd"]),
+        dataset_row("ELPV", quality["elpv"], "p = 0 vs p >= 2/3"),
         "",
         *(["## KolektorSDD over training seeds", "", *seeds_lines(records["seeds"]), ""] if "seeds" in records else []),
         "## Speed",
