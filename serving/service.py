@@ -38,6 +38,8 @@ from serving.settings import MAX_TARGET_FPR, MIN_TARGET_FPR, ServingSettings
 
 logger = logging.getLogger("bentoml.serve.anomaly")  # under "bentoml", whose handlers BentoML sets up
 SETTINGS = ServingSettings.from_env()
+# Both inference endpoints share one adaptive-batching policy, set by the ANOMALY_* environment.
+batched_api = bentoml.api(batchable=SETTINGS.adaptive_batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
 UPLOAD_ROUTES = frozenset({"/score", "/score_batch"})
 API_ROUTES = UPLOAD_ROUTES | {"/model", "/livez", "/readyz", "/metrics"}
 
@@ -79,12 +81,12 @@ class AnomalyModel:
             self.resolved.directory, threads,
         )
 
-    @bentoml.api(batchable=SETTINGS.adaptive_batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    @batched_api
     def infer(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, C) -> float32 rows of (reconstruction score, latent distance)."""
         return pack_outputs(self.detector.run(images, SCORE_NAMES))
 
-    @bentoml.api(batchable=SETTINGS.adaptive_batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    @batched_api
     def infer_with_maps(self, images: np.ndarray) -> np.ndarray:
         """As `infer`, each row followed by the image's flattened anomaly map (for heat maps)."""
         return pack_outputs(self.detector.run(images, (*SCORE_NAMES, "anomaly_map")))
