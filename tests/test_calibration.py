@@ -10,6 +10,9 @@ from scipy import stats
 from anomaly.calibration.artifact import Calibration
 from anomaly.calibration.combine import combination_statistic
 from anomaly.calibration.distribution import TailFittedDistribution
+from anomaly.calibration.fit import fit_calibration
+from anomaly.calibration.scored import ScoredSet
+from anomaly.config import ScoringConfig
 from anomaly.errors import AnomalyError
 
 
@@ -114,6 +117,32 @@ def test_calibration_round_trip(tmp_path: Path):
     assert loaded.thresholds(0.05) == calibration.thresholds(0.05)
     saved = json.loads((tmp_path / "calibration.json").read_text())
     assert saved["schema_version"] == 1 and saved["thresholds"]["anomaly_score"] == pytest.approx(0.99)
+
+
+def scored_set(reconstruction: np.ndarray, latent: np.ndarray, labels: np.ndarray) -> ScoredSet:
+    count = len(labels)
+    maps = np.repeat(reconstruction[:, None, None], 4, axis=1).repeat(4, axis=2)
+    return ScoredSet(reconstruction, latent, latent[:, None], maps, labels, np.zeros_like(maps, dtype=bool), ["x"] * count, [str(i) for i in range(count)])
+
+
+def test_validation_auroc_measures_each_signal_on_normals_and_synthetic_anomalies(tmp_path: Path):
+    held_out = scored_set(*correlated_scores(300, seed=9), np.zeros(300, dtype=np.int64))
+    normal_reconstruction, normal_latent = correlated_scores(200, seed=10)
+    anomalous_reconstruction, anomalous_latent = correlated_scores(200, seed=11)
+    # The anomalies stand out in the latent distance only; reconstruction cannot tell them apart.
+    labelled = scored_set(
+        np.concatenate([normal_reconstruction, anomalous_reconstruction]),
+        np.concatenate([normal_latent, anomalous_latent + 3.0]),
+        np.array([0] * 200 + [1] * 200),
+    )
+    calibration = fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0, labelled=labelled)
+    auroc = calibration.validation_auroc
+    assert auroc["latent"] > 0.97
+    assert 0.4 < auroc["reconstruction"] < 0.6
+    assert auroc["reconstruction"] < auroc["combined"] < 1.0
+    calibration.save(tmp_path / "calibration.json")
+    assert Calibration.load(tmp_path / "calibration.json").validation_auroc == auroc
+    assert fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0).validation_auroc is None
 
 
 def test_calibration_refuses_mismatch_and_damage(tmp_path: Path):

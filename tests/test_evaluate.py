@@ -49,11 +49,14 @@ def test_evaluate_writes_metrics_calibration_plots_and_logs_to_the_training_run(
     calibration = Calibration.load(root / "evaluation" / "calibration.json", expected_model_checksum=weights_checksum(detector))
     assert calibration.sample_sizes["calibration_images"] == 16
     assert calibration.f1_optimal_score is not None
+    # Settings are compared on validation normals and their synthetic anomalies, never on test labels.
+    assert set(calibration.validation_auroc) == {"reconstruction", "latent", "combined"}
     plots = {path.name for path in (root / "evaluation" / "plots").iterdir()}
     assert plots == {"score_histograms.png", "examples.png", "latent_pca.png", "roc.png"}
     client = mlflow.MlflowClient(uri)
     run = client.get_run(result.run_id)
     assert run.data.metrics["test.image_auroc"] == pytest.approx(metrics["image_auroc"])
+    assert run.data.metrics["validation.synthetic_auroc.combined"] == pytest.approx(calibration.validation_auroc["combined"])
     logged = {item.path for item in client.list_artifacts(result.run_id, "evaluation")}
     assert {"evaluation/metrics.json", "evaluation/calibration.json", "evaluation/plots"} <= logged
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from anomaly.calibration.combine import CombineMethod, combination_statistic
 from anomaly.calibration.distribution import TailFittedDistribution
+from anomaly.calibration.scored import ScoredSet
 from anomaly.errors import AnomalyError
 
 SCHEMA_VERSION = 1
@@ -37,6 +38,16 @@ class ScorePValues:
         return 1.0 - self.combined
 
 
+def signal_scores(scored: ScoredSet, pvalues: ScorePValues) -> dict[str, np.ndarray]:
+    """The three ranked signals. The combined one is ranked by its combination statistic, which
+    orders images as the combined p-value does but does not tie where p underflows to 0."""
+    return {
+        "reconstruction": scored.reconstruction_scores,
+        "latent": scored.latent_distances,
+        "combined": pvalues.statistic,
+    }
+
+
 @dataclass(frozen=True)
 class Calibration:
     model_checksum: str
@@ -46,6 +57,9 @@ class Calibration:
     target_fpr: float
     f1_optimal_score: float | None = None
     sample_sizes: dict[str, int] = field(default_factory=dict)
+    # Image AUROC per signal on validation normals plus their synthetic anomalies: the number to
+    # compare settings by, since test labels must never choose them. None without synthetic validation.
+    validation_auroc: dict[str, float] | None = None
 
     @property
     def combine_method(self) -> CombineMethod:
@@ -81,6 +95,7 @@ class Calibration:
             "thresholds": self.thresholds(),
             "f1_optimal_score": self.f1_optimal_score,
             "sample_sizes": self.sample_sizes,
+            "validation_auroc": self.validation_auroc,
             "distributions": {name: dist.to_dict() for name, dist in self.distributions.items()},
         }
 
@@ -119,4 +134,5 @@ class Calibration:
             target_fpr=float(data["target_fpr"]),
             f1_optimal_score=data.get("f1_optimal_score"),
             sample_sizes=data.get("sample_sizes", {}),
+            validation_auroc=data.get("validation_auroc"),
         )

@@ -7,9 +7,9 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve
+from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from anomaly.calibration.artifact import Calibration
+from anomaly.calibration.artifact import Calibration, signal_scores
 from anomaly.calibration.combine import combination_statistic
 from anomaly.calibration.distribution import TailFittedDistribution
 from anomaly.calibration.scored import ScoredSet
@@ -28,6 +28,12 @@ def f1_optimal_score(calibration: Calibration, labelled: ScoredSet) -> float:
     precision, recall, thresholds = precision_recall_curve(labelled.labels, scores)
     f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
     return float(thresholds[int(np.argmax(f1))])
+
+
+def validation_auroc(calibration: Calibration, labelled: ScoredSet) -> dict[str, float]:
+    """Image AUROC of each signal on the labelled validation set (normals and synthetic anomalies)."""
+    pvalues = calibration.pvalues(labelled.reconstruction_scores, labelled.latent_distances)
+    return {name: float(roc_auc_score(labelled.labels, scores)) for name, scores in signal_scores(labelled, pvalues).items()}
 
 
 def fit_calibration(
@@ -63,4 +69,5 @@ def fit_calibration(
     )
     if labelled is None:
         return calibration
-    return replace(calibration, f1_optimal_score=f1_optimal_score(calibration, labelled))
+    return replace(calibration, f1_optimal_score=f1_optimal_score(calibration, labelled),
+                   validation_auroc=validation_auroc(calibration, labelled))

@@ -7,19 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from anomaly.calibration.artifact import Calibration, ScorePValues
+from anomaly.calibration.artifact import Calibration, signal_scores
 from anomaly.evaluation.metrics import decision_metrics, pixel_metrics, ranking_metrics
 from anomaly.calibration.scored import ScoredSet
-
-
-def signal_scores(scored: ScoredSet, pvalues: ScorePValues) -> dict[str, np.ndarray]:
-    """The three ranked signals. The combined one is ranked by its combination statistic, which
-    orders images as the combined p-value does but does not tie where p underflows to 0."""
-    return {
-        "reconstruction": scored.reconstruction_scores,
-        "latent": scored.latent_distances,
-        "combined": pvalues.statistic,
-    }
 
 
 def _clean(value: Any) -> Any:

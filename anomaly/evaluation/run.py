@@ -12,11 +12,11 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric
 
-from anomaly.calibration.artifact import Calibration
+from anomaly.calibration.artifact import Calibration, signal_scores
 from anomaly.config import Config, build_config, flatten_mapping, parse_override
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.errors import AnomalyError
-from anomaly.evaluation.evaluate import evaluate_scored, signal_scores
+from anomaly.evaluation.evaluate import evaluate_scored
 from anomaly.evaluation.plots import write_plots
 from anomaly.scoring.detector import AnomalyDetector, load_detector, save_detector, weights_checksum
 from anomaly.scoring.fit import fit_detector, score_loader
@@ -53,15 +53,19 @@ def mlflow_metric_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
 
 
-def log_evaluation(run_id: str | None, tracking_uri: str | None, metrics: dict[str, Any], files: list[Path]) -> None:
-    """test.* metrics and the evaluation files, into an MLflow run (the training run, or a pipeline step)."""
+def log_evaluation(
+    run_id: str | None, tracking_uri: str | None, metrics: dict[str, Any], files: list[Path], validation_auroc: dict[str, float] | None = None
+) -> None:
+    """test.* metrics, validation.synthetic_auroc.* (the calibration's, when it has them) and the
+    evaluation files, into an MLflow run (the training run, or a pipeline step)."""
     if not run_id or not tracking_uri:
         return
     client = mlflow.MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
+    logged = {"test": metrics, "validation": {"synthetic_auroc": validation_auroc or {}}}
     numbers = [
-        Metric(mlflow_metric_name(f"test.{key}"), float(value), now, 0)
-        for key, value in flatten_mapping(metrics).items()
+        Metric(mlflow_metric_name(key), float(value), now, 0)
+        for key, value in flatten_mapping(logged).items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     ]
     client.log_batch(run_id, metrics=numbers)
@@ -120,7 +124,8 @@ def evaluate_calibrated(calibrated: Calibrated, output_dir: Path, log_run_id: st
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     pvalues = calibration.pvalues(scored.reconstruction_scores, scored.latent_distances)
     plots = write_plots(output_dir / "plots", scored, datamodule.test_set.images, signal_scores(scored, pvalues), calibration, detector.model)
-    log_evaluation(log_run_id, tracking_uri, metrics, [output_dir / "metrics.json", output_dir / "calibration.json", *plots])
+    files = [output_dir / "metrics.json", output_dir / "calibration.json", *plots]
+    log_evaluation(log_run_id, tracking_uri, metrics, files, calibration.validation_auroc)
     return metrics
 
 
