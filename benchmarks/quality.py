@@ -85,8 +85,10 @@ def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = N
     return row
 
 
-def overrides_for(tracking_uri: str, output: Path, epochs: int) -> list[str]:
-    return [f"tracking.uri={tracking_uri}", f"output_dir={output}", f"train.max_epochs={epochs}", "trainer.enable_progress_bar=false"]
+def overrides_for(tracking_uri: str, output: Path, epochs: int | None) -> list[str]:
+    """Where a benchmark run logs and writes; `epochs` None keeps the config's own train.max_epochs."""
+    epochs_override = [] if epochs is None else [f"train.max_epochs={epochs}"]
+    return [f"tracking.uri={tracking_uri}", f"output_dir={output}", *epochs_override, "trainer.enable_progress_bar=false"]
 
 
 def mnist(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path) -> dict[str, Any]:
@@ -104,9 +106,8 @@ def mnist(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path) -> dict[
 
 
 def kolektorsdd_config(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path) -> Config:
-    data_root = f"data.root={datasets / 'kolektorsdd'}"
-    epochs = mode.kolektorsdd_epochs or load_config(PIPELINES / "kolektorsdd.yaml", [data_root]).train.max_epochs
-    return load_config(PIPELINES / "kolektorsdd.yaml", [*overrides_for(tracking_uri, scratch / "runs", epochs), data_root])
+    overrides = [*overrides_for(tracking_uri, scratch / "runs", mode.kolektorsdd_epochs), f"data.root={datasets / 'kolektorsdd'}"]
+    return load_config(PIPELINES / "kolektorsdd.yaml", overrides)
 
 
 def elpv(mode: Mode, tracking_uri: str, scratch: Path, export_to: Path) -> dict[str, Any]:

@@ -25,15 +25,13 @@ SPREAD_KEYS = ("combined_auroc", "reconstruction_auroc", "latent_auroc", "pixel_
 def run(quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
     pipeline = PIPELINES / "kolektorsdd.yaml"
     data_root = f"data.root={datasets / 'kolektorsdd'}"
-    epochs = 1 if quick else load_config(pipeline, [data_root]).train.max_epochs
-    rows = {}
-    for seed in SEEDS[:1] if quick else SEEDS:
-        overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-seeds.db'}", scratch / "runs", epochs), data_root, f"train.seed={seed}"]
-        rows[str(seed)] = train_and_evaluate(load_config(pipeline, overrides), scratch, export_to=scratch / f"kolektorsdd-seed-{seed}")
+    overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-seeds.db'}", scratch / "runs", 1 if quick else None), data_root]
+    configs = {seed: load_config(pipeline, [*overrides, f"train.seed={seed}"]) for seed in (SEEDS[:1] if quick else SEEDS)}
+    rows = {str(seed): train_and_evaluate(config, scratch, export_to=scratch / f"kolektorsdd-seed-{seed}") for seed, config in configs.items()}
     values = {key: [row[key] for row in rows.values()] for key in SPREAD_KEYS}
     return {
         "pipeline": "pipelines/kolektorsdd.yaml",
-        "epochs": epochs,
+        "epochs": configs[SEEDS[0]].train.max_epochs,
         "seeds": rows,
         "mean": {key: float(np.mean(v)) for key, v in values.items()},
         "std": {key: float(np.std(v)) for key, v in values.items()},

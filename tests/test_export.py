@@ -7,7 +7,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import onnxruntime
 import pytest
 import torch
 
@@ -19,7 +18,7 @@ from anomaly.export.parity import check_parity, parity_report
 from anomaly.export.publish import publish
 from anomaly.export.quantize import MAX_AUROC_DROP, quantise_bundle
 from anomaly.export.registry import register
-from anomaly.runtime.bundle import OnnxDetector, batch_size_for, run_session
+from anomaly.runtime.bundle import OnnxDetector, batch_size_for, create_session, run_session
 from anomaly.scoring.detector import load_detector, standardise_intensity
 from anomaly.training.train import train
 from tests.conftest import PROJECT_ROOT, tiny_config, write_texture_folder
@@ -196,7 +195,7 @@ def test_exported_intensity_standardisation_matches_pytorch_on_large_images(tmp_
     images = (pixels / 255.0).astype(np.float32)
     path = tmp_path / "standardise.onnx"
     torch.onnx.export(Standardise(), (torch.from_numpy(images),), str(path), input_names=["image"], dynamo=True, opset_version=OPSET)
-    exported = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})[0]
+    exported = create_session(path).run(None, {"image": images})[0]
     with torch.no_grad():
         expected = standardise_intensity(torch.from_numpy(images)).numpy()
     assert np.abs(exported - expected).max() < 1e-5

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from anomaly.calibration.artifact import Calibration, signal_scores
+from anomaly.calibration.artifact import Calibration, ScorePValues, signal_scores
 from anomaly.calibration.combine import combination_statistic
 from anomaly.calibration.distribution import TailFittedDistribution
 from anomaly.calibration.scored import ScoredSet
@@ -22,17 +22,15 @@ def _pixel_sample(maps: np.ndarray, size: int, seed: int) -> np.ndarray:
     return flat[np.random.default_rng(seed).choice(flat.size, size=size, replace=False)]
 
 
-def f1_optimal_score(calibration: Calibration, labelled: ScoredSet) -> float:
+def f1_optimal_score(labelled: ScoredSet, pvalues: ScorePValues) -> float:
     """The anomaly-score threshold with the best F1 on labelled validation data (never test data)."""
-    scores = calibration.pvalues(labelled.reconstruction_scores, labelled.latent_distances).anomaly_score
-    precision, recall, thresholds = precision_recall_curve(labelled.labels, scores)
+    precision, recall, thresholds = precision_recall_curve(labelled.labels, pvalues.anomaly_score)
     f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
     return float(thresholds[int(np.argmax(f1))])
 
 
-def validation_auroc(calibration: Calibration, labelled: ScoredSet) -> dict[str, float]:
+def validation_auroc(labelled: ScoredSet, pvalues: ScorePValues) -> dict[str, float]:
     """Image AUROC of each signal on the labelled validation set (normals and synthetic anomalies)."""
-    pvalues = calibration.pvalues(labelled.reconstruction_scores, labelled.latent_distances)
     return {name: float(roc_auc_score(labelled.labels, scores)) for name, scores in signal_scores(labelled, pvalues).items()}
 
 
@@ -69,5 +67,5 @@ def fit_calibration(
     )
     if labelled is None:
         return calibration
-    return replace(calibration, f1_optimal_score=f1_optimal_score(calibration, labelled),
-                   validation_auroc=validation_auroc(calibration, labelled))
+    pvalues = calibration.pvalues(labelled.reconstruction_scores, labelled.latent_distances)
+    return replace(calibration, f1_optimal_score=f1_optimal_score(labelled, pvalues), validation_auroc=validation_auroc(labelled, pvalues))
