@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,20 @@ class ImageTooLargeError(AnomalyError):
     """The image has more pixels than allowed: refused before its pixels are decoded."""
 
 
+@contextmanager
+def _reading(name: str) -> Iterator[None]:
+    """Turn Pillow's many failure types into one-line AnomalyErrors that name the image."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise AnomalyError(f"image file not found: {name}") from None
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"image {name} is too large: {error}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        reason = "not a readable image" if isinstance(error, UnidentifiedImageError) else str(error)
+        raise AnomalyError(f"cannot read image {name}: {reason}") from None
+
+
 def _open(source: Path | bytes, name: str, max_pixels: int | None = None) -> Image.Image:
     """Open and fully decode, so truncated files fail here rather than later in a batch.
 
@@ -31,7 +47,7 @@ def _open(source: Path | bytes, name: str, max_pixels: int | None = None) -> Ima
     """
     if isinstance(source, bytes) and not source:
         raise AnomalyError(f"image {name} is empty (0 bytes)")
-    try:
+    with _reading(name):
         with warnings.catch_warnings():
             if max_pixels is not None:  # checked just below, with a clearer error
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -40,14 +56,14 @@ def _open(source: Path | bytes, name: str, max_pixels: int | None = None) -> Ima
         if max_pixels is not None and width * height > max_pixels:
             raise ImageTooLargeError(f"image {name} is {width}x{height} pixels, above the limit of {max_pixels} pixels")
         image.load()
-    except FileNotFoundError:
-        raise AnomalyError(f"image file not found: {name}") from None
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"image {name} is too large: {error}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        reason = "not a readable image" if isinstance(error, UnidentifiedImageError) else str(error)
-        raise AnomalyError(f"cannot read image {name}: {reason}") from None
     return image
+
+
+def read_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding its pixels."""
+    with _reading(str(path)), Image.open(path) as image:
+        width, height = image.size
+    return height, width
 
 
 def to_mode(image: Image.Image, channels: int) -> Image.Image:

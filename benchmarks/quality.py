@@ -32,7 +32,7 @@ PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 class Mode:
     digits: tuple[int, ...]
     mnist_epochs: dict[str, int]  # architecture -> epochs; the architectures benchmarked
-    kolektorsdd_epochs: int | None  # None: pipelines/kolektorsdd.yaml's train.max_epochs
+    kolektorsdd_epochs: int | None  # None: pipelines/folder.yaml's train.max_epochs
     elpv_epochs: int
 
 
@@ -71,7 +71,7 @@ def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = N
         "combined_auroc": metrics["image_auroc"],
         "test_fpr": metrics["test_fpr"],
         "baselines": baseline_aurocs(datamodule.train_set.images, test.images, test.labels),
-        "image_size": list(config.data.image_size),
+        "image_size": list(calibrated.detector.config.data.image_size),  # resolved, when the config says auto
         "train_images": len(datamodule.train_set),
         "test_images": len(test),
         "seconds": round(time.perf_counter() - started, 1),
@@ -107,7 +107,7 @@ def mnist(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path) -> dict[
 
 def kolektorsdd_config(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path) -> Config:
     overrides = [*overrides_for(tracking_uri, scratch / "runs", mode.kolektorsdd_epochs), f"data.root={datasets / 'kolektorsdd'}"]
-    return load_config(PIPELINES / "kolektorsdd.yaml", overrides)
+    return load_config(PIPELINES / "folder.yaml", overrides)
 
 
 def elpv(mode: Mode, tracking_uri: str, scratch: Path, export_to: Path) -> dict[str, Any]:

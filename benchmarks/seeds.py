@@ -1,4 +1,4 @@
-"""Real defects over training seeds: KolektorSDD with pipelines/kolektorsdd.yaml as it is, seeds 0, 1, 2.
+"""Real defects over training seeds: KolektorSDD with the folder default, pipelines/folder.yaml as it is, seeds 0, 1, 2.
 
     uv run python -m benchmarks.run --sections seeds
 
@@ -23,14 +23,14 @@ SPREAD_KEYS = ("combined_auroc", "reconstruction_auroc", "latent_auroc", "pixel_
 
 
 def run(quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
-    pipeline = PIPELINES / "kolektorsdd.yaml"
+    pipeline = PIPELINES / "folder.yaml"
     data_root = f"data.root={datasets / 'kolektorsdd'}"
     overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-seeds.db'}", scratch / "runs", 1 if quick else None), data_root]
     configs = {seed: load_config(pipeline, [*overrides, f"train.seed={seed}"]) for seed in (SEEDS[:1] if quick else SEEDS)}
     rows = {str(seed): train_and_evaluate(config, scratch, export_to=scratch / f"kolektorsdd-seed-{seed}") for seed, config in configs.items()}
     values = {key: [row[key] for row in rows.values()] for key in SPREAD_KEYS}
     return {
-        "pipeline": "pipelines/kolektorsdd.yaml",
+        "pipeline": "pipelines/folder.yaml",
         "epochs": configs[SEEDS[0]].train.max_epochs,
         "seeds": rows,
         "mean": {key: float(np.mean(v)) for key, v in values.items()},

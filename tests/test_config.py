@@ -47,6 +47,12 @@ def test_image_size_must_be_divisible_by_depth():
         build_config(BASE, ["data.image_size=[30, 32]"])
 
 
+def test_image_size_auto_is_left_for_the_data_to_resolve():
+    assert build_config(BASE, ["data.image_size=auto"]).data.image_size == "auto"
+    with pytest.raises(AnomalyError, match=r"data\.image_size: must be \[height, width\], one integer or 'auto', got 'large'$"):
+        build_config(BASE, ["data.image_size=large"])
+
+
 def test_folder_needs_root_and_torchvision_needs_class():
     with pytest.raises(AnomalyError, match="data.root is required"):
         build_config({"data": {"kind": "folder"}})
@@ -72,7 +78,7 @@ def test_load_config_errors(tmp_path: Path):
 
 def test_shipped_pipeline_configs_validate():
     configs = sorted((Path(__file__).parents[1] / "pipelines").glob("*.yaml"))
-    assert {path.stem for path in configs} >= {"mnist", "kolektorsdd", "elpv"}
+    assert {path.stem for path in configs} >= {"mnist", "folder", "elpv"}
     for path in configs:
         load_config(path)
 

@@ -5,10 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from anomaly.config import AugmentConfig, DataConfig
+from anomaly.config import AugmentConfig, DataConfig, build_config
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.data.dataset import build_augmentation
-from anomaly.data.folder import load_folder
+from anomaly.data.folder import load_folder, native_folder_size
+from anomaly.data.sizing import auto_input_size, resolve_image_size
 from anomaly.data.splits import split_normals
 from anomaly.data.synthetic import perlin_noise, synthesize_anomalies, synthetic_anomaly_set
 from anomaly.errors import AnomalyError
@@ -60,6 +61,29 @@ def test_unreadable_image_is_named(texture_folder: Path, content):
     target.write_bytes(content)
     with pytest.raises(AnomalyError, match=r"cannot read image .*001.png"):
         load_folder(texture_folder, (32, 32), 1)
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image"])
+def test_unreadable_image_is_named_when_sizing_the_input(texture_folder: Path, content):
+    (texture_folder / "train" / "good" / "001.png").write_bytes(content)
+    with pytest.raises(AnomalyError, match=r"cannot read image .*001.png"):
+        native_folder_size(texture_folder)
+
+
+def test_auto_input_size_keeps_the_aspect_within_the_pixel_budget():
+    assert auto_input_size((1259, 500), 32, 640 * 256) == (640, 256)  # KolektorSDD, half its native size
+    assert auto_input_size((300, 300), 32, 640 * 256) == (288, 288)  # ELPV, below the budget: not enlarged
+    assert auto_input_size((1024, 1024), 16, 640 * 256) == (400, 400)
+    assert auto_input_size((28, 28), 4, 640 * 256) == (28, 28)
+    assert auto_input_size((2000, 3), 8, 100) == (256, 8)  # a side never rounds to zero
+
+
+def test_auto_size_of_a_real_folder(shared_datasets: Path):
+    folder = {"data": {"kind": "folder", "root": str(shared_datasets / "kolektorsdd"), "image_size": "auto"}, "model": {"depth": 5}}
+    assert native_folder_size(shared_datasets / "kolektorsdd") == (1259, 500)
+    assert resolve_image_size(build_config(folder)).data.image_size == (640, 256)
+    halved = build_config(folder, [f"data.max_input_pixels={320 * 128}"])
+    assert resolve_image_size(halved).data.image_size == (320, 128)
 
 
 def test_decode_converts_modes(tmp_path: Path):

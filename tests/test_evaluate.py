@@ -68,6 +68,8 @@ def test_evaluation_scoring_can_change_but_the_model_cannot(trained, tmp_path):
     assert json.loads((tmp_path / "calibration.json").read_text())["scoring"]["latent"] == "knn"
     with pytest.raises(AnomalyError, match="only data, scoring, tracking, output_dir can change after training"):
         evaluate_checkpoint(result.checkpoint, ["model.depth=2"], tmp_path)
+    with pytest.raises(AnomalyError, match=r"data.image_size is fixed by the trained model \(\(32, 32\)\); it cannot change to \(64, 64\)"):
+        evaluate_checkpoint(result.checkpoint, ["data.image_size=64"], tmp_path)
 
 
 def test_round_trip_latent_is_fitted_on_the_vectors_it_measures(trained, tmp_path):

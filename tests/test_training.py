@@ -6,9 +6,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 from anomaly.cli import main
+from anomaly.training.module import AutoencoderModule
 from tests.conftest import tiny_config
 
 
@@ -47,6 +49,19 @@ def assert_run_recorded(tracking_uri: str, run_id: str, epochs: int) -> None:
     assert [item.path for item in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/best.ckpt"]
     logged_config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml")).read_text())
     assert logged_config["model"]["depth"] == 3
+
+
+def test_auto_image_size_is_resolved_from_the_images_and_recorded(texture_folder, tracking_uri, tmp_path, monkeypatch, capsys):
+    """The training images are 40 x 36; a budget of half their pixels at depth 3 gives 32 x 24."""
+    settings = tiny_config(texture_folder, data={"image_size": "auto", "max_input_pixels": 720}, output_dir=str(tmp_path / "runs"))
+    config = write_config(tmp_path / "config.yaml", settings)
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--config", str(config), "--set", f"tracking.uri={tracking_uri}")
+    assert code == 0, err
+    printed = parse_output(out)
+    assert mlflow.MlflowClient(tracking_uri).get_run(printed["mlflow run id"]).data.params["data.image_size"] == "[32, 24]"
+    module = AutoencoderModule.load_from_checkpoint(printed["checkpoint"], map_location="cpu")
+    assert module.config.data.image_size == (32, 24)
+    assert module(torch.rand(2, 1, 32, 24)).reconstruction.shape == (2, 1, 32, 24)
 
 
 @pytest.mark.parametrize("architecture", ["ae", "vae", "unet"])

@@ -53,3 +53,9 @@ def load_elpv(
             names=[f"elpv/{i}" for i in test_indices],
         ),
     )
+
+
+def native_elpv_size() -> tuple[int, int]:
+    """(height, width) of the cells, all one size in the package."""
+    images, _, _ = _load_package()
+    return int(images.shape[1]), int(images.shape[2])

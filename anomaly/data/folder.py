@@ -8,7 +8,7 @@ import numpy as np
 
 from anomaly.data.imageset import NORMAL_CATEGORY, ImageSet, SourceData, normal_set
 from anomaly.errors import AnomalyError
-from anomaly.imageio import decode_image, is_image_file, load_mask
+from anomaly.imageio import decode_image, is_image_file, load_mask, read_size
 
 MASK_SUFFIX = "_mask"
 
@@ -66,8 +66,7 @@ def _load_test(root: Path, size: tuple[int, int], channels: int) -> ImageSet:
     )
 
 
-def load_folder(root: Path, size: tuple[int, int], channels: int) -> SourceData:
-    """Load an MVTec-layout folder; every problem is reported as a one-line AnomalyError."""
+def _train_files(root: Path) -> list[Path]:
     if not root.is_dir():
         raise AnomalyError(f"data folder not found: {root}")
     train_dir = root / "train" / NORMAL_CATEGORY
@@ -76,5 +75,17 @@ def load_folder(root: Path, size: tuple[int, int], channels: int) -> SourceData:
     train_files = _image_files(train_dir)
     if not train_files:
         raise AnomalyError(f"no training images in {train_dir}")
+    return train_files
+
+
+def load_folder(root: Path, size: tuple[int, int], channels: int) -> SourceData:
+    """Load an MVTec-layout folder; every problem is reported as a one-line AnomalyError."""
+    train_files = _train_files(root)
     train = normal_set(_decode_all(train_files, size, channels), [str(path) for path in train_files])
     return SourceData(train=train, test=_load_test(root, size, channels))
+
+
+def native_folder_size(root: Path) -> tuple[int, int]:
+    """Median (height, width) of the training images, read from the file headers only."""
+    sizes = np.array([read_size(path) for path in _train_files(root)])
+    return int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))

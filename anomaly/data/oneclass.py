@@ -54,3 +54,9 @@ def load_oneclass(
         names=[f"{kind}/test/{index}" for index in range(len(test_images))],
     )
     return SourceData(train=train, test=test)
+
+
+def native_oneclass_size(kind: str, root: Path, download: bool) -> tuple[int, int]:
+    """(height, width) of the data set's images, all one size."""
+    images, _, _ = _read(kind, root, train=True, download=download)
+    return int(images.shape[1]), int(images.shape[2])

@@ -31,3 +31,18 @@ def load_source(config: DataConfig) -> SourceData:
         size,
         channels,
     )
+
+
+def native_size(config: DataConfig) -> tuple[int, int]:
+    """The (height, width) the source's training images have before any resizing."""
+    if config.kind == "folder":
+        from anomaly.data.folder import native_folder_size
+
+        return native_folder_size(config.root)
+    if config.kind in TORCHVISION_KINDS:
+        from anomaly.data.oneclass import native_oneclass_size
+
+        return native_oneclass_size(config.kind, config.root or DEFAULT_TORCHVISION_ROOT, config.download)
+    from anomaly.data.elpv import native_elpv_size
+
+    return native_elpv_size()

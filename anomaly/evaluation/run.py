@@ -23,6 +23,7 @@ from anomaly.scoring.fit import fit_detector, score_loader
 from anomaly.training.module import AutoencoderModule
 
 EVALUATION_SECTIONS = ("data", "scoring", "tracking", "output_dir")
+MODEL_FIXED_DATA_KEYS = ("image_size", "channels")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ def load_trained(checkpoint: Path, overrides: list[str]) -> tuple[AutoencoderMod
     except Exception as error:  # a damaged or foreign file raises many types
         raise AnomalyError(f"cannot load checkpoint {checkpoint}: {type(error).__name__}") from None
     config = build_config(module.config.model_dump(mode="json"), overrides)
+    for key in MODEL_FIXED_DATA_KEYS:
+        trained, requested = getattr(module.config.data, key), getattr(config.data, key)
+        if requested != trained:
+            raise AnomalyError(f"data.{key} is fixed by the trained model ({trained}); it cannot change to {requested}")
     return module.eval(), config
 
 

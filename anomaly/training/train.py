@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from anomaly.config import Config
 from anomaly.data.datamodule import AnomalyDataModule
+from anomaly.data.sizing import resolve_image_size
 from anomaly.training.module import AutoencoderModule
 from anomaly.training.tracking import (
     GRID_IMAGES,
@@ -63,8 +64,10 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
     Data is loaded and validated before the MLflow run opens, so bad input leaves no empty run.
     With `run_id` (an existing MLflow run, e.g. a pipeline step), training logs into that run and
     resumes from its last epoch checkpoint if one exists, so an interrupted run continues where it
-    stopped instead of logging its epochs twice.
+    stopped instead of logging its epochs twice. `data.image_size: auto` is resolved here, so the
+    run's params, the checkpoint and everything built from it hold the concrete size.
     """
+    config = resolve_image_size(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     datamodule = AnomalyDataModule(config.data)
     datamodule.setup("fit")
