@@ -104,6 +104,16 @@ def seeds_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def default_elpv_lines(record: dict[str, Any]) -> list[str]:
+    """ELPV trained and scored with the folder default, in the real-defects table's columns."""
+    run = record["default_elpv"]
+    return [f"`{record['command']} --sections default_elpv` on {record['date']} ({record['seconds'] / 60:.0f} minutes): `{run['pipeline']}` "
+            f"as it is then with `{' '.join(run['overrides'])}` ({run['epochs']} epochs at most, training {run['elpv']['training_seconds']:.0f} s).", "",
+            "| data set | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR | IsolationForest | PCA |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            dataset_row("ELPV", run["elpv"], "p = 0 vs p >= 2/3")]
+
+
 def render(records: dict[str, dict[str, Any]]) -> str:
     """`records`: each section's JSON (quality, speed, scaling, and seeds when run) as benchmarks.run wrote it."""
     quality, speed, scaling = (records[name][name] for name in ("quality", "speed", "scaling"))
@@ -136,6 +146,7 @@ def render(records: dict[str, dict[str, Any]]) -> str:
         dataset_row("ELPV", quality["elpv"], "p = 0 vs p >= 2/3"),
         "",
         *(["## KolektorSDD over training seeds", "", *seeds_lines(records["seeds"]), ""] if "seeds" in records else []),
+        *(["## ELPV with the folder default", "", *default_elpv_lines(records["default_elpv"]), ""] if "default_elpv" in records else []),
         "## Speed",
         "",
         *speed_lines(speed),

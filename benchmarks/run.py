@@ -4,6 +4,7 @@
     uv run python -m benchmarks.run --quick    # a smoke run: benchmarks/results/quick/
     uv run python -m benchmarks.run --sections speed   # re-run one section; the report is re-rendered
     uv run python -m benchmarks.run --sections seeds   # KolektorSDD over 3 training seeds (not in the default run)
+    uv run python -m benchmarks.run --sections default_elpv   # ELPV with the folder default (not in the default run)
 
 Each section's JSON is written as soon as it finishes. Quality needs MNIST and KolektorSDD under
 --datasets (default ../shared/datasets); ELPV comes with the elpv-dataset package. The HTTP
@@ -20,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import quality, report, scaling, seeds, speed
+from benchmarks import default_elpv, quality, report, scaling, seeds, speed
 from benchmarks.environment import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("quality", "speed", "scaling")
-OPTIONAL_SECTIONS = ("seeds",)  # reported when present; not part of a default run (about 45 minutes)
+OPTIONAL_SECTIONS = ("seeds", "default_elpv")  # reported when present; not part of a default run (95 and 40 minutes)
 
 
 def run_section(name: str, quick: bool, datasets: Path, work: Path) -> Any:
@@ -37,6 +38,8 @@ def run_section(name: str, quick: bool, datasets: Path, work: Path) -> Any:
         return speed.run(quick, work / "elpv-model", work)
     if name == "seeds":
         return seeds.run(quick, datasets, work)
+    if name == "default_elpv":
+        return default_elpv.run(quick, work)
     return scaling.run(quick)
 
 
