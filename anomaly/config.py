@@ -172,6 +172,12 @@ class ScoringConfig(StrictModel):
         description="patch_knn: standardise each image's intensities (mean 0.5, std 0.15) before its patch features, "
         "so that a brighter or darker normal image does not look unusual everywhere.",
     )
+    patch_position_normalise: bool = Field(
+        False,
+        description="patch_knn: standardise each position's distance by the mean and spread that training images "
+        "(their own patches left out of the bank) get there, so places where normal images vary, such as glare "
+        "along an edge, do not decide the image's distance. Needs aligned parts (the same place in every image).",
+    )
     combine: Literal["fisher", "min_p"] = "fisher"
     tail_fraction: float = Field(0.1, gt=0.0, le=0.5)
     target_fpr: float = Field(0.01, gt=0.0, lt=0.5)
@@ -229,6 +235,8 @@ class Config(StrictModel):
     def _patch_level_within_depth(self) -> Config:
         if self.scoring.latent == "patch_knn" and self.scoring.patch_level > self.model.depth:
             raise ValueError(f"scoring.patch_level {self.scoring.patch_level} exceeds model.depth {self.model.depth}")
+        if self.scoring.latent != "patch_knn" and (self.scoring.patch_position_normalise or self.scoring.patch_standardise):
+            raise ValueError("scoring.patch_position_normalise and scoring.patch_standardise need scoring.latent=patch_knn")
         return self
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from anomaly.config import ScoringConfig, build_config
 from anomaly.errors import AnomalyError
@@ -61,6 +62,33 @@ def test_patch_knn_marks_the_one_unseen_patch_and_scores_its_neighbourhood():
     assert distance(probe).item() == pytest.approx(6.0 / 4, abs=1e-3)
 
 
+def test_position_normalisation_stops_a_varying_place_from_outranking_a_defect():
+    """Normal features vary strongly at one place (glare at an edge) and little elsewhere; a defect is a
+    moderate shift at another place. Raw patch kNN ranks normals with glare among the defects;
+    standardised per position, the defects stand out."""
+    rng = np.random.default_rng(0)
+
+    def normals(count: int) -> np.ndarray:
+        features = rng.normal(0, 0.1, size=(count, 4, 8, 8))
+        features[:, :, 0, :2] += rng.normal(0, 1.5, size=(count, 4, 2))
+        return features.astype(np.float32)
+
+    training = normals(80)
+    probes = normals(40)
+    probes[20:, :, 5, 5] += 0.8
+    labels = np.repeat([0, 1], 20)
+    plain = PatchNearestNeighbourDistance(4, k=1, bank_size=3000).fit(training)
+    normalised = PatchNearestNeighbourDistance(4, k=1, bank_size=3000, grid=(8, 8)).fit(training)
+    # leave-own-image-out: a training image's patches never find themselves in the bank (about half of
+    # them are in it), so the statistics describe unseen normal images
+    with_own_patches = plain.smoothed_map(torch.from_numpy(training)).mean(dim=0)[0]
+    assert float(normalised.position_mean[0, 0, 3:, 3:].mean()) > 1.5 * float(with_own_patches[3:, 3:].mean())
+    assert normalised.position_scale[0, 0, 0, 0] > 3 * normalised.position_scale[0, 0, 5, 5]
+    features = torch.from_numpy(probes)
+    assert roc_auc_score(labels, plain(features).numpy()) < 0.8
+    assert roc_auc_score(labels, normalised(features).numpy()) > 0.95
+
+
 def test_patch_knn_chunks_agree_with_the_full_distance_matrix():
     rng = np.random.default_rng(2)
     distance = PatchNearestNeighbourDistance(4, k=3, bank_size=100).fit(rng.normal(size=(5, 4, 6, 6)))
@@ -69,7 +97,7 @@ def test_patch_knn_chunks_agree_with_the_full_distance_matrix():
     distance.CHUNK = 7  # 100 bank vectors in 15 chunks, each with its own nearest 3
     assert torch.allclose(distance.distance_map(probe), whole, atol=1e-4)
     queries = probe.permute(0, 2, 3, 1).reshape(-1, 4)
-    brute = torch.cdist(queries, distance.bank).topk(3, dim=1, largest=False).values.mean(dim=1)
+    brute = torch.cdist(queries - distance.bank_centre, distance.bank).topk(3, dim=1, largest=False).values.mean(dim=1)  # the bank is stored centred
     assert torch.allclose(whole.permute(0, 2, 3, 1).reshape(-1), brute, atol=1e-4)
 
 

@@ -69,6 +69,7 @@ class AnomalyDetector(nn.Module):
             scoring,
             code_size=latent_size(self.model, data.channels, data.image_size),
             encoder_widths=encoder_channels(config.model),
+            image_size=data.image_size,
         )
 
     def embed(self, images: torch.Tensor) -> tuple[AutoencoderOutput, torch.Tensor, torch.Tensor]:

@@ -12,9 +12,13 @@ from torch import nn
 from anomaly.config import ScoringConfig
 
 
+def _seeded_indices(total: int, count: int, seed: int) -> np.ndarray:
+    """A seeded sorted sample of min(count, total) indices out of range(total), without repeats."""
+    return np.sort(np.random.default_rng(seed).choice(total, size=min(total, count), replace=False))
+
+
 def _seeded_rows(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
-    count = min(len(rows), count)
-    return rows[np.sort(np.random.default_rng(seed).choice(len(rows), size=count, replace=False))]
+    return rows[_seeded_indices(len(rows), count, seed)]
 
 
 class MahalanobisDistance(nn.Module):
@@ -71,46 +75,85 @@ class PatchNearestNeighbourDistance(nn.Module):
     of training positions; mean distance to the k nearest, averaged over 3x3 neighbouring
     positions; the image's distance is the largest over positions.
 
+    With `grid` (the feature map's (h, w)), each position's distance is also standardised by the
+    mean and spread that training images get there when their own patches are left out of the
+    bank. Places where normal images vary (KolektorSDD's glare at the edges) then stop dominating
+    the maximum; on KolektorSDD this lifted the latent signal's AUROC on held-out normals plus
+    synthetic anomalies from 0.838 to 0.869 (test: 0.824 to 0.861).
+
     The bank is compared in chunks, so a batch never holds its full distance matrix (2560
     positions x 30k bank vectors is 300 MB per image). The chunks are fixed when the bank is,
     so the loop unrolls into the exported graph.
     """
 
     CHUNK = 4096
+    POSITION_IMAGES = 64  # training images whose leave-own-image-out maps give the position statistics
 
-    def __init__(self, channels: int, k: int, bank_size: int) -> None:
+    def __init__(self, channels: int, k: int, bank_size: int, grid: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.k = k
+        self.normalise_positions = grid is not None
         self.register_buffer("bank", torch.zeros(bank_size, channels))
+        self.register_buffer("bank_centre", torch.zeros(channels))
+        statistics_shape = (1, 1, *grid) if grid is not None else (1, 1, 1, 1)
+        self.register_buffer("position_mean", torch.zeros(statistics_shape))
+        self.register_buffer("position_scale", torch.ones(statistics_shape))
 
     def fit(self, features: np.ndarray, seed: int = 0) -> PatchNearestNeighbourDistance:
-        vectors = features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1])
-        self.bank = torch.from_numpy(_seeded_rows(vectors, self.bank.shape[0], seed)).float()
+        count, channels, height, width = features.shape
+        vectors = features.transpose(0, 2, 3, 1).reshape(-1, channels)
+        rows = _seeded_indices(len(vectors), self.bank.shape[0], seed)
+        bank = torch.from_numpy(vectors[rows]).double()
+        self.bank_centre = bank.mean(dim=0).float()
+        self.bank = (bank - self.bank_centre.double()).float()
+        if self.normalise_positions:
+            self._fit_positions(torch.from_numpy(features).float(), rows // (height * width), seed)
         return self
 
-    def distance_map(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) -> (B, 1, h, w): mean distance of each position to its k nearest bank vectors."""
+    @torch.no_grad()
+    def _fit_positions(self, features: torch.Tensor, bank_owners: np.ndarray, seed: int) -> None:
+        """Mean and spread per position of training images' maps, each image's own bank vectors left out
+        (otherwise every training patch finds itself at distance 0). The spread is floored at a tenth
+        of its average, so a position where normal images never vary cannot blow up."""
+        images = _seeded_indices(len(features), self.POSITION_IMAGES, seed)
+        maps = torch.cat([self.smoothed_map(features[i : i + 1], torch.from_numpy(bank_owners == i)) for i in images])
+        spread = maps.std(dim=0, keepdim=True)
+        self.position_mean = maps.mean(dim=0, keepdim=True)
+        self.position_scale = spread.clamp_min(0.1 * float(spread.mean()))
+
+    def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, h, w) -> (B, 1, h, w): mean distance of each position to its k nearest bank vectors,
+        ignoring the bank vectors that `excluded` (bool, one per bank vector) marks."""
         batch, channels, height, width = features.shape
-        queries = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        queries = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels) - self.bank_centre
         query_norms = (queries * queries).sum(dim=2, keepdim=True)
         k = min(self.k, self.bank.shape[0])
         nearest = []
-        for chunk in self.bank.split(self.CHUNK):
+        for start, chunk in zip(range(0, self.bank.shape[0], self.CHUNK), self.bank.split(self.CHUNK)):
             squared = query_norms - 2 * queries @ chunk.T + (chunk * chunk).sum(dim=1)
+            if excluded is not None:
+                squared = squared.masked_fill(excluded[start : start + chunk.shape[0]], float("inf"))
             nearest.append(squared.topk(min(k, chunk.shape[0]), dim=2, largest=False).values)
         squared = torch.cat(nearest, dim=2).topk(k, dim=2, largest=False).values
         distances = squared.clamp_min(0).sqrt().mean(dim=2)
         return distances.reshape(batch, 1, height, width)
 
+    def smoothed_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
+        return F.avg_pool2d(self.distance_map(features, excluded), 3, stride=1, padding=1, count_include_pad=False)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        smoothed = F.avg_pool2d(self.distance_map(features), 3, stride=1, padding=1, count_include_pad=False)
+        smoothed = self.smoothed_map(features)
+        if self.normalise_positions:
+            smoothed = (smoothed - self.position_mean) / self.position_scale
         return smoothed.amax(dim=(1, 2, 3))
 
 
-def build_latent_distance(config: ScoringConfig, code_size: int, encoder_widths: list[int]) -> nn.Module:
+def build_latent_distance(config: ScoringConfig, code_size: int, encoder_widths: list[int], image_size: tuple[int, int]) -> nn.Module:
     """The distance that `config.latent` names, sized for the model's latent vector or patch features."""
     if config.latent == "patch_knn":
-        return PatchNearestNeighbourDistance(encoder_widths[config.patch_level - 1], config.knn_k, config.knn_bank_size)
+        stride = 2**config.patch_level
+        grid = (image_size[0] // stride, image_size[1] // stride) if config.patch_position_normalise else None
+        return PatchNearestNeighbourDistance(encoder_widths[config.patch_level - 1], config.knn_k, config.knn_bank_size, grid)
     blocks = 1 if config.latent_vector == "code" else 2
     if config.latent == "mahalanobis":
         return MahalanobisDistance(code_size * blocks, blocks)
