@@ -121,5 +121,10 @@ def load_detector(path: Path) -> AnomalyDetector:
     detector = AnomalyDetector(Config.model_validate(saved["config"]))
     if "latent_distance.bank" in saved["state_dict"]:  # the bank's size is the training set's
         detector.latent_distance.bank = torch.zeros_like(saved["state_dict"]["latent_distance.bank"])
-    detector.load_state_dict(saved["state_dict"])
+    try:
+        detector.load_state_dict(saved["state_dict"])
+    except RuntimeError:  # missing, unexpected or resized tensors: the scoring head has changed since
+        raise AnomalyError(
+            f"detector file {path} was written by another version of anomaly; re-run `anomaly evaluate` to rewrite it"
+        ) from None
     return detector.eval()

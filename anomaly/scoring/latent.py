@@ -100,7 +100,7 @@ class PatchNearestNeighbourDistance(nn.Module):
         self.register_buffer("position_scale", torch.ones(statistics_shape))
 
     def fit(self, features: np.ndarray, seed: int = 0) -> PatchNearestNeighbourDistance:
-        count, channels, height, width = features.shape
+        _, channels, height, width = features.shape
         vectors = features.transpose(0, 2, 3, 1).reshape(-1, channels)
         rows = _seeded_indices(len(vectors), self.bank.shape[0], seed)
         bank = torch.from_numpy(vectors[rows]).double()
