@@ -178,6 +178,13 @@ class ScoringConfig(StrictModel):
         "(their own patches left out of the bank) get there, so places where normal images vary, such as glare "
         "along an edge, do not decide the image's distance. Needs aligned parts (the same place in every image).",
     )
+    heatmap: Literal["reconstruction", "patch_distance"] = Field(
+        "reconstruction",
+        description="The per-pixel anomaly map that is served, calibrated and scored for pixel AUROC. reconstruction: "
+        "the smoothed reconstruction error (see map). patch_distance (needs patch_knn): the patch kNN distance map, "
+        "position-normalised when patch_position_normalise is on, upsampled bilinearly to the input size. The image's "
+        "reconstruction score is the reconstruction error map's either way.",
+    )
     combine: Literal["fisher", "min_p"] = "fisher"
     tail_fraction: float = Field(0.1, gt=0.0, le=0.5)
     target_fpr: float = Field(0.01, gt=0.0, lt=0.5)
@@ -235,8 +242,11 @@ class Config(StrictModel):
     def _patch_level_within_depth(self) -> Config:
         if self.scoring.latent == "patch_knn" and self.scoring.patch_level > self.model.depth:
             raise ValueError(f"scoring.patch_level {self.scoring.patch_level} exceeds model.depth {self.model.depth}")
-        if self.scoring.latent != "patch_knn" and (self.scoring.patch_position_normalise or self.scoring.patch_standardise):
-            raise ValueError("scoring.patch_position_normalise and scoring.patch_standardise need scoring.latent=patch_knn")
+        patch_only = self.scoring.patch_position_normalise or self.scoring.patch_standardise or self.scoring.heatmap == "patch_distance"
+        if self.scoring.latent != "patch_knn" and patch_only:
+            raise ValueError(
+                "scoring.patch_position_normalise, scoring.patch_standardise and scoring.heatmap=patch_distance need scoring.latent=patch_knn"
+            )
         return self
 
 

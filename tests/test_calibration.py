@@ -1,11 +1,13 @@
 """The NumPy/SciPy calibration: p-values, tails, combination, the JSON artifact."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
+from sklearn.metrics import roc_auc_score
 
 from anomaly.calibration.artifact import Calibration
 from anomaly.calibration.combine import combination_statistic
@@ -140,8 +142,15 @@ def test_validation_auroc_measures_each_signal_on_normals_and_synthetic_anomalie
     assert auroc["latent"] > 0.97
     assert 0.4 < auroc["reconstruction"] < 0.6
     assert auroc["reconstruction"] < auroc["combined"] < 1.0
+    assert "pixel" not in auroc  # these anomalies have no masks
     calibration.save(tmp_path / "calibration.json")
     assert Calibration.load(tmp_path / "calibration.json").validation_auroc == auroc
+    masks = np.zeros_like(labelled.masks)
+    masks[200:, :2, :2] = True  # each anomaly marks one corner, which its map raises
+    maps = labelled.maps + 5.0 * masks
+    with_masks = replace(labelled, maps=maps, masks=masks)
+    pixel = fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0, labelled=with_masks).validation_auroc["pixel"]
+    assert pixel == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel())) and pixel > 0.95
     assert fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0).validation_auroc is None
 
 

@@ -40,8 +40,9 @@ def test_patch_level_must_be_within_the_encoder():
     assert build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=3"]).scoring.patch_level == 3
     with pytest.raises(AnomalyError, match=r"scoring\.patch_level 4 exceeds model\.depth 3"):
         build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=4"])
-    with pytest.raises(AnomalyError, match=r"scoring\.patch_position_normalise and scoring\.patch_standardise need scoring\.latent=patch_knn"):
-        build_config(BASE, ["scoring.patch_position_normalise=true"])
+    for option in ("scoring.patch_position_normalise=true", "scoring.heatmap=patch_distance"):
+        with pytest.raises(AnomalyError, match=r"scoring\.heatmap=patch_distance need scoring\.latent=patch_knn"):
+            build_config(BASE, [option])
 
 
 def test_image_size_must_be_divisible_by_depth():

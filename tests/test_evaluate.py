@@ -50,7 +50,7 @@ def test_evaluate_writes_metrics_calibration_plots_and_logs_to_the_training_run(
     assert calibration.sample_sizes["calibration_images"] == 16
     assert calibration.f1_optimal_score is not None
     # Settings are compared on validation normals and their synthetic anomalies, never on test labels.
-    assert set(calibration.validation_auroc) == {"reconstruction", "latent", "combined"}
+    assert set(calibration.validation_auroc) == {"reconstruction", "latent", "combined", "pixel"}
     plots = {path.name for path in (root / "evaluation" / "plots").iterdir()}
     assert plots == {"score_histograms.png", "examples.png", "latent_pca.png", "roc.png"}
     client = mlflow.MlflowClient(uri)

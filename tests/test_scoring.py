@@ -101,6 +101,34 @@ def test_patch_knn_chunks_agree_with_the_full_distance_matrix():
     assert torch.allclose(whole.permute(0, 2, 3, 1).reshape(-1), brute, atol=1e-4)
 
 
+def test_patch_distance_heat_map_finds_the_defect_and_leaves_the_image_scores_alone():
+    def detector(heatmap: str) -> AnomalyDetector:
+        config = build_config({
+            "data": {"kind": "folder", "root": "x", "image_size": 32},
+            "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
+            "scoring": {"latent": "patch_knn", "patch_level": 2, "knn_k": 1, "knn_bank_size": 10_000, "heatmap": heatmap},
+        })
+        torch.manual_seed(0)
+        return AnomalyDetector(config).eval()
+
+    reconstruction_map, patch_map = detector("reconstruction"), detector("patch_distance")
+    normals = torch.rand(20, 1, 32, 32) * 0.1 + 0.45  # a flat, slightly noisy surface
+    with torch.no_grad():
+        features = reconstruction_map.embed(normals)[2].numpy()
+        for head in (reconstruction_map, patch_map):
+            head.latent_distance.fit(features)
+        probe = normals[:2].clone()
+        probe[:, :, 20:26, 4:10] = 1.0  # a bright blob, lower left
+        served, plain = patch_map(probe), reconstruction_map(probe)
+    assert served.anomaly_map.shape == (2, 1, 32, 32)
+    assert torch.equal(served.latent_distance, plain.latent_distance)
+    assert torch.equal(served.reconstruction_score, plain.reconstruction_score)  # still the reconstruction error's
+    assert not torch.equal(served.anomaly_map, plain.anomaly_map)
+    blob, elsewhere = served.anomaly_map[:, 0, 20:26, 4:10], served.anomaly_map[:, 0, :12, 16:]
+    assert blob.mean() > 5 * elsewhere.mean()
+    assert torch.all(served.anomaly_map.amax(dim=(1, 2, 3)) <= served.latent_distance + 1e-6)  # upsampling adds no peaks
+
+
 def test_map_reductions():
     maps = torch.zeros(1, 1, 10, 10)
     maps[0, 0, 0, :5] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])

@@ -30,8 +30,12 @@ def f1_optimal_score(labelled: ScoredSet, pvalues: ScorePValues) -> float:
 
 
 def validation_auroc(labelled: ScoredSet, pvalues: ScorePValues) -> dict[str, float]:
-    """Image AUROC of each signal on the labelled validation set (normals and synthetic anomalies)."""
-    return {name: float(roc_auc_score(labelled.labels, scores)) for name, scores in signal_scores(labelled, pvalues).items()}
+    """Image AUROC of each signal on the labelled validation set (normals and synthetic anomalies),
+    and the heat map's pixel AUROC against the synthetic anomalies' masks when there are any."""
+    auroc = {name: float(roc_auc_score(labelled.labels, scores)) for name, scores in signal_scores(labelled, pvalues).items()}
+    if labelled.masks.any():
+        auroc["pixel"] = float(roc_auc_score(labelled.masks.ravel(), labelled.maps.ravel()))
+    return auroc
 
 
 def fit_calibration(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from anomaly.config import Config
@@ -27,7 +28,7 @@ from anomaly.scoring.maps import AnomalyMap, MapReduction
 class DetectorOutput:
     reconstruction: torch.Tensor  # (B, C, H, W)
     latent: torch.Tensor  # (B, D): the image's latent vector (scoring.latent_vector)
-    anomaly_map: torch.Tensor  # (B, 1, H, W)
+    anomaly_map: torch.Tensor  # (B, 1, H, W): the heat map that scoring.heatmap names
     reconstruction_score: torch.Tensor  # (B,)
     latent_distance: torch.Tensor  # (B,)
 
@@ -88,13 +89,20 @@ class AnomalyDetector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
         output, latent, measured = self.embed(images)
-        anomaly_map = self.anomaly_map(images, output.reconstruction)
+        error_map = self.anomaly_map(images, output.reconstruction)
+        if self.config.scoring.heatmap == "patch_distance":
+            patch_map = self.latent_distance.score_map(measured)  # computed once: the kNN search is the costly part
+            latent_distance = patch_map.amax(dim=(1, 2, 3))
+            heatmap = F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        else:
+            latent_distance = self.latent_distance(measured)
+            heatmap = error_map
         return DetectorOutput(
             reconstruction=output.reconstruction,
             latent=latent,
-            anomaly_map=anomaly_map,
-            reconstruction_score=self.reduce(anomaly_map),
-            latent_distance=self.latent_distance(measured),
+            anomaly_map=heatmap,
+            reconstruction_score=self.reduce(error_map),
+            latent_distance=latent_distance,
         )
 
 

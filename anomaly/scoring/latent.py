@@ -141,11 +141,15 @@ class PatchNearestNeighbourDistance(nn.Module):
     def smoothed_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
         return F.avg_pool2d(self.distance_map(features, excluded), 3, stride=1, padding=1, count_include_pad=False)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def score_map(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, 1, h, w): the smoothed distances, position-normalised when fitted so."""
         smoothed = self.smoothed_map(features)
         if self.normalise_positions:
             smoothed = (smoothed - self.position_mean) / self.position_scale
-        return smoothed.amax(dim=(1, 2, 3))
+        return smoothed
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.score_map(features).amax(dim=(1, 2, 3))
 
 
 def build_latent_distance(config: ScoringConfig, code_size: int, encoder_widths: list[int], image_size: tuple[int, int]) -> nn.Module:
