@@ -71,6 +71,8 @@ def evaluate(
     if "pixel_auroc" in metrics:
         typer.echo(f"pixel auroc: {metrics['pixel_auroc']:.4f}, aupro: {metrics['pixel_aupro']:.4f}")
     typer.echo(f"metrics: {result.output_dir / 'metrics.json'}")
+    if result.warning:
+        typer.echo(f"warning: {result.warning}", err=True)
 
 
 @app.command()

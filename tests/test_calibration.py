@@ -154,6 +154,20 @@ def test_validation_auroc_measures_each_signal_on_normals_and_synthetic_anomalie
     assert fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0).validation_auroc is None
 
 
+def test_a_target_beyond_the_calibration_sample_is_flagged():
+    calibration = make_calibration()  # 2000 held-out normals
+    assert calibration.sample_size_warning() is None and calibration.sample_size_warning(0.001) is None
+    assert calibration.sample_size_warning(0.0001) == (
+        "the 0.01% false-positive target rests on 2000 held-out normal images, fewer than 1/target = 10000: its threshold is "
+        "extrapolated past every calibration score, so the realised rate can be several times the target; "
+        "add normal images or raise data.calibration_fraction"
+    )
+    small = fit_calibration(scored_set(*correlated_scores(28, seed=3), np.zeros(28, dtype=np.int64)),
+                            ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0)
+    assert "the 1.00% false-positive target rests on 28 held-out normal images, fewer than 1/target = 100" in small.sample_size_warning()
+    assert small.sample_size_warning(0.05) is None
+
+
 def test_calibration_refuses_mismatch_and_damage(tmp_path: Path):
     path = tmp_path / "calibration.json"
     make_calibration().save(path)

@@ -61,6 +61,7 @@ def test_pipeline_on_a_folder_writes_metrics_and_a_model_that_serves(folder, tmp
     assert metrics["image_auroc"] > 0.9 and metrics["model_uri"] == "models:/textures/1" and metrics["champion"] is True
     assert {path.name for path in (tmp_path / "out" / "model").iterdir()} == {"model.onnx", "calibration.json", "model_card.md"}
     assert "anomaly serve --model" in result.stderr
+    assert "warning: the 1.00% false-positive target rests on 12 held-out normal images" in result.stderr  # 60 x 0.2
 
     runs = runs_by_name(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = runs["pipeline-out"][0]

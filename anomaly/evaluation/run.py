@@ -30,6 +30,7 @@ MODEL_FIXED_DATA_KEYS = ("image_size", "channels")
 class EvaluationResult:
     metrics: dict[str, Any]
     output_dir: Path
+    warning: str | None = None  # Calibration.sample_size_warning
 
 
 def load_trained(checkpoint: Path, overrides: list[str]) -> tuple[AutoencoderModule, Config]:
@@ -139,4 +140,4 @@ def evaluate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Path
     calibrated = calibrate_checkpoint(checkpoint, overrides, output_dir)
     run = calibrated.training_run
     metrics = evaluate_calibrated(calibrated, output_dir, run["mlflow_run_id"], run["tracking_uri"])
-    return EvaluationResult(metrics=metrics, output_dir=output_dir)
+    return EvaluationResult(metrics=metrics, output_dir=output_dir, warning=calibrated.calibration.sample_size_warning())

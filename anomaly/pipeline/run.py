@@ -67,7 +67,10 @@ def step_train(context: PipelineContext, run_id: str) -> dict[str, Any]:
 def step_calibrate(context: PipelineContext, run_id: str) -> dict[str, Any]:
     context.loaded = calibrate_checkpoint(context.checkpoint, [], context.evaluation_dir)
     mlflow.MlflowClient().log_artifact(run_id, str(context.evaluation_dir / "calibration.json"))
-    return {"calibration": str(context.evaluation_dir / "calibration.json"), "sample_sizes": context.loaded.calibration.sample_sizes}
+    calibration = context.loaded.calibration
+    outputs = {"calibration": str(context.evaluation_dir / "calibration.json"), "sample_sizes": calibration.sample_sizes}
+    warning = calibration.sample_size_warning()
+    return outputs if warning is None else {**outputs, "warning": warning}
 
 
 def step_evaluate(context: PipelineContext, run_id: str) -> dict[str, Any]:
@@ -185,6 +188,8 @@ def run_step(context: PipelineContext, name: str, report: Callable[[str], None])
     state.steps[name] = StepRecord(DONE, run_id, outputs)
     state.save(context.output)
     client.set_terminated(run_id, "FINISHED")
+    if "warning" in outputs:
+        report(f"warning: {outputs['warning']}")
 
 
 def write_summary(context: PipelineContext) -> dict[str, Any]:
