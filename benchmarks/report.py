@@ -114,6 +114,29 @@ def default_elpv_lines(record: dict[str, Any]) -> list[str]:
             dataset_row("ELPV", run["elpv"], "p = 0 vs p >= 2/3")]
 
 
+def rescored_seeds_lines(record: dict[str, Any]) -> list[str]:
+    """The seeds' models with the folder default's current scoring, beside what the seeds section measured."""
+    run = record["rescored_seeds"]
+    keys = ("combined_auroc", "reconstruction_auroc", "latent_auroc", "pixel_auroc", "pixel_aupro")
+    settings = ", ".join(f"`{item}`" for item in run["scoring"] if "patch" in item or "heatmap" in item)
+    lines = [f"`{record['command']} --sections rescored_seeds` on {record['date']} ({record['seconds'] / 60:.0f} minutes): the models of the "
+             f"seeds section ({run['seeds_section_date']}) calibrated and evaluated again with `{run['pipeline']}`'s scoring as it is then "
+             f"({settings}). Validation AUROC: held-out normals plus synthetic anomalies, what settings are chosen by. "
+             "In brackets: the seeds section's value for the same model.", "",
+             "| seed | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR | recall at target | validation AUROC (image / pixel) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for seed, row in run["seeds"].items():
+        before = row["seeds_section"]
+        cells = [f"{f(row[key])} ({f(before[key])})" for key in keys]
+        validation = row["validation_auroc"]
+        lines.append(f"| {seed} | " + " | ".join(cells) + f" | {row['test_fpr']:.2%} ({before['test_fpr']:.2%}) | {f(row['recall_at_target_fpr'])} | "
+                     f"{f(validation['combined'])} / {f(validation.get('pixel'))} |")
+    mean, std = run["mean"], run["std"]
+    lines.append("| **mean ± sd** | " + " | ".join(f"{f(mean[key])} ± {f(std[key])}" for key in keys)
+                 + f" | {mean['test_fpr']:.2%} | {f(mean['recall_at_target_fpr'])} | |")
+    return lines
+
+
 def render(records: dict[str, dict[str, Any]]) -> str:
     """`records`: each section's JSON (quality, speed, scaling, and seeds when run) as benchmarks.run wrote it."""
     quality, speed, scaling = (records[name][name] for name in ("quality", "speed", "scaling"))
@@ -147,6 +170,8 @@ def render(records: dict[str, dict[str, Any]]) -> str:
         "",
         *(["## KolektorSDD over training seeds", "", *seeds_lines(records["seeds"]), ""] if "seeds" in records else []),
         *(["## ELPV with the folder default", "", *default_elpv_lines(records["default_elpv"]), ""] if "default_elpv" in records else []),
+        *(["## KolektorSDD seeds with the current folder scoring", "", *rescored_seeds_lines(records["rescored_seeds"]), ""]
+          if "rescored_seeds" in records else []),
         "## Speed",
         "",
         *speed_lines(speed),

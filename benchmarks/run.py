@@ -5,6 +5,7 @@
     uv run python -m benchmarks.run --sections speed   # re-run one section; the report is re-rendered
     uv run python -m benchmarks.run --sections seeds   # KolektorSDD over 3 training seeds (not in the default run)
     uv run python -m benchmarks.run --sections default_elpv   # ELPV with the folder default (not in the default run)
+    uv run python -m benchmarks.run --sections rescored_seeds   # the seeds' models with folder.yaml's current scoring
 
 Each section's JSON is written as soon as it finishes. Quality needs MNIST and KolektorSDD under
 --datasets (default ../shared/datasets); ELPV comes with the elpv-dataset package. The HTTP
@@ -21,15 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import default_elpv, quality, report, scaling, seeds, speed
+from benchmarks import default_elpv, quality, report, rescored_seeds, scaling, seeds, speed
 from benchmarks.environment import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("quality", "speed", "scaling")
-OPTIONAL_SECTIONS = ("seeds", "default_elpv")  # reported when present; not part of a default run (95 and 40 minutes)
+OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds")  # reported when present; not in a default run (95, 40, 50 minutes)
 
 
-def run_section(name: str, quick: bool, datasets: Path, work: Path) -> Any:
+def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path) -> Any:
     if name == "quality":
         return quality.run(quick, datasets, work, work / "elpv-model")
     if name == "speed":
@@ -40,6 +41,8 @@ def run_section(name: str, quick: bool, datasets: Path, work: Path) -> Any:
         return seeds.run(quick, datasets, work)
     if name == "default_elpv":
         return default_elpv.run(quick, work)
+    if name == "rescored_seeds":
+        return rescored_seeds.run(quick, datasets, work, output)
     return scaling.run(quick)
 
 
@@ -57,7 +60,7 @@ def main() -> None:
     command = "uv run python -m benchmarks.run" + (" --quick" if args.quick else "")
     for name in args.sections.split(","):
         started = time.perf_counter()
-        result = run_section(name, args.quick, args.datasets.resolve(), work)
+        result = run_section(name, args.quick, args.datasets.resolve(), work, output)
         record = {"command": command, "mode": mode, "date": datetime.date.today().isoformat(), "environment": environment(),
                   "seconds": round(time.perf_counter() - started, 1), name: result}
         (output / f"{name}.json").write_text(json.dumps(record, indent=1))
