@@ -59,7 +59,8 @@ def run(quick: bool, datasets: Path, scratch: Path, results: Path) -> dict[str, 
     copy = scratch / "mlflow-seeds-rescored.db"
     shutil.copyfile(store, copy)
     pipeline = PIPELINES / "folder.yaml"
-    overrides = [*scoring_overrides(pipeline), f"data.root={datasets / 'kolektorsdd'}", f"tracking.uri=sqlite:///{copy}"]
+    scoring = scoring_overrides(pipeline)
+    overrides = [*scoring, f"data.root={datasets / 'kolektorsdd'}", f"tracking.uri=sqlite:///{copy}"]
     rows = {}
     for seed, before in trained["seeds"].items():
         checkpoint = scratch / "runs" / before["mlflow_run_id"] / "checkpoints" / "best.ckpt"
@@ -68,7 +69,7 @@ def run(quick: bool, datasets: Path, scratch: Path, results: Path) -> dict[str, 
     values = {key: [row[key] for row in rows.values()] for key in KEYS}
     return {
         "pipeline": "pipelines/folder.yaml",
-        "scoring": overrides[: -2],
+        "scoring": scoring,
         "seeds_section_date": json.loads(seeds_file.read_text())["date"],
         "seeds": rows,
         "mean": {key: float(np.mean(v)) for key, v in values.items()},
