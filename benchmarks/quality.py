@@ -51,6 +51,20 @@ def onnx_images_per_s(model_dir: Path, images: np.ndarray, repeats: int = 3) -> 
     return timings(lambda: [detector.run(batch) for batch in batches], repeats, len(images))["images_per_s"]
 
 
+def metrics_row(metrics: dict[str, Any]) -> dict[str, float]:
+    """From an evaluation's metrics.json: each signal's and the combination's image AUROC, the realised
+    test FPR, and pixel AUROC and AUPRO when the test images have masks."""
+    row = {
+        "reconstruction_auroc": metrics["image"]["reconstruction"]["auroc"],
+        "latent_auroc": metrics["image"]["latent"]["auroc"],
+        "combined_auroc": metrics["image_auroc"],
+        "test_fpr": metrics["test_fpr"],
+    }
+    if "pixel_auroc" in metrics:
+        row |= {"pixel_auroc": metrics["pixel_auroc"], "pixel_aupro": metrics["pixel_aupro"]}
+    return row
+
+
 def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = None) -> dict[str, Any]:
     """Our detector (trained, calibrated, evaluated) and the baselines, on the same data module;
     `export_to` also exports the model directory (the HTTP benchmark serves it) and times it."""
@@ -66,10 +80,7 @@ def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = N
     datamodule = calibrated.datamodule
     test = datamodule.test_set
     row = {
-        "reconstruction_auroc": metrics["image"]["reconstruction"]["auroc"],
-        "latent_auroc": metrics["image"]["latent"]["auroc"],
-        "combined_auroc": metrics["image_auroc"],
-        "test_fpr": metrics["test_fpr"],
+        **metrics_row(metrics),
         "baselines": baseline_aurocs(datamodule.train_set.images, test.images, test.labels),
         "image_size": list(calibrated.detector.config.data.image_size),  # resolved, when the config says auto
         "train_images": len(datamodule.train_set),
@@ -78,8 +89,6 @@ def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = N
         "training_seconds": round(training_seconds, 1),
         "mlflow_run_id": trained.run_id,
     }
-    if "pixel_auroc" in metrics:
-        row |= {"pixel_auroc": metrics["pixel_auroc"], "pixel_aupro": metrics["pixel_aupro"]}
     if export_to is not None:
         row["onnx_images_per_s"] = onnx_images_per_s(export_to, test.images)
     return row

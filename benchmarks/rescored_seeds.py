@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from anomaly.config import load_config
 from anomaly.evaluation.run import evaluate_checkpoint
-from benchmarks.quality import PIPELINES
+from benchmarks.quality import PIPELINES, metrics_row
+from benchmarks.seeds import mean_and_std
 
 KEYS = ("combined_auroc", "reconstruction_auroc", "latent_auroc", "pixel_auroc", "pixel_aupro", "test_fpr", "recall_at_target_fpr")
 
@@ -38,12 +37,7 @@ def rescore(checkpoint: Path, overrides: list[str], output: Path) -> dict[str, A
     metrics = result.metrics
     validation = json.loads((output / "calibration.json").read_text())["validation_auroc"]
     return {
-        "combined_auroc": metrics["image_auroc"],
-        "reconstruction_auroc": metrics["image"]["reconstruction"]["auroc"],
-        "latent_auroc": metrics["image"]["latent"]["auroc"],
-        "pixel_auroc": metrics["pixel_auroc"],
-        "pixel_aupro": metrics["pixel_aupro"],
-        "test_fpr": metrics["test_fpr"],
+        **metrics_row(metrics),
         "recall_at_target_fpr": metrics["at_target_fpr"]["recall"],
         "validation_auroc": validation,
         "seconds": round(time.perf_counter() - started, 1),
@@ -55,23 +49,21 @@ def run(quick: bool, datasets: Path, scratch: Path, results: Path) -> dict[str, 
     store = scratch / "mlflow-seeds.db"
     if not seeds_file.is_file() or not store.is_file():
         raise SystemExit(f"rescored_seeds re-scores the seeds section's models: run --sections seeds{' --quick' if quick else ''} first")
-    trained = json.loads(seeds_file.read_text())["seeds"]
+    seeds_record = json.loads(seeds_file.read_text())
     copy = scratch / "mlflow-seeds-rescored.db"
     shutil.copyfile(store, copy)
     pipeline = PIPELINES / "folder.yaml"
     scoring = scoring_overrides(pipeline)
     overrides = [*scoring, f"data.root={datasets / 'kolektorsdd'}", f"tracking.uri=sqlite:///{copy}"]
     rows = {}
-    for seed, before in trained["seeds"].items():
+    for seed, before in seeds_record["seeds"]["seeds"].items():
         checkpoint = scratch / "runs" / before["mlflow_run_id"] / "checkpoints" / "best.ckpt"
         rows[seed] = {**rescore(checkpoint, overrides, scratch / f"rescored-seed-{seed}"),
                       "mlflow_run_id": before["mlflow_run_id"], "seeds_section": {key: before[key] for key in KEYS if key in before}}
-    values = {key: [row[key] for row in rows.values()] for key in KEYS}
     return {
         "pipeline": "pipelines/folder.yaml",
         "scoring": scoring,
-        "seeds_section_date": json.loads(seeds_file.read_text())["date"],
+        "seeds_section_date": seeds_record["date"],
         "seeds": rows,
-        "mean": {key: float(np.mean(v)) for key, v in values.items()},
-        "std": {key: float(np.std(v)) for key, v in values.items()},
+        **mean_and_std(rows, KEYS),
     }

@@ -28,11 +28,10 @@ def run(quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
     overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-seeds.db'}", scratch / "runs", 1 if quick else None), data_root]
     configs = {seed: load_config(pipeline, [*overrides, f"train.seed={seed}"]) for seed in (SEEDS[:1] if quick else SEEDS)}
     rows = {str(seed): train_and_evaluate(config, scratch, export_to=scratch / f"kolektorsdd-seed-{seed}") for seed, config in configs.items()}
-    values = {key: [row[key] for row in rows.values()] for key in SPREAD_KEYS}
-    return {
-        "pipeline": "pipelines/folder.yaml",
-        "epochs": configs[SEEDS[0]].train.max_epochs,
-        "seeds": rows,
-        "mean": {key: float(np.mean(v)) for key, v in values.items()},
-        "std": {key: float(np.std(v)) for key, v in values.items()},
-    }
+    return {"pipeline": "pipelines/folder.yaml", "epochs": configs[SEEDS[0]].train.max_epochs, "seeds": rows, **mean_and_std(rows, SPREAD_KEYS)}
+
+
+def mean_and_std(rows: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """{"mean": ..., "std": ...} of each key over the per-seed rows."""
+    values = {key: [row[key] for row in rows.values()] for key in keys}
+    return {"mean": {key: float(np.mean(v)) for key, v in values.items()}, "std": {key: float(np.std(v)) for key, v in values.items()}}

@@ -182,7 +182,7 @@ def test_detector_file_round_trip_and_checksum(latent, fitted_shape, tmp_path: P
         load_detector(tmp_path / "broken.pt")
     saved = torch.load(tmp_path / "detector.pt", weights_only=True)
     newest_buffer = [key for key in saved["state_dict"] if key.startswith("latent_distance.")][-1]
-    del saved["state_dict"][newest_buffer]  # as in a file from before that buffer existed (patch_knn's bank_centre)
+    del saved["state_dict"][newest_buffer]  # as in a file from before that buffer existed (patch_knn's position statistics)
     torch.save(saved, tmp_path / "older.pt")
     with pytest.raises(AnomalyError, match="written by another version of anomaly; re-run `anomaly evaluate`"):
         load_detector(tmp_path / "older.pt")
