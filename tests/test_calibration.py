@@ -154,6 +154,23 @@ def test_validation_auroc_measures_each_signal_on_normals_and_synthetic_anomalie
     assert fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0).validation_auroc is None
 
 
+def test_validation_auroc_is_also_given_per_kind_of_synthetic_anomaly():
+    held_out = scored_set(*correlated_scores(300, seed=9), np.zeros(300, dtype=np.int64))
+    normal_reconstruction, normal_latent = correlated_scores(200, seed=10)
+    anomalous_reconstruction, anomalous_latent = correlated_scores(200, seed=11)
+    # Blobs stand out in the latent distance; lines are indistinguishable from normals.
+    labelled = scored_set(
+        np.concatenate([normal_reconstruction, anomalous_reconstruction]),
+        np.concatenate([normal_latent, anomalous_latent[:100] + 3.0, anomalous_latent[100:]]),
+        np.array([0] * 200 + [1] * 200),
+    )
+    labelled.categories = ["good"] * 200 + ["synthetic_blob"] * 100 + ["synthetic_line"] * 100
+    auroc = fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0, labelled=labelled).validation_auroc
+    assert auroc["synthetic_blob.latent"] > 0.97 and 0.35 < auroc["synthetic_line.latent"] < 0.65
+    assert auroc["synthetic_line.latent"] < auroc["latent"] < auroc["synthetic_blob.latent"]
+    assert {key.split(".")[0] for key in auroc} == {"reconstruction", "latent", "combined", "synthetic_blob", "synthetic_line"}
+
+
 def test_a_target_beyond_the_calibration_sample_is_flagged():
     calibration = make_calibration()  # 2000 held-out normals
     assert calibration.sample_size_warning() is None and calibration.sample_size_warning(0.001) is None

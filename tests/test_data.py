@@ -117,7 +117,7 @@ def test_datamodule_records_splits_and_builds_synthetic_validation(texture_folde
     batch = next(iter(datamodule.labelled_val_dataloader()))
     assert batch["image"].shape[1:] == (1, 32, 32)
     labelled = [sample["label"] for sample in datamodule.labelled_val_dataloader().dataset]
-    assert labelled.count(0) == labelled.count(1) == len(record["val"])
+    assert labelled.count(0) == len(record["val"]) and labelled.count(1) == 2 * len(record["val"])  # a blob and a line each
 
 
 def test_perlin_noise_and_synthetic_anomalies():
@@ -133,11 +133,29 @@ def test_perlin_noise_and_synthetic_anomalies():
     assert torch.equal(untouched, images) and empty.sum() == 0
 
 
-def test_synthetic_anomaly_set_is_reproducible(texture_folder: Path):
+def test_line_anomalies_are_thin_faint_strokes_inside_their_masks():
+    images = torch.full((8, 1, 256, 256), 0.5)
+    corrupted, masks = synthesize_anomalies(images, torch.Generator().manual_seed(2), shape="line")
+    coverage = masks.mean(dim=(1, 2, 3))
+    assert (coverage > 0).all() and (coverage < 0.02).all()  # thin: at most 2% of the image
+    changed = (corrupted - images).abs() > 1e-6
+    grown = torch.nn.functional.max_pool2d(masks, 3, stride=1, padding=1) > 0
+    assert not (changed & ~grown).any()  # only the line and its one-pixel soft edge change
+    steps = (corrupted - images)[masks.bool()].abs()
+    assert steps.min() >= 0.1 - 1e-6 and steps.max() <= 0.4 + 1e-6
+    signs = {float(torch.sign((corrupted - images)[i][masks[i].bool()].mean())) for i in range(8)}
+    assert signs == {-1.0, 1.0}  # darker and brighter lines both occur
+
+
+def test_synthetic_anomaly_set_is_reproducible_with_a_blob_and_a_line_per_normal(texture_folder: Path):
     normals = load_folder(texture_folder, (32, 32), 1).train
     first, second = synthetic_anomaly_set(normals, seed=5), synthetic_anomaly_set(normals, seed=5)
     assert np.array_equal(first.images, second.images) and np.array_equal(first.masks, second.masks)
-    assert first.labels.tolist() == [1] * len(normals) and first.masks.any(axis=(1, 2)).all()
+    count = len(normals)
+    assert first.labels.tolist() == [1] * (2 * count) and first.masks.any(axis=(1, 2)).all()
+    assert first.categories == ["synthetic_blob"] * count + ["synthetic_line"] * count
+    blob_area, line_area = first.masks[:count].mean(), first.masks[count:].mean()
+    assert line_area < blob_area / 2
 
 
 def test_augmentation_is_off_by_default_and_configurable():

@@ -50,13 +50,16 @@ def test_evaluate_writes_metrics_calibration_plots_and_logs_to_the_training_run(
     assert calibration.sample_sizes["calibration_images"] == 16
     assert calibration.f1_optimal_score is not None
     # Settings are compared on validation normals and their synthetic anomalies, never on test labels.
-    assert set(calibration.validation_auroc) == {"reconstruction", "latent", "combined", "pixel"}
+    signals = {"reconstruction", "latent", "combined", "pixel"}
+    assert set(calibration.validation_auroc) == signals | {f"{kind}.{name}" for kind in ("synthetic_blob", "synthetic_line") for name in signals}
     plots = {path.name for path in (root / "evaluation" / "plots").iterdir()}
     assert plots == {"score_histograms.png", "examples.png", "latent_pca.png", "roc.png"}
     client = mlflow.MlflowClient(uri)
     run = client.get_run(result.run_id)
     assert run.data.metrics["test.image_auroc"] == pytest.approx(metrics["image_auroc"])
     assert run.data.metrics["validation.synthetic_auroc.combined"] == pytest.approx(calibration.validation_auroc["combined"])
+    line_pixel = calibration.validation_auroc["synthetic_line.pixel"]
+    assert run.data.metrics["validation.synthetic_auroc.synthetic_line.pixel"] == pytest.approx(line_pixel)
     logged = {item.path for item in client.list_artifacts(result.run_id, "evaluation")}
     assert {"evaluation/metrics.json", "evaluation/calibration.json", "evaluation/plots"} <= logged
 

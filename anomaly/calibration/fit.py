@@ -29,12 +29,29 @@ def f1_optimal_score(labelled: ScoredSet, pvalues: ScorePValues) -> float:
     return float(thresholds[int(np.argmax(f1))])
 
 
+def _aurocs(labelled: ScoredSet, scores: dict[str, np.ndarray], selected: np.ndarray) -> dict[str, float]:
+    """Image AUROC of each signal, and the heat map's pixel AUROC where masks exist, over `selected`."""
+    auroc = {name: float(roc_auc_score(labelled.labels[selected], values[selected])) for name, values in scores.items()}
+    masks = labelled.masks[selected]
+    if masks.any():
+        auroc["pixel"] = float(roc_auc_score(masks.ravel(), labelled.maps[selected].ravel()))
+    return auroc
+
+
 def validation_auroc(labelled: ScoredSet, pvalues: ScorePValues) -> dict[str, float]:
     """Image AUROC of each signal on the labelled validation set (normals and synthetic anomalies),
-    and the heat map's pixel AUROC against the synthetic anomalies' masks when there are any."""
-    auroc = {name: float(roc_auc_score(labelled.labels, scores)) for name, scores in signal_scores(labelled, pvalues).items()}
-    if labelled.masks.any():
-        auroc["pixel"] = float(roc_auc_score(labelled.masks.ravel(), labelled.maps.ravel()))
+    and the heat map's pixel AUROC against the synthetic anomalies' masks when there are any.
+
+    With several kinds of anomaly, also each kind against the normals ("synthetic_line.latent"):
+    pooled pixels are mostly the large blobs', and thin lines are what real cracks look like."""
+    scores = signal_scores(labelled, pvalues)
+    auroc = _aurocs(labelled, scores, np.ones(len(labelled.labels), dtype=bool))
+    categories = np.asarray(labelled.categories)
+    kinds = sorted(set(categories[labelled.labels == 1]))
+    if len(kinds) > 1:
+        for kind in kinds:
+            selected = (labelled.labels == 0) | (categories == kind)
+            auroc.update({f"{kind}.{name}": value for name, value in _aurocs(labelled, scores, selected).items()})
     return auroc
 
 
