@@ -96,6 +96,9 @@ def test_patch_knn_chunks_agree_with_the_full_distance_matrix():
     whole = distance.distance_map(probe)
     distance.CHUNK = 7  # 100 bank vectors in 15 chunks, each with its own nearest 3
     assert torch.allclose(distance.distance_map(probe), whole, atol=1e-4)
+    distance.CHUNK_ELEMENTS = 2 * 36
+    assert distance.chunk_size(6 * 6) == 2  # the grid, not CHUNK, now bounds the chunks
+    assert torch.allclose(distance.distance_map(probe), whole, atol=1e-4)
     queries = probe.permute(0, 2, 3, 1).reshape(-1, 4)
     brute = torch.cdist(queries - distance.bank_centre, distance.bank).topk(3, dim=1, largest=False).values.mean(dim=1)  # the bank is stored centred
     assert torch.allclose(whole.permute(0, 2, 3, 1).reshape(-1), brute, atol=1e-4)

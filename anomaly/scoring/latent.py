@@ -81,12 +81,16 @@ class PatchNearestNeighbourDistance(nn.Module):
     the maximum; on KolektorSDD this lifted the latent signal's AUROC on held-out normals plus
     synthetic anomalies from 0.838 to 0.869 (test: 0.824 to 0.861).
 
-    The bank is compared in chunks, so a batch never holds its full distance matrix (2560
-    positions x 30k bank vectors is 300 MB per image). The chunks are fixed when the bank is,
-    so the loop unrolls into the exported graph.
+    The bank is compared in chunks, so a batch never holds its full distance matrix (10240
+    positions x 30k bank vectors is 1.2 GB per image). A chunk holds at most CHUNK_ELEMENTS
+    distances per image: with a fixed CHUNK of 4096, a batch of 16 images at 1248 x 512 needed
+    10 GB per temporary and evaluation was killed for memory; now it peaks at 13 GB, while
+    640 x 256 keeps chunks of 4096. The chunks depend only on the bank and the grid, not on the
+    batch, so the loop unrolls into the exported graph.
     """
 
-    CHUNK = 4096
+    CHUNK = 4096  # at most this many bank vectors per chunk
+    CHUNK_ELEMENTS = 2**26  # at most this many distances per image per chunk: 256 MB of float32
     POSITION_IMAGES = 64  # training images whose leave-own-image-out maps give the position statistics
 
     def __init__(self, channels: int, k: int, bank_size: int, grid: tuple[int, int] | None = None) -> None:
@@ -129,7 +133,8 @@ class PatchNearestNeighbourDistance(nn.Module):
         query_norms = (queries * queries).sum(dim=2, keepdim=True)
         k = min(self.k, self.bank.shape[0])
         nearest = []
-        for start, chunk in zip(range(0, self.bank.shape[0], self.CHUNK), self.bank.split(self.CHUNK)):
+        size = self.chunk_size(height * width)
+        for start, chunk in zip(range(0, self.bank.shape[0], size), self.bank.split(size)):
             squared = query_norms - 2 * queries @ chunk.T + (chunk * chunk).sum(dim=1)
             if excluded is not None:
                 squared = squared.masked_fill(excluded[start : start + chunk.shape[0]], float("inf"))
@@ -137,6 +142,10 @@ class PatchNearestNeighbourDistance(nn.Module):
         squared = torch.cat(nearest, dim=2).topk(k, dim=2, largest=False).values
         distances = squared.clamp_min(0).sqrt().mean(dim=2)
         return distances.reshape(batch, 1, height, width)
+
+    def chunk_size(self, positions: int) -> int:
+        """Bank vectors compared at once for a grid of `positions`: CHUNK, or fewer on a large grid."""
+        return max(1, min(self.CHUNK, self.CHUNK_ELEMENTS // positions))
 
     def smoothed_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
         return F.avg_pool2d(self.distance_map(features, excluded), 3, stride=1, padding=1, count_include_pad=False)
