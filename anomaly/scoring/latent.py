@@ -84,8 +84,8 @@ class PatchNearestNeighbourDistance(nn.Module):
     The bank is compared in chunks, so a batch never holds its full distance matrix (10240
     positions x 30k bank vectors is 1.2 GB per image). A chunk holds at most CHUNK_ELEMENTS
     distances per image: with a fixed CHUNK of 4096, a batch of 16 images at 1248 x 512 needed
-    10 GB per temporary and evaluation was killed for memory; now it peaks at 13 GB, while
-    640 x 256 keeps chunks of 4096. The chunks depend only on the bank and the grid, not on the
+    10 GB per temporary and evaluation was killed for memory; now its distance map peaks at
+    13 GB, while 640 x 256 keeps chunks of 4096. The chunks depend only on the bank and the grid, not on the
     batch, so the loop unrolls into the exported graph.
     """
 
