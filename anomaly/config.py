@@ -155,7 +155,7 @@ class ScoringConfig(StrictModel):
         "distance of the image's latent vector (see latent_vector) to the training vectors. patch_knn: distance per "
         "location, PatchCore-style on the model's own encoder: each position of encoder block `patch_level`'s "
         "feature map is compared with a bank of training positions, and the image's distance is the largest "
-        "(after 3x3 averaging). Local defects on textured surfaces move one patch, not the whole-image code.",
+        "(after 3x3 averaging; see patch_line_length). Local defects on textured surfaces move one patch, not the whole-image code.",
     )
     latent_vector: Literal["code", "code_and_round_trip"] = Field(
         "code",
@@ -177,6 +177,15 @@ class ScoringConfig(StrictModel):
         description="patch_knn: standardise each position's distance by the mean and spread that training images "
         "(their own patches left out of the bank) get there, so places where normal images vary, such as glare "
         "along an edge, do not decide the image's distance. Needs aligned parts (the same place in every image).",
+    )
+    patch_line_length: int = Field(
+        1,
+        ge=1,
+        description="patch_knn: the image's distance is the largest mean of the (position-normalised) distance map "
+        "along a straight run of this many positions, at any of 8 orientations; 1 is the largest single position. "
+        "A crack or scratch lights up a long run of positions, each only a little, while a normal image's highest "
+        "positions are isolated. A defect much shorter than the run is diluted, so pinpoint defects want 1. "
+        "Odd, so the run is centred on a position.",
     )
     heatmap: Literal["reconstruction", "patch_distance"] = Field(
         "reconstruction",
@@ -242,11 +251,15 @@ class Config(StrictModel):
     def _patch_level_within_depth(self) -> Config:
         if self.scoring.latent == "patch_knn" and self.scoring.patch_level > self.model.depth:
             raise ValueError(f"scoring.patch_level {self.scoring.patch_level} exceeds model.depth {self.model.depth}")
-        patch_only = self.scoring.patch_position_normalise or self.scoring.patch_standardise or self.scoring.heatmap == "patch_distance"
-        if self.scoring.latent != "patch_knn" and patch_only:
+        scoring = self.scoring
+        patch_only = scoring.patch_position_normalise or scoring.patch_standardise or scoring.patch_line_length > 1 or scoring.heatmap == "patch_distance"
+        if scoring.latent != "patch_knn" and patch_only:
             raise ValueError(
-                "scoring.patch_position_normalise, scoring.patch_standardise and scoring.heatmap=patch_distance need scoring.latent=patch_knn"
+                "scoring.patch_position_normalise, scoring.patch_standardise, scoring.patch_line_length > 1 "
+                "and scoring.heatmap=patch_distance need scoring.latent=patch_knn"
             )
+        if scoring.patch_line_length % 2 == 0:
+            raise ValueError(f"scoring.patch_line_length must be odd (a run centred on a position), got {scoring.patch_line_length}")
         return self
 
 

@@ -11,6 +11,7 @@ from anomaly.config import ScoringConfig, build_config
 from anomaly.errors import AnomalyError
 from anomaly.scoring.detector import AnomalyDetector, load_detector, save_detector, weights_checksum
 from anomaly.scoring.latent import MahalanobisDistance, NearestNeighbourDistance, PatchNearestNeighbourDistance
+from anomaly.scoring.line_runs import LineRunMaximum, line_kernels
 from anomaly.scoring.maps import AnomalyMap, GaussianBlur, MapReduction
 
 
@@ -104,12 +105,33 @@ def test_patch_knn_chunks_agree_with_the_full_distance_matrix():
     assert torch.allclose(whole.permute(0, 2, 3, 1).reshape(-1), brute, atol=1e-4)
 
 
-def test_patch_distance_heat_map_finds_the_defect_and_leaves_the_image_scores_alone():
+def test_line_runs_prefer_a_long_faint_line_to_a_single_bright_spot():
+    spot = torch.zeros(1, 1, 21, 21)
+    spot[0, 0, 10, 10] = 3.0
+    lines = torch.zeros(3, 1, 21, 21)
+    lines[0, 0, 10, :] = 1.0  # horizontal
+    lines[1, 0, :, 7] = 1.0  # vertical
+    lines[2, 0] = torch.eye(21)  # diagonal
+    largest, runs = LineRunMaximum(1), LineRunMaximum(9)
+    assert torch.equal(largest(lines), torch.ones(3)) and largest(spot).item() == 3.0
+    assert torch.allclose(runs(lines), torch.ones(3))  # a run lies along each line
+    assert runs(spot).item() == pytest.approx(3.0 / 9)  # the spot is one position of nine
+    kernels = line_kernels(9)
+    assert torch.allclose(kernels.sum(dim=(1, 2, 3)), torch.ones(8))
+    assert torch.equal((kernels > 0).sum(dim=(1, 2, 3)), torch.full((8,), 9))
+    assert torch.equal(kernels, kernels.flip(2, 3))  # symmetric about the centre
+    with pytest.raises(ValueError, match="odd"):
+        LineRunMaximum(4)
+
+
+@pytest.mark.parametrize("line_length", [1, 3])
+def test_patch_distance_heat_map_finds_the_defect_and_leaves_the_image_scores_alone(line_length):
     def detector(heatmap: str) -> AnomalyDetector:
         config = build_config({
             "data": {"kind": "folder", "root": "x", "image_size": 32},
             "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
-            "scoring": {"latent": "patch_knn", "patch_level": 2, "knn_k": 1, "knn_bank_size": 10_000, "heatmap": heatmap},
+            "scoring": {"latent": "patch_knn", "patch_level": 2, "knn_k": 1, "knn_bank_size": 10_000, "heatmap": heatmap,
+                        "patch_line_length": line_length},
         })
         torch.manual_seed(0)
         return AnomalyDetector(config).eval()
@@ -129,7 +151,8 @@ def test_patch_distance_heat_map_finds_the_defect_and_leaves_the_image_scores_al
     assert not torch.equal(served.anomaly_map, plain.anomaly_map)
     blob, elsewhere = served.anomaly_map[:, 0, 20:26, 4:10], served.anomaly_map[:, 0, :12, 16:]
     assert blob.mean() > 5 * elsewhere.mean()
-    assert torch.all(served.anomaly_map.amax(dim=(1, 2, 3)) <= served.latent_distance + 1e-6)  # upsampling adds no peaks
+    if line_length == 1:  # the image's distance is the patch map's largest position; upsampling adds no peaks
+        assert torch.all(served.anomaly_map.amax(dim=(1, 2, 3)) <= served.latent_distance + 1e-6)
 
 
 def test_map_reductions():

@@ -92,7 +92,7 @@ class AnomalyDetector(nn.Module):
         error_map = self.anomaly_map(images, output.reconstruction)
         if self.config.scoring.heatmap == "patch_distance":
             patch_map = self.latent_distance.score_map(measured)  # computed once: the kNN search is the costly part
-            latent_distance = patch_map.amax(dim=(1, 2, 3))
+            latent_distance = self.latent_distance.image_distance(patch_map)
             heatmap = F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
         else:
             latent_distance = self.latent_distance(measured)
