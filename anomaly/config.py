@@ -249,9 +249,9 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _patch_level_within_depth(self) -> Config:
-        if self.scoring.latent == "patch_knn" and self.scoring.patch_level > self.model.depth:
-            raise ValueError(f"scoring.patch_level {self.scoring.patch_level} exceeds model.depth {self.model.depth}")
         scoring = self.scoring
+        if scoring.latent == "patch_knn" and scoring.patch_level > self.model.depth:
+            raise ValueError(f"scoring.patch_level {scoring.patch_level} exceeds model.depth {self.model.depth}")
         patch_only = scoring.patch_position_normalise or scoring.patch_standardise or scoring.patch_line_length > 1 or scoring.heatmap == "patch_distance"
         if scoring.latent != "patch_knn" and patch_only:
             raise ValueError(
