@@ -187,6 +187,14 @@ class ScoringConfig(StrictModel):
         "positions are isolated. A defect much shorter than the run is diluted, so pinpoint defects want 1. "
         "Odd, so the run is centred on a position.",
     )
+    patch_line_cap: float | None = Field(
+        None,
+        gt=0.0,
+        description="patch_knn with patch_position_normalise and patch_line_length > 1: each position of the "
+        "normalised distance map counts at most this much (in training spreads) in a run's mean, so one very bright "
+        "spot, such as a rare but normal edge, cannot make a run alone; a defect has to raise the run along its "
+        "length. None: no cap. The heat map is not capped.",
+    )
     heatmap: Literal["reconstruction", "patch_distance"] = Field(
         "reconstruction",
         description="The per-pixel anomaly map that is served, calibrated and scored for pixel AUROC. reconstruction: "
@@ -260,6 +268,11 @@ class Config(StrictModel):
             )
         if scoring.patch_line_length % 2 == 0:
             raise ValueError(f"scoring.patch_line_length must be odd (a run centred on a position), got {scoring.patch_line_length}")
+        if scoring.patch_line_cap is not None and not (scoring.patch_position_normalise and scoring.patch_line_length > 1):
+            raise ValueError(
+                "scoring.patch_line_cap needs scoring.patch_position_normalise=true (the cap is in training spreads) "
+                "and scoring.patch_line_length > 1 (a cap on single positions would cap the image's distance itself)"
+            )
         return self
 
 

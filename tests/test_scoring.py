@@ -124,6 +124,20 @@ def test_line_runs_prefer_a_long_faint_line_to_a_single_bright_spot():
         LineRunMaximum(4)
 
 
+def test_a_capped_run_needs_a_raised_line_not_one_bright_spot():
+    bright_spot = torch.zeros(1, 1, 21, 21)
+    bright_spot[0, 0, 10, 10] = 30.0  # a rare normal edge: far above anything else
+    faint_line = torch.zeros(1, 1, 21, 21)
+    faint_line[0, 0, 4, 2:19] = 2.0  # a crack: 17 positions, each raised a little
+    uncapped, capped = LineRunMaximum(9), LineRunMaximum(9, cap=3.0)
+    assert uncapped(bright_spot).item() > uncapped(faint_line).item()  # without a cap the spot wins
+    assert capped(bright_spot).item() == pytest.approx(3.0 / 9)
+    assert capped(faint_line).item() == pytest.approx(2.0)  # below the cap: unchanged
+    assert capped(faint_line * 2).item() == pytest.approx(3.0)  # above it: every position counts 3
+    with pytest.raises(ValueError, match="cap runs longer than 1 only"):
+        LineRunMaximum(1, cap=3.0)
+
+
 @pytest.mark.parametrize("line_length", [1, 3])
 def test_patch_distance_heat_map_finds_the_defect_and_leaves_the_image_scores_alone(line_length):
     def detector(heatmap: str) -> AnomalyDetector:

@@ -75,7 +75,8 @@ class PatchNearestNeighbourDistance(nn.Module):
     """Per-location distance: each position of an encoder feature map (B, C, h, w) against a bank
     of training positions; mean distance to the k nearest, averaged over 3x3 neighbouring
     positions; the image's distance is the largest mean along a straight run of `line_length`
-    positions (LineRunMaximum), which for a run of 1 is the largest position.
+    positions (LineRunMaximum, optionally capping each position first), which for a run of 1 is the
+    largest position.
 
     With `grid` (the feature map's (h, w)), each position's distance is also standardised by the
     mean and spread that training images get there when their own patches are left out of the
@@ -95,10 +96,11 @@ class PatchNearestNeighbourDistance(nn.Module):
     CHUNK_ELEMENTS = 2**26  # at most this many distances per image per chunk: 256 MB of float32
     POSITION_IMAGES = 64  # training images whose leave-own-image-out maps give the position statistics
 
-    def __init__(self, channels: int, k: int, bank_size: int, grid: tuple[int, int] | None = None, line_length: int = 1) -> None:
+    def __init__(self, channels: int, k: int, bank_size: int, grid: tuple[int, int] | None = None, line_length: int = 1,
+                 line_cap: float | None = None) -> None:
         super().__init__()
         self.k = k
-        self.image_distance = LineRunMaximum(line_length)
+        self.image_distance = LineRunMaximum(line_length, line_cap)
         self.normalise_positions = grid is not None
         self.register_buffer("bank", torch.zeros(bank_size, channels))
         self.register_buffer("bank_centre", torch.zeros(channels))
@@ -170,7 +172,7 @@ def build_latent_distance(config: ScoringConfig, code_size: int, encoder_widths:
         stride = 2**config.patch_level
         grid = (image_size[0] // stride, image_size[1] // stride) if config.patch_position_normalise else None
         channels = encoder_widths[config.patch_level - 1]
-        return PatchNearestNeighbourDistance(channels, config.knn_k, config.knn_bank_size, grid, config.patch_line_length)
+        return PatchNearestNeighbourDistance(channels, config.knn_k, config.knn_bank_size, grid, config.patch_line_length, config.patch_line_cap)
     blocks = 1 if config.latent_vector == "code" else 2
     if config.latent == "mahalanobis":
         return MahalanobisDistance(code_size * blocks, blocks)
