@@ -191,9 +191,10 @@ class ScoringConfig(StrictModel):
         None,
         gt=0.0,
         description="patch_knn with patch_position_normalise and patch_line_length > 1: each position of the "
-        "normalised distance map counts at most this much (in training spreads) in a run's mean, so one very bright "
-        "spot, such as a rare but normal edge, cannot make a run alone; a defect has to raise the run along its "
-        "length. None: no cap. The heat map is not capped.",
+        "normalised distance map above this many training spreads counts only as the cap plus the logarithm of its "
+        "excess in a run's mean, so one very bright spot, such as a rare but normal edge, cannot make a run alone; a "
+        "defect has to raise the run along its length. Soft, so strong defects still score higher than weak ones. "
+        "None: no cap. The heat map is not capped.",
     )
     heatmap: Literal["reconstruction", "patch_distance"] = Field(
         "reconstruction",

@@ -1,5 +1,6 @@
 """Scoring head: maps, reductions, latent distances, the detector file and its checksum."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -131,9 +132,10 @@ def test_a_capped_run_needs_a_raised_line_not_one_bright_spot():
     faint_line[0, 0, 4, 2:19] = 2.0  # a crack: 17 positions, each raised a little
     uncapped, capped = LineRunMaximum(9), LineRunMaximum(9, cap=3.0)
     assert uncapped(bright_spot).item() > uncapped(faint_line).item()  # without a cap the spot wins
-    assert capped(bright_spot).item() == pytest.approx(3.0 / 9)
+    assert capped(bright_spot).item() == pytest.approx((3.0 + math.log(28.0)) / 9)  # the excess counts as its logarithm
     assert capped(faint_line).item() == pytest.approx(2.0)  # below the cap: unchanged
-    assert capped(faint_line * 2).item() == pytest.approx(3.0)  # above it: every position counts 3
+    assert capped(faint_line) < capped(faint_line * 2) < capped(faint_line * 4)  # soft: stronger still scores higher
+    assert capped(faint_line * 2).item() == pytest.approx(3.0 + math.log(2.0))
     with pytest.raises(ValueError, match="cap runs longer than 1 only"):
         LineRunMaximum(1, cap=3.0)
 
