@@ -257,7 +257,7 @@ class Config(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _patch_level_within_depth(self) -> Config:
+    def _patch_settings_consistent(self) -> Config:
         scoring = self.scoring
         if scoring.latent == "patch_knn" and scoring.patch_level > self.model.depth:
             raise ValueError(f"scoring.patch_level {scoring.patch_level} exceeds model.depth {self.model.depth}")
