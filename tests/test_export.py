@@ -55,15 +55,28 @@ def published_ae(folder, tracking, tmp_path_factory):
     return evaluation, publish(evaluation, root / "model", [], None)
 
 
-def torch_scores(evaluation: Path, images: list[Path]) -> dict[str, np.ndarray]:
-    detector = load_detector(evaluation / "detector.pt")
+def decoded_batch(detector, images: list[Path]) -> torch.Tensor:
     from anomaly.imageio import decode_image
 
     spec = detector.config.data
     batch = np.stack([decode_image(path, spec.channels, spec.image_size) for path in images])
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
+
+
+def torch_scores(evaluation: Path, images: list[Path]) -> dict[str, np.ndarray]:
+    detector = load_detector(evaluation / "detector.pt")
     with torch.no_grad():
-        output = detector(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0)
+        output = detector(decoded_batch(detector, images))
     return {"reconstruction_score": output.reconstruction_score.numpy(), "latent_distance": output.latent_distance.numpy()}
+
+
+def capped_fraction(evaluation: Path, images: list[Path]) -> float:
+    """The share of map positions above the line-run cap: parity covers the cap only where it acts."""
+    detector = load_detector(evaluation / "detector.pt")
+    with torch.no_grad():
+        _, _, features = detector.embed(decoded_batch(detector, images))
+        patch_map = detector.latent_distance.score_map(features)
+    return float((patch_map > detector.config.scoring.patch_line_cap).float().mean())
 
 
 @pytest.mark.parametrize(("architecture", "scoring"), [
@@ -91,6 +104,8 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["image"] for line in lines] == [str(path) for path in images]
     reference = torch_scores(evaluation, images)
+    if "patch_line_cap" in scoring:
+        assert capped_fraction(evaluation, images) > 0  # the cap acts on these images (about 70% of positions)
     for key in ("reconstruction_score", "latent_distance"):
         assert np.allclose([line[key] for line in lines], reference[key], rtol=0, atol=1e-4 * np.abs(reference[key]).max())
     assert all(0 <= line["anomaly_score"] <= 1 and line["threshold"] == pytest.approx(0.99) for line in lines)
