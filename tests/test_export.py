@@ -19,7 +19,7 @@ from anomaly.export.publish import publish
 from anomaly.export.quantize import MAX_AUROC_DROP, quantise_bundle
 from anomaly.export.registry import register
 from anomaly.runtime.bundle import OnnxDetector, batch_size_for, create_session, run_session
-from anomaly.scoring.detector import load_detector, standardise_intensity
+from anomaly.scoring.detector import AnomalyDetector, load_detector, standardise_intensity
 from anomaly.training.train import train
 from tests.conftest import PROJECT_ROOT, tiny_config, write_texture_folder
 from tests.test_training import run_cli
@@ -55,27 +55,27 @@ def published_ae(folder, tracking, tmp_path_factory):
     return evaluation, publish(evaluation, root / "model", [], None)
 
 
-def decoded_batch(detector, images: list[Path]) -> torch.Tensor:
+def loaded_with_batch(evaluation: Path, images: list[Path]) -> tuple[AnomalyDetector, torch.Tensor]:
+    """The evaluated detector and `images` decoded as the exported graph decodes them."""
     from anomaly.imageio import decode_image
 
+    detector = load_detector(evaluation / "detector.pt")
     spec = detector.config.data
     batch = np.stack([decode_image(path, spec.channels, spec.image_size) for path in images])
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
+    return detector, torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
 
 
-def torch_scores(evaluation: Path, images: list[Path]) -> dict[str, np.ndarray]:
-    detector = load_detector(evaluation / "detector.pt")
-    with torch.no_grad():
-        output = detector(decoded_batch(detector, images))
+@torch.no_grad()
+def torch_scores(detector: AnomalyDetector, batch: torch.Tensor) -> dict[str, np.ndarray]:
+    output = detector(batch)
     return {"reconstruction_score": output.reconstruction_score.numpy(), "latent_distance": output.latent_distance.numpy()}
 
 
-def capped_fraction(evaluation: Path, images: list[Path]) -> float:
+@torch.no_grad()
+def capped_fraction(detector: AnomalyDetector, batch: torch.Tensor) -> float:
     """The share of map positions above the line-run cap: parity covers the cap only where it acts."""
-    detector = load_detector(evaluation / "detector.pt")
-    with torch.no_grad():
-        _, _, features = detector.embed(decoded_batch(detector, images))
-        patch_map = detector.latent_distance.score_map(features)
+    _, _, features = detector.embed(batch)
+    patch_map = detector.latent_distance.score_map(features)
     return float((patch_map > detector.config.scoring.patch_line_cap).float().mean())
 
 
@@ -103,9 +103,10 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["image"] for line in lines] == [str(path) for path in images]
-    reference = torch_scores(evaluation, images)
+    detector, batch = loaded_with_batch(evaluation, images)
+    reference = torch_scores(detector, batch)
     if "patch_line_cap" in scoring:
-        assert capped_fraction(evaluation, images) > 0  # the cap acts on these images (about 70% of positions)
+        assert capped_fraction(detector, batch) > 0  # the cap acts on these images (about 70% of positions)
     for key in ("reconstruction_score", "latent_distance"):
         assert np.allclose([line[key] for line in lines], reference[key], rtol=0, atol=1e-4 * np.abs(reference[key]).max())
     assert all(0 <= line["anomaly_score"] <= 1 and line["threshold"] == pytest.approx(0.99) for line in lines)
