@@ -117,7 +117,7 @@ def test_datamodule_records_splits_and_builds_synthetic_validation(texture_folde
     batch = next(iter(datamodule.labelled_val_dataloader()))
     assert batch["image"].shape[1:] == (1, 32, 32)
     labelled = [sample["label"] for sample in datamodule.labelled_val_dataloader().dataset]
-    assert labelled.count(0) == len(record["val"]) and labelled.count(1) == 2 * len(record["val"])  # a blob and a line each
+    assert labelled.count(0) == len(record["val"]) and labelled.count(1) == 3 * len(record["val"])  # a blob, a line and a shade each
 
 
 def test_perlin_noise_and_synthetic_anomalies():
@@ -147,14 +147,30 @@ def test_line_anomalies_are_thin_faint_strokes_inside_their_masks():
     assert signs == {-1.0, 1.0}  # darker and brighter lines both occur
 
 
-def test_synthetic_anomaly_set_is_reproducible_with_a_blob_and_a_line_per_normal(texture_folder: Path):
+def test_shaded_regions_are_large_smooth_intensity_changes_that_keep_the_texture():
+    texture = 0.3 + 0.4 * torch.rand(8, 1, 128, 128, generator=torch.Generator().manual_seed(3))
+    corrupted, masks = synthesize_anomalies(texture, torch.Generator().manual_seed(4), shape="shade")
+    assert (masks.mean(dim=(1, 2, 3)) > 0.005).all()
+    changed = (corrupted - texture).abs() > 1e-6
+    grown = torch.nn.functional.max_pool2d(masks, 9, stride=1, padding=4) > 0
+    assert not (changed & ~grown).any()  # only the region and its soft edge change
+    signs = set()
+    for image, shaded, mask in zip(texture, corrupted, masks):
+        inside = mask.bool() & (torch.nn.functional.avg_pool2d(mask[None], 9, stride=1, padding=4)[0] > 0.999)
+        gain = (shaded - image)[inside] / ((0.0 if shaded[inside].mean() < image[inside].mean() else 1.0) - image[inside])
+        assert 0.25 - 1e-4 <= gain.min() and gain.max() <= 0.6 + 1e-4 and gain.std() < 1e-4  # one gain: texture kept, scaled
+        signs.add(bool(shaded[inside].mean() > image[inside].mean()))
+    assert signs == {False, True}  # darker and brighter regions both occur
+
+
+def test_synthetic_anomaly_set_is_reproducible_with_a_blob_a_line_and_a_shade_per_normal(texture_folder: Path):
     normals = load_folder(texture_folder, (32, 32), 1).train
     first, second = synthetic_anomaly_set(normals, seed=5), synthetic_anomaly_set(normals, seed=5)
     assert np.array_equal(first.images, second.images) and np.array_equal(first.masks, second.masks)
     count = len(normals)
-    assert first.labels.tolist() == [1] * (2 * count) and first.masks.any(axis=(1, 2)).all()
-    assert first.categories == ["synthetic_blob"] * count + ["synthetic_line"] * count
-    blob_area, line_area = first.masks[:count].mean(), first.masks[count:].mean()
+    assert first.labels.tolist() == [1] * (3 * count) and first.masks.any(axis=(1, 2)).all()
+    assert first.categories == ["synthetic_blob"] * count + ["synthetic_line"] * count + ["synthetic_shade"] * count
+    blob_area, line_area = first.masks[:count].mean(), first.masks[count : 2 * count].mean()
     assert line_area < blob_area / 2
 
 

@@ -51,7 +51,7 @@ def test_evaluate_writes_metrics_calibration_plots_and_logs_to_the_training_run(
     assert calibration.f1_optimal_score is not None
     # Settings are compared on validation normals and their synthetic anomalies, never on test labels.
     signals = {"reconstruction", "latent", "combined", "pixel"}
-    assert set(calibration.validation_auroc) == signals | {f"{kind}.{name}" for kind in ("synthetic_blob", "synthetic_line") for name in signals}
+    assert set(calibration.validation_auroc) == signals | {f"{kind}.{name}" for kind in ("synthetic_blob", "synthetic_line", "synthetic_shade") for name in signals}
     plots = {path.name for path in (root / "evaluation" / "plots").iterdir()}
     assert plots == {"score_histograms.png", "examples.png", "latent_pca.png", "roc.png"}
     client = mlflow.MlflowClient(uri)

@@ -1,12 +1,14 @@
-"""Synthetic anomalies, with their masks: Perlin-noise blobs filled with foreign content, and
-thin wandering lines a little darker or brighter than the surface (scratches, cracks).
+"""Synthetic anomalies, with their masks: Perlin-noise blobs filled with foreign content, thin
+wandering lines a little darker or brighter than the surface (scratches, cracks), and large smooth
+regions darker or brighter with their texture kept (dead areas, stains, uneven lighting).
 
 Used two ways: to corrupt inputs during training (so a U-Net cannot learn the identity through
 its skips; blobs only) and to build a labelled validation set when only normal images exist
 (both shapes). Blobs alone mislead that validation: it preferred settings, such as blurring the
 heat map, that help large blobs and hurt thin cracks. The blob fill comes from the images
 themselves (shifted, possibly inverted texture of another image), from noise, or is a flat
-patch: nothing is downloaded.
+patch: nothing is downloaded. Shaded regions keep the surface's own texture, so a detector that
+discards intensity (per-image standardisation) cannot see them: validation then says so.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ LINE_TURN = 0.1  # sd of the heading's change per step, radians: gently wanderin
 LINE_RADII = (0, 1)  # half-width in pixels at a REFERENCE_SIDE short side: lines 1 or 3 pixels wide
 LINE_CONTRAST = (0.1, 0.4)  # intensity step on the [0, 1] scale: faint to clearly visible
 REFERENCE_SIDE = 256
+SHADE_SCALES = (1, 2)  # Perlin lattice cells of a shaded region: large and smooth
+SHADE_GAIN = (0.25, 0.6)  # fraction of the way to black (darker) or white (brighter)
+SHADE_EDGE = 9  # pixels over which a shaded region fades in, at a REFERENCE_SIDE short side
 
-AnomalyShape = Literal["blob", "line"]
-SHAPES: tuple[AnomalyShape, ...] = ("blob", "line")
+AnomalyShape = Literal["blob", "line", "shade"]
+SHAPES: tuple[AnomalyShape, ...] = ("blob", "line", "shade")
 
 
 def _uniform(bounds: tuple[float, float], generator: torch.Generator) -> float:
@@ -62,11 +67,13 @@ def perlin_noise(height: int, width: int, res_y: int, res_x: int, generator: tor
     return math.sqrt(2) * (top * (1 - u) + bottom * u)
 
 
-def perlin_mask(height: int, width: int, generator: torch.Generator, tries: int = 10) -> torch.Tensor:
+def perlin_mask(
+    height: int, width: int, generator: torch.Generator, scales: tuple[int, ...] = PERLIN_SCALES, tries: int = 10
+) -> torch.Tensor:
     """A binary blob mask (H, W) covering at least MIN_MASK_FRACTION of the image when possible."""
     mask = torch.zeros(height, width)
     for _ in range(tries):
-        res_y, res_x = (PERLIN_SCALES[int(i)] for i in torch.randint(len(PERLIN_SCALES), (2,), generator=generator))
+        res_y, res_x = (scales[int(i)] for i in torch.randint(len(scales), (2,), generator=generator))
         mask = (perlin_noise(height, width, res_y, res_x, generator) > MASK_THRESHOLD).float()
         if mask.mean() >= MIN_MASK_FRACTION:
             break
@@ -100,6 +107,17 @@ def _draw_line(image: torch.Tensor, generator: torch.Generator) -> tuple[torch.T
     contrast = _uniform(LINE_CONTRAST, generator) * (1 if torch.rand(1, generator=generator) < 0.5 else -1)
     profile = F.avg_pool2d(mask[None, None], 3, stride=1, padding=1, count_include_pad=False)[0].clamp(max=1.0)
     return (image + contrast * torch.maximum(profile, mask)).clamp(0.0, 1.0), mask
+
+
+def _shade(image: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`image` (C, H, W) with a large smooth region moved towards black or white, texture kept; and its mask."""
+    _, height, width = image.shape
+    mask = perlin_mask(height, width, generator, scales=SHADE_SCALES)
+    edge = 2 * (SHADE_EDGE * max(1, round(min(height, width) / REFERENCE_SIDE)) // 2) + 1
+    soft = F.avg_pool2d(mask[None, None], edge, stride=1, padding=edge // 2, count_include_pad=False)[0]
+    gain = _uniform(SHADE_GAIN, generator) * soft
+    target = 0.0 if torch.rand(1, generator=generator) < 0.5 else 1.0
+    return image * (1 - gain) + target * gain, mask
 
 
 def _fill(images: torch.Tensor, index: int, generator: torch.Generator) -> torch.Tensor:
@@ -139,6 +157,8 @@ def synthesize_anomalies(
             continue
         if shape == "line":
             corrupted[i], masks[i, 0] = _draw_line(cpu_images[i], generator)
+        elif shape == "shade":
+            corrupted[i], masks[i, 0] = _shade(cpu_images[i], generator)
         else:
             corrupted[i], masks[i, 0] = _draw_blob(cpu_images, i, generator)
     return corrupted.to(images.device), masks.to(images.device)
@@ -146,7 +166,7 @@ def synthesize_anomalies(
 
 def synthetic_anomaly_set(normals: ImageSet, seed: int) -> ImageSet:
     """A reproducible labelled set: from each normal image, one anomaly of each shape (all blobs
-    first, category `synthetic_blob`, then all lines, `synthetic_line`)."""
+    first, category `synthetic_blob`, then all lines, `synthetic_line`, then `synthetic_shade`)."""
     generator = torch.Generator().manual_seed(seed)
     tensors = torch.from_numpy(normals.images).permute(0, 3, 1, 2).float() / 255.0
     corrupted, masks = zip(*(synthesize_anomalies(tensors, generator, shape=shape) for shape in SHAPES))
