@@ -4,7 +4,7 @@ regions darker or brighter with their texture kept (dead areas, stains, uneven l
 
 Used two ways: to corrupt inputs during training (so a U-Net cannot learn the identity through
 its skips; blobs only) and to build a labelled validation set when only normal images exist
-(both shapes). Blobs alone mislead that validation: it preferred settings, such as blurring the
+(every shape). Blobs alone mislead that validation: it preferred settings, such as blurring the
 heat map, that help large blobs and hurt thin cracks. The blob fill comes from the images
 themselves (shifted, possibly inverted texture of another image), from noise, or is a flat
 patch: nothing is downloaded. Shaded regions keep the surface's own texture, so a detector that
