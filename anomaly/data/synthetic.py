@@ -39,6 +39,12 @@ AnomalyShape = Literal["blob", "line", "shade"]
 SHAPES: tuple[AnomalyShape, ...] = ("blob", "line", "shade")
 
 
+def _reference_scale(height: int, width: int) -> int:
+    """How many times a REFERENCE_SIDE short side fits in this image's, at least 1: widths given in
+    pixels at that side grow with the image, so a line or an edge looks the same at any size."""
+    return max(1, round(min(height, width) / REFERENCE_SIDE))
+
+
 def _uniform(bounds: tuple[float, float], generator: torch.Generator) -> float:
     low, high = bounds
     return low + (high - low) * float(torch.rand(1, generator=generator))
@@ -95,7 +101,7 @@ def line_mask(height: int, width: int, generator: torch.Generator) -> torch.Tens
     inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
     mask = torch.zeros(height, width)
     mask[ys[inside], xs[inside]] = 1.0
-    radius = LINE_RADII[int(torch.randint(len(LINE_RADII), (1,), generator=generator))] * max(1, round(short_side / REFERENCE_SIDE))
+    radius = LINE_RADII[int(torch.randint(len(LINE_RADII), (1,), generator=generator))] * _reference_scale(height, width)
     if radius:
         mask = F.max_pool2d(mask[None, None], 2 * radius + 1, stride=1, padding=radius)[0, 0]
     return mask
@@ -113,7 +119,7 @@ def _shade(image: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tenso
     """`image` (C, H, W) with a large smooth region moved towards black or white, texture kept; and its mask."""
     _, height, width = image.shape
     mask = perlin_mask(height, width, generator, scales=SHADE_SCALES)
-    edge = 2 * (SHADE_EDGE * max(1, round(min(height, width) / REFERENCE_SIDE)) // 2) + 1
+    edge = 2 * (SHADE_EDGE * _reference_scale(height, width) // 2) + 1
     soft = F.avg_pool2d(mask[None, None], edge, stride=1, padding=edge // 2, count_include_pad=False)[0]
     gain = _uniform(SHADE_GAIN, generator) * soft
     target = 0.0 if torch.rand(1, generator=generator) < 0.5 else 1.0
