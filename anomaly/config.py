@@ -172,6 +172,14 @@ class ScoringConfig(StrictModel):
         description="patch_knn: standardise each image's intensities (mean 0.5, std 0.15) before its patch features, "
         "so that a brighter or darker normal image does not look unusual everywhere.",
     )
+    patch_intensity_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="patch_knn: append each position's mean input intensity (after patch_standardise, so relative to "
+        "the image) to its patch vector, scaled so that its spread over the training bank is this fraction of the "
+        "feature vectors' total spread. The encoder's features describe texture; a large region that is only darker "
+        "or brighter than normal (a dead solar-cell area, a stain) barely moves them. 0: off.",
+    )
     patch_position_normalise: bool = Field(
         False,
         description="patch_knn: standardise each position's distance by the mean and spread that training images "
@@ -261,11 +269,12 @@ class Config(StrictModel):
         scoring = self.scoring
         if scoring.latent == "patch_knn" and scoring.patch_level > self.model.depth:
             raise ValueError(f"scoring.patch_level {scoring.patch_level} exceeds model.depth {self.model.depth}")
-        patch_only = scoring.patch_position_normalise or scoring.patch_standardise or scoring.patch_line_length > 1 or scoring.heatmap == "patch_distance"
+        patch_only = (scoring.patch_position_normalise or scoring.patch_standardise or scoring.patch_line_length > 1
+                      or scoring.patch_intensity_weight > 0 or scoring.heatmap == "patch_distance")
         if scoring.latent != "patch_knn" and patch_only:
             raise ValueError(
-                "scoring.patch_position_normalise, scoring.patch_standardise, scoring.patch_line_length > 1 "
-                "and scoring.heatmap=patch_distance need scoring.latent=patch_knn"
+                "scoring.patch_position_normalise, scoring.patch_standardise, scoring.patch_intensity_weight > 0, "
+                "scoring.patch_line_length > 1 and scoring.heatmap=patch_distance need scoring.latent=patch_knn"
             )
         if scoring.patch_line_length % 2 == 0:
             raise ValueError(f"scoring.patch_line_length must be odd (a run centred on a position), got {scoring.patch_line_length}")

@@ -40,7 +40,8 @@ def test_patch_level_must_be_within_the_encoder():
     assert build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=3"]).scoring.patch_level == 3
     with pytest.raises(AnomalyError, match=r"scoring\.patch_level 4 exceeds model\.depth 3"):
         build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=4"])
-    for option in ("scoring.patch_position_normalise=true", "scoring.heatmap=patch_distance", "scoring.patch_line_length=3"):
+    for option in ("scoring.patch_position_normalise=true", "scoring.heatmap=patch_distance", "scoring.patch_line_length=3",
+                   "scoring.patch_intensity_weight=0.5"):
         with pytest.raises(AnomalyError, match=r"scoring\.heatmap=patch_distance need scoring\.latent=patch_knn"):
             build_config(BASE, [option])
     with pytest.raises(AnomalyError, match=r"scoring\.patch_line_length must be odd \(a run centred on a position\), got 4"):

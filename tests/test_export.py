@@ -82,10 +82,11 @@ def capped_fraction(detector: AnomalyDetector, batch: torch.Tensor) -> float:
 @pytest.mark.parametrize(("architecture", "scoring"), [
     ("ae", {}), ("vae", {"map": "ssim", "latent_vector": "code_and_round_trip"}), ("unet", {"latent": "knn"}),
     # patch level 1: a 16x16 grid of 56 training images gives 14k patch vectors, a 5000-vector bank in 2 chunks
-    # with the folder default's per-image standardisation, per-position normalisation, capped line runs and patch-distance heat map
+    # with the folder default's per-image standardisation, per-position normalisation, capped line runs and patch-distance
+    # heat map, plus the optional mean-intensity channel
     ("ae", {"latent": "patch_knn", "patch_level": 1, "knn_k": 2, "knn_bank_size": 5000, "patch_standardise": True,
             "patch_position_normalise": True, "heatmap": "patch_distance", "patch_line_length": 5,
-            "patch_line_cap": 2.0}),
+            "patch_line_cap": 2.0, "patch_intensity_weight": 0.5}),
 ])
 def test_export_register_and_score_match_pytorch(architecture, scoring, folder, tracking, tmp_path, monkeypatch, capsys):
     evaluation = evaluated(folder, tmp_path, tracking, architecture, **scoring)

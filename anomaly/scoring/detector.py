@@ -82,9 +82,15 @@ class AnomalyDetector(nn.Module):
             latent = torch.cat((latent, latent - self.model.latent(output.reconstruction)), dim=1)
         if self.config.scoring.latent != "patch_knn":
             return output, latent, latent
-        features = standardise_intensity(images) if self.config.scoring.patch_standardise else images
-        for block in self.model.encoder[: self.config.scoring.patch_level]:
+        scoring = self.config.scoring
+        encoder_input = standardise_intensity(images) if scoring.patch_standardise else images
+        features = encoder_input
+        for block in self.model.encoder[: scoring.patch_level]:
             features = block(features)
+        if scoring.patch_intensity_weight > 0:
+            stride = 2**scoring.patch_level
+            intensity = F.avg_pool2d(encoder_input.mean(dim=1, keepdim=True), stride)
+            features = torch.cat((features, intensity), dim=1)
         return output, latent, features
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
