@@ -175,10 +175,11 @@ class ScoringConfig(StrictModel):
     patch_intensity_weight: float = Field(
         0.0,
         ge=0.0,
-        description="patch_knn: append each position's mean input intensity (after patch_standardise, so relative to "
-        "the image) to its patch vector, scaled so that its spread over the training bank is this fraction of the "
-        "feature vectors' total spread. The encoder's features describe texture; a large region that is only darker "
-        "or brighter than normal (a dead solar-cell area, a stain) barely moves them. 0: off.",
+        description="patch_knn with patch_position_normalise: append to each position's patch vector its mean input "
+        "intensity (after patch_standardise, so relative to the image) as a z-score against training images at the "
+        "same position, scaled so that its spread over the training bank is this fraction of the feature vectors' "
+        "total spread. The encoder's features describe texture; a large region that is only darker or brighter than "
+        "normal there (a dead solar-cell area, a stain) barely moves them. 0: off.",
     )
     patch_position_normalise: bool = Field(
         False,
@@ -278,6 +279,11 @@ class Config(StrictModel):
             )
         if scoring.patch_line_length % 2 == 0:
             raise ValueError(f"scoring.patch_line_length must be odd (a run centred on a position), got {scoring.patch_line_length}")
+        if scoring.patch_intensity_weight > 0 and not scoring.patch_position_normalise:
+            raise ValueError(
+                "scoring.patch_intensity_weight needs scoring.patch_position_normalise=true "
+                "(intensity is compared with the same place in training images, so parts must be aligned)"
+            )
         if scoring.patch_line_cap is not None and not (scoring.patch_position_normalise and scoring.patch_line_length > 1):
             raise ValueError(
                 "scoring.patch_line_cap needs scoring.patch_position_normalise=true (the cap is in training spreads) "

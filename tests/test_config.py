@@ -46,6 +46,8 @@ def test_patch_level_must_be_within_the_encoder():
             build_config(BASE, [option])
     with pytest.raises(AnomalyError, match=r"scoring\.patch_line_length must be odd \(a run centred on a position\), got 4"):
         build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_line_length=4"])
+    with pytest.raises(AnomalyError, match=r"scoring\.patch_intensity_weight needs scoring\.patch_position_normalise=true"):
+        build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_intensity_weight=0.5"])
     capped = ["scoring.latent=patch_knn", "scoring.patch_line_length=5", "scoring.patch_line_cap=3.5"]
     assert build_config(BASE, [*capped, "scoring.patch_position_normalise=true"]).scoring.patch_line_cap == 3.5
     for missing in (capped, [*capped[:1], "scoring.patch_position_normalise=true", capped[2]]):

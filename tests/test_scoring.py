@@ -91,26 +91,31 @@ def test_position_normalisation_stops_a_varying_place_from_outranking_a_defect()
     assert roc_auc_score(labels, normalised(features).numpy()) > 0.95
 
 
-def test_intensity_channel_is_scaled_to_its_weight_and_finds_a_region_that_is_only_darker():
-    """Texture channels vary as usual inside a darker region; only the appended mean-intensity channel moves.
-    Unweighted, that channel is tiny next to the texture channels and the region goes unseen."""
+def test_intensity_channel_finds_a_region_darker_than_the_same_place_in_normal_images():
+    """Texture channels vary as usual inside the darker region; only the appended mean-intensity channel moves,
+    to values that are normal further left (intensity falls from left to right), so only a per-position
+    comparison sees them. Unweighted, the channel is tiny next to the texture channels."""
     rng = np.random.default_rng(3)
+    gradient = np.linspace(0.8, 0.2, 8)[None, :]
 
     def normals(count: int) -> np.ndarray:
         texture = rng.normal(0, 1.0, size=(count, 4, 8, 8))
-        intensity = rng.normal(0.5, 0.02, size=(count, 1, 8, 8))
+        intensity = gradient + rng.normal(0, 0.02, size=(count, 1, 8, 8))
         return np.concatenate((texture, intensity), axis=1).astype(np.float32)
 
     training, probes = normals(60), normals(40)
     probes[20:, 4, 2:6, 2:6] -= 0.1  # five training spreads darker, texture unchanged
     labels = np.repeat([0, 1], 20)
-    weighted = PatchNearestNeighbourDistance(5, k=1, bank_size=3000, intensity_weight=0.5).fit(training)
+    weighted = PatchNearestNeighbourDistance(5, k=1, bank_size=3000, grid=(8, 8), intensity_weight=0.5).fit(training)
     spreads = weighted.bank.std(dim=0)
     assert float(spreads[4]) == pytest.approx(0.5 * float(spreads[:4].square().sum().sqrt()), rel=1e-3)
-    plain = PatchNearestNeighbourDistance(5, k=1, bank_size=3000).fit(training)
+    assert torch.allclose(weighted.intensity_mean[0, 0], torch.from_numpy(gradient).float().expand(8, 8), atol=0.01)
+    plain = PatchNearestNeighbourDistance(5, k=1, bank_size=3000, grid=(8, 8)).fit(training)
     features = torch.from_numpy(probes)
     assert roc_auc_score(labels, plain(features).numpy()) < 0.75
     assert roc_auc_score(labels, weighted(features).numpy()) > 0.95
+    with pytest.raises(ValueError, match="needs the grid"):
+        PatchNearestNeighbourDistance(5, k=1, bank_size=10, intensity_weight=0.5)
 
 
 def test_patch_knn_chunks_agree_with_the_full_distance_matrix():

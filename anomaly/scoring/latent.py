@@ -84,8 +84,9 @@ class PatchNearestNeighbourDistance(nn.Module):
     the maximum; on KolektorSDD this lifted the latent signal's AUROC on held-out normals plus
     synthetic anomalies from 0.838 to 0.869 (test: 0.824 to 0.861).
 
-    With `intensity_weight` > 0 the features' last channel is the position's mean input intensity, which the
-    detector appends (scoring.patch_intensity_weight); fitting scales it to that share of the features' spread.
+    With `intensity_weight` > 0 (and a grid) the features' last channel is the position's mean input intensity,
+    which the detector appends (scoring.patch_intensity_weight). It is compared as a z-score against training
+    images at the same position, scaled to that share of the other channels' total spread over the bank.
 
     The bank is compared in chunks, so a batch never holds its full distance matrix (10240
     positions x 30k bank vectors is 1.2 GB per image). A chunk holds at most CHUNK_ELEMENTS
@@ -104,10 +105,14 @@ class PatchNearestNeighbourDistance(nn.Module):
         super().__init__()
         self.k = k
         self.intensity_weight = intensity_weight
-        if intensity_weight > 0:  # only then, so detector files written without the option still load
-            self.register_buffer("channel_scale", torch.ones(channels))
         self.image_distance = LineRunMaximum(line_length, line_cap)
         self.normalise_positions = grid is not None
+        if intensity_weight > 0:  # only then, so detector files written without the option still load
+            if grid is None:
+                raise ValueError("the intensity channel is compared per position: it needs the grid")
+            self.register_buffer("intensity_mean", torch.zeros(1, 1, *grid))
+            self.register_buffer("intensity_spread", torch.ones(1, 1, *grid))
+            self.register_buffer("intensity_scale", torch.ones(()))
         self.register_buffer("bank", torch.zeros(bank_size, channels))
         self.register_buffer("bank_centre", torch.zeros(channels))
         statistics_shape = (1, 1, *grid) if grid is not None else (1, 1, 1, 1)
@@ -116,25 +121,35 @@ class PatchNearestNeighbourDistance(nn.Module):
 
     def fit(self, features: np.ndarray, seed: int = 0) -> PatchNearestNeighbourDistance:
         _, channels, height, width = features.shape
-        vectors = features.transpose(0, 2, 3, 1).reshape(-1, channels)
+        measured = features
+        if self.intensity_weight > 0:
+            measured = self._fit_intensity(torch.from_numpy(features)).numpy()
+        vectors = measured.transpose(0, 2, 3, 1).reshape(-1, channels)
         rows = _seeded_indices(len(vectors), self.bank.shape[0], seed)
         bank = torch.from_numpy(vectors[rows]).double()
         if self.intensity_weight > 0:
-            self._fit_intensity_scale(bank)
-            bank = bank * self.channel_scale.double()  # queries are scaled in distance_map
+            self.intensity_scale = self.intensity_weight * bank[:, :-1].var(dim=0).sum().sqrt().float() / bank[:, -1].std().float()
+            bank[:, -1] *= self.intensity_scale.double()
         self.bank_centre = bank.mean(dim=0).float()
         self.bank = (bank - self.bank_centre.double()).float()
         if self.normalise_positions:
             self._fit_positions(torch.from_numpy(features).float(), rows // (height * width), seed)
         return self
 
-    def _fit_intensity_scale(self, bank: torch.Tensor) -> None:
-        """The last channel (mean intensity) scaled so that its spread over the bank is intensity_weight times the
-        other channels' total spread: the weight then means the same for any encoder width or activation scale."""
-        feature_spread = bank[:, :-1].var(dim=0).sum().sqrt()
-        intensity_spread = bank[:, -1].std().clamp_min(1e-6)
-        self.channel_scale = torch.ones_like(self.channel_scale)
-        self.channel_scale[-1] = float(self.intensity_weight * feature_spread / intensity_spread)
+    def _fit_intensity(self, features: torch.Tensor) -> torch.Tensor:
+        """Mean and spread of the intensity channel per position over the training images (the spread floored at
+        a tenth of its average, as for positions); returns the features with that channel as its per-position
+        z-score. A region darker than the same place in normal images then stands out, even where other places
+        are that dark normally. The scale to intensity_weight times the other channels' total spread is set after."""
+        intensity = features[:, -1:].double()
+        spread = intensity.std(dim=0, keepdim=True)
+        self.intensity_mean = intensity.mean(dim=0, keepdim=True).float()
+        self.intensity_spread = spread.clamp_min(0.1 * float(spread.mean())).float()
+        return self._with_intensity_deviation(features.float(), scale=torch.ones(()))
+
+    def _with_intensity_deviation(self, features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        deviation = (features[:, -1:] - self.intensity_mean) / self.intensity_spread * scale
+        return torch.cat((features[:, :-1], deviation), dim=1)
 
     @torch.no_grad()
     def _fit_positions(self, features: torch.Tensor, bank_owners: np.ndarray, seed: int) -> None:
@@ -152,7 +167,7 @@ class PatchNearestNeighbourDistance(nn.Module):
         ignoring the bank vectors that `excluded` (bool, one per bank vector) marks."""
         batch, channels, height, width = features.shape
         if self.intensity_weight > 0:
-            features = features * self.channel_scale.view(1, -1, 1, 1)
+            features = self._with_intensity_deviation(features, self.intensity_scale)
         queries = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels) - self.bank_centre
         query_norms = (queries * queries).sum(dim=2, keepdim=True)
         k = min(self.k, self.bank.shape[0])
@@ -189,7 +204,7 @@ def build_latent_distance(config: ScoringConfig, code_size: int, encoder_widths:
     """The distance that `config.latent` names, sized for the model's latent vector or patch features."""
     if config.latent == "patch_knn":
         stride = 2**config.patch_level
-        grid = (image_size[0] // stride, image_size[1] // stride) if config.patch_position_normalise else None
+        grid = (image_size[0] // stride, image_size[1] // stride) if config.patch_position_normalise else None  # also the intensity's
         channels = encoder_widths[config.patch_level - 1] + (1 if config.patch_intensity_weight > 0 else 0)
         return PatchNearestNeighbourDistance(channels, config.knn_k, config.knn_bank_size, grid, config.patch_line_length,
                                              config.patch_line_cap, config.patch_intensity_weight)
