@@ -116,6 +116,13 @@ def test_intensity_channel_finds_a_region_darker_than_the_same_place_in_normal_i
     assert roc_auc_score(labels, weighted(features).numpy()) > 0.95
     with pytest.raises(ValueError, match="needs the grid"):
         PatchNearestNeighbourDistance(5, k=1, bank_size=10, intensity_weight=0.5)
+    training[:, 4] = 0.5  # flat intensity everywhere: no spread to divide by, and any change is then anomalous
+    flat = PatchNearestNeighbourDistance(5, k=1, bank_size=3000, grid=(8, 8), intensity_weight=0.5).fit(training)
+    assert bool(torch.isfinite(flat.bank).all())
+    flat_probes = probes.copy()
+    flat_probes[:, 4] = 0.5
+    flat_probes[20:, 4, 2:6, 2:6] -= 0.1
+    assert roc_auc_score(labels, flat(torch.from_numpy(flat_probes)).numpy()) == 1.0
 
 
 def test_patch_knn_chunks_agree_with_the_full_distance_matrix():

@@ -128,7 +128,7 @@ class PatchNearestNeighbourDistance(nn.Module):
         rows = _seeded_indices(len(vectors), self.bank.shape[0], seed)
         bank = torch.from_numpy(vectors[rows]).double()
         if self.intensity_weight > 0:
-            self.intensity_scale = self.intensity_weight * bank[:, :-1].var(dim=0).sum().sqrt().float() / bank[:, -1].std().float()
+            self.intensity_scale = self.intensity_weight * bank[:, :-1].var(dim=0).sum().sqrt().float() / bank[:, -1].std().float().clamp_min(1e-6)
             bank[:, -1] *= self.intensity_scale.double()
         self.bank_centre = bank.mean(dim=0).float()
         self.bank = (bank - self.bank_centre.double()).float()
@@ -144,7 +144,7 @@ class PatchNearestNeighbourDistance(nn.Module):
         intensity = features[:, -1:].double()
         spread = intensity.std(dim=0, keepdim=True)
         self.intensity_mean = intensity.mean(dim=0, keepdim=True).float()
-        self.intensity_spread = spread.clamp_min(0.1 * float(spread.mean())).float()
+        self.intensity_spread = spread.clamp_min(max(0.1 * float(spread.mean()), 1e-6)).float()  # 1e-6: flat images
         return self._with_intensity_deviation(features.float(), scale=torch.ones(()))
 
     def _with_intensity_deviation(self, features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
