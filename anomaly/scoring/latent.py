@@ -22,6 +22,13 @@ def _seeded_rows(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
     return rows[_seeded_indices(len(rows), count, seed)]
 
 
+def _mean_and_floored_spread(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over images (dim 0) per position, the deviation floored at a tenth of its
+    average, so a position where normal images never vary cannot blow up what is divided by it."""
+    spread = maps.std(dim=0, keepdim=True)
+    return maps.mean(dim=0, keepdim=True), spread.clamp_min(0.1 * float(spread.mean()))
+
+
 class MahalanobisDistance(nn.Module):
     """sqrt((z - mean)^T P (z - mean)) with P the inverse of a Ledoit-Wolf shrunk covariance.
 
@@ -121,34 +128,31 @@ class PatchNearestNeighbourDistance(nn.Module):
 
     def fit(self, features: np.ndarray, seed: int = 0) -> PatchNearestNeighbourDistance:
         _, channels, height, width = features.shape
-        measured = features
-        if self.intensity_weight > 0:
-            measured = self._fit_intensity(torch.from_numpy(features)).numpy()
-        vectors = measured.transpose(0, 2, 3, 1).reshape(-1, channels)
+        vectors = features.transpose(0, 2, 3, 1).reshape(-1, channels)
         rows = _seeded_indices(len(vectors), self.bank.shape[0], seed)
         bank = torch.from_numpy(vectors[rows]).double()
         if self.intensity_weight > 0:
-            self.intensity_scale = self.intensity_weight * bank[:, :-1].var(dim=0).sum().sqrt().float() / bank[:, -1].std().float().clamp_min(1e-6)
-            bank[:, -1] *= self.intensity_scale.double()
+            self._fit_intensity(bank, torch.from_numpy(features[:, -1:]), torch.from_numpy(rows % (height * width)))
         self.bank_centre = bank.mean(dim=0).float()
         self.bank = (bank - self.bank_centre.double()).float()
         if self.normalise_positions:
             self._fit_positions(torch.from_numpy(features).float(), rows // (height * width), seed)
         return self
 
-    def _fit_intensity(self, features: torch.Tensor) -> torch.Tensor:
-        """Mean and spread of the intensity channel per position over the training images (the spread floored at
-        a tenth of its average, as for positions); returns the features with that channel as its per-position
-        z-score. A region darker than the same place in normal images then stands out, even where other places
-        are that dark normally. The scale to intensity_weight times the other channels' total spread is set after."""
-        intensity = features[:, -1:].double()
-        spread = intensity.std(dim=0, keepdim=True)
-        self.intensity_mean = intensity.mean(dim=0, keepdim=True).float()
-        self.intensity_spread = spread.clamp_min(max(0.1 * float(spread.mean()), 1e-6)).float()  # 1e-6: flat images
-        return self._with_intensity_deviation(features.float(), scale=torch.ones(()))
+    def _fit_intensity(self, bank: torch.Tensor, intensity: torch.Tensor, bank_positions: torch.Tensor) -> None:
+        """Mean and floored spread of the training images' intensity (N, 1, h, w) per position; the bank's last
+        column (its rows at `bank_positions` of the flattened grid) becomes that per-position z-score, in place,
+        scaled to intensity_weight times the other columns' total spread. A region darker than the same place in
+        normal images then stands out, even where other places are that dark normally."""
+        mean, spread = _mean_and_floored_spread(intensity.double())
+        self.intensity_mean, self.intensity_spread = mean.float(), spread.clamp_min(1e-6).float()  # 1e-6: flat images
+        bank[:, -1] = (bank[:, -1] - self.intensity_mean.flatten()[bank_positions]) / self.intensity_spread.flatten()[bank_positions]
+        self.intensity_scale = self.intensity_weight * bank[:, :-1].var(dim=0).sum().sqrt().float() / bank[:, -1].std().float().clamp_min(1e-6)
+        bank[:, -1] *= self.intensity_scale.double()
 
-    def _with_intensity_deviation(self, features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        deviation = (features[:, -1:] - self.intensity_mean) / self.intensity_spread * scale
+    def _with_intensity_deviation(self, features: torch.Tensor) -> torch.Tensor:
+        """The queries' counterpart of _fit_intensity: the last channel as its scaled per-position z-score."""
+        deviation = (features[:, -1:] - self.intensity_mean) / self.intensity_spread * self.intensity_scale
         return torch.cat((features[:, :-1], deviation), dim=1)
 
     @torch.no_grad()
@@ -158,16 +162,14 @@ class PatchNearestNeighbourDistance(nn.Module):
         of its average, so a position where normal images never vary cannot blow up."""
         images = _seeded_indices(len(features), self.POSITION_IMAGES, seed)
         maps = torch.cat([self.smoothed_map(features[i : i + 1], torch.from_numpy(bank_owners == i)) for i in images])
-        spread = maps.std(dim=0, keepdim=True)
-        self.position_mean = maps.mean(dim=0, keepdim=True)
-        self.position_scale = spread.clamp_min(0.1 * float(spread.mean()))
+        self.position_mean, self.position_scale = _mean_and_floored_spread(maps)
 
     def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, h, w) -> (B, 1, h, w): mean distance of each position to its k nearest bank vectors,
         ignoring the bank vectors that `excluded` (bool, one per bank vector) marks."""
         batch, channels, height, width = features.shape
         if self.intensity_weight > 0:
-            features = self._with_intensity_deviation(features, self.intensity_scale)
+            features = self._with_intensity_deviation(features)
         queries = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels) - self.bank_centre
         query_norms = (queries * queries).sum(dim=2, keepdim=True)
         k = min(self.k, self.bank.shape[0])
