@@ -41,6 +41,7 @@ def assert_run_recorded(tracking_uri: str, run_id: str, epochs: int) -> None:
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["model.depth"] == "3" and "data.image_size" in params and "loss.terms.mse" in params
+    assert run.data.tags["torch.version"] == torch.__version__ and int(run.data.tags["torch.threads"]) >= 1
     for metric in ("train_loss", "val_loss"):
         assert len(client.get_metric_history(run_id, metric)) == epochs
     artifacts = {item.path for item in client.list_artifacts(run_id)}
@@ -130,7 +131,10 @@ def test_seeded_runs_are_reproducible(texture_folder, tracking_uri, tmp_path, mo
     for _ in range(2):
         code, out, err = run_cli(monkeypatch, capsys, "train", "-c", str(config), "--set", f"tracking.uri={tracking_uri}")
         assert code == 0, err
-        losses.append(parse_output(out)["best val loss"])
+        printed = parse_output(out)
+        losses.append(printed["best val loss"])
+        threads = mlflow.MlflowClient(tracking_uri).get_run(printed["mlflow run id"]).data.tags["torch.threads"]
+        assert threads == str(torch.get_num_threads())  # what a rerun must match, besides the seed
     assert losses[0] == losses[1]
 
 

@@ -55,13 +55,20 @@ class ResumableMLFlowLogger(MLFlowLogger):
             super().log_metrics(new, step)
 
 
+def reproducibility_tags() -> dict[str, str]:
+    """What besides the seed fixes the trained weights: on CPU the same seed gives bit-identical weights only with
+    the same torch and the same intra-op thread count (a KolektorSDD run at 1 thread and at 2 differed by a median
+    5% per weight tensor after 2 epochs), so a run records both. Tags, not params: a resume may run on other threads."""
+    return {"torch.version": torch.__version__, "torch.threads": str(torch.get_num_threads())}
+
+
 def create_logger(config: Config, run_id: str | None = None) -> MLFlowLogger:
     """A new MLflow run, or the existing `run_id` (its params must match: MLflow never overwrites them)."""
     logger = ResumableMLFlowLogger(
         experiment_name=config.tracking.experiment,
         run_name=config.tracking.run_name,
         tracking_uri=resolve_tracking_uri(config),
-        tags={"architecture": config.model.architecture, "data.kind": config.data.kind},
+        tags={"architecture": config.model.architecture, "data.kind": config.data.kind, **reproducibility_tags()},
         run_id=run_id,
     )
     logger.log_hyperparams(flatten(config))
