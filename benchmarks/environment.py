@@ -7,6 +7,8 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import torch
+
 
 def cpu_model() -> str:
     try:
@@ -19,6 +21,7 @@ def cpu_model() -> str:
 
 
 def environment() -> dict[str, Any]:
+    """torch_threads too: on CPU a seeded training run reproduces its weights only at the same thread count."""
     packages = {}
     for name in ("torch", "onnxruntime", "numpy", "lightning", "bentoml"):
         try:
@@ -28,6 +31,7 @@ def environment() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "packages": packages,
     }
