@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
+import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -69,6 +70,8 @@ def test_pipeline_on_a_folder_writes_metrics_and_a_model_that_serves(folder, tmp
     for step in pipeline.STEPS:
         (child,) = runs[step]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED", step
+    train_tags = runs["train"][0].data.tags  # set although training logs into the step's existing run
+    assert train_tags["architecture"] == "ae" and train_tags["torch.version"] == torch.__version__ and int(train_tags["torch.threads"]) >= 1
 
     port = free_port()  # served from the registry: the champion alias, resolved at start
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}

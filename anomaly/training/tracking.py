@@ -58,8 +58,17 @@ class ResumableMLFlowLogger(MLFlowLogger):
 def reproducibility_tags() -> dict[str, str]:
     """What besides the seed fixes the trained weights: on CPU the same seed gives bit-identical weights only with
     the same torch and the same intra-op thread count (a KolektorSDD run at 1 thread and at 2 differed by a median
-    5% per weight tensor after 2 epochs), so a run records both. Tags, not params: a resume may run on other threads."""
+    5% per weight tensor after 2 epochs), so a run records both. Tags, not params: a resume may run on other threads,
+    and its tags then say what the last attempt ran on."""
     return {"torch.version": torch.__version__, "torch.threads": str(torch.get_num_threads())}
+
+
+@rank_zero_only
+def tag_run(logger: MLFlowLogger, tags: Mapping[str, str]) -> None:
+    """Set tags on the logger's run. Lightning applies its `tags` argument only to a run it creates, never to an
+    existing `run_id` (a pipeline's train step, a resume), so both paths set them here."""
+    for key, value in tags.items():
+        logger.experiment.set_tag(logger.run_id, key, value)
 
 
 def create_logger(config: Config, run_id: str | None = None) -> MLFlowLogger:
@@ -68,9 +77,9 @@ def create_logger(config: Config, run_id: str | None = None) -> MLFlowLogger:
         experiment_name=config.tracking.experiment,
         run_name=config.tracking.run_name,
         tracking_uri=resolve_tracking_uri(config),
-        tags={"architecture": config.model.architecture, "data.kind": config.data.kind, **reproducibility_tags()},
         run_id=run_id,
     )
+    tag_run(logger, {"architecture": config.model.architecture, "data.kind": config.data.kind, **reproducibility_tags()})
     logger.log_hyperparams(flatten(config))
     return logger
 
