@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from anomaly.runtime.cpus import available_cpus
+
 
 def cpu_model() -> str:
     try:
@@ -21,7 +23,9 @@ def cpu_model() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """torch_threads too: on CPU a seeded training run reproduces its weights only at the same thread count."""
+    """cpus_usable is what the product itself plans threads by: the affinity set capped by a cgroup CPU quota, so a
+    container limited to 2 CPUs on a 64-core host records 2 (the affinity alone, kept as cpus_affinity, says 64).
+    torch_threads too: on CPU a seeded training run reproduces its weights only at the same thread count."""
     packages = {}
     for name in ("torch", "onnxruntime", "numpy", "lightning", "bentoml"):
         try:
@@ -30,7 +34,8 @@ def environment() -> dict[str, Any]:
             packages[name] = None
     return {
         "cpu": cpu_model(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_usable": available_cpus(),
+        "cpus_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "packages": packages,

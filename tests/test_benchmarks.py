@@ -4,7 +4,9 @@ import re
 
 import numpy as np
 
+from anomaly.runtime import cpus
 from benchmarks.baselines import baseline_aurocs
+from benchmarks.environment import environment
 from tests.conftest import PROJECT_ROOT, stripes
 
 
@@ -27,3 +29,12 @@ def test_readme_quotes_only_numbers_from_benchmarks_md():
     quoted = re.findall(r"\d+\.\d+x?", headline + pipelines) + re.findall(r"\d+ minutes", headline)
     assert len(quoted) >= 15
     assert [number for number in quoted if number not in benchmarks] == []
+
+
+def test_environment_records_the_cpus_a_cgroup_quota_leaves(tmp_path, monkeypatch):
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("100000 100000\n")  # one CPU, whatever the affinity set holds
+    monkeypatch.setattr(cpus, "CGROUP_V2_MAX", cpu_max)
+    recorded = environment()
+    assert recorded["cpus_usable"] == 1
+    assert recorded["cpus_affinity"] == len(cpus.os.sched_getaffinity(0))
