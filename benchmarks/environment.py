@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
 
-from anomaly.runtime.cpus import available_cpus
+from anomaly.runtime.cpus import affinity_cpus, available_cpus
 
 
 def cpu_model() -> str:
@@ -35,7 +34,7 @@ def environment() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cpus_usable": available_cpus(),
-        "cpus_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_affinity": affinity_cpus(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "packages": packages,

@@ -21,7 +21,6 @@ from PIL import Image
 
 from anomaly.imageio import is_image_file
 from anomaly.runtime.bundle import OnnxDetector
-from anomaly.runtime.cpus import available_cpus
 from benchmarks.environment import environment
 from benchmarks.http_load import run_load
 from serving.process import free_port, running_server, serve_command
@@ -77,7 +76,6 @@ def main() -> None:
     detector = OnnxDetector(args.model)
     results = {
         "environment": environment(),
-        "cpus_available": available_cpus(),
         "model": {"input": [detector.channels, *detector.image_size], "directory": str(args.model)},
         "command": f"python -m benchmarks.serving_throughput --model {args.model} --clients {args.clients} --seconds {args.seconds}",
         **comparison,

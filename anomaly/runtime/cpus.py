@@ -29,9 +29,14 @@ def cgroup_cpu_limit() -> float | None:
     return None
 
 
+def affinity_cpus() -> int:
+    """CPUs in this process's affinity set (the host's count where the OS has no affinity call), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def available_cpus() -> int:
     """CPUs in this process's affinity set, capped by the cgroup quota (rounded up), at least 1."""
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    affinity = affinity_cpus()
     quota = cgroup_cpu_limit()
     return max(1, min(affinity, math.ceil(quota)) if quota is not None else affinity)
 
