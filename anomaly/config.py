@@ -187,6 +187,18 @@ class ScoringConfig(StrictModel):
         "(their own patches left out of the bank) get there, so places where normal images vary, such as glare "
         "along an edge, do not decide the image's distance. Needs aligned parts (the same place in every image).",
     )
+    patch_bank: Literal["random", "position"] = Field(
+        "random",
+        description="patch_knn: what each position is compared with. random: a seeded sample of knn_bank_size training "
+        "positions from anywhere in the image. position (needs patch_position_normalise): the training features within "
+        "patch_bank_radius positions of the same place (patch_bank_per_position of them kept per place), so a "
+        "place is judged by what normal images show there; needs aligned parts.",
+    )
+    patch_bank_radius: int = Field(
+        2, ge=0, description="patch_bank=position: how many positions (of stride 2**patch_level) a part may shift.")
+    patch_bank_per_position: int = Field(
+        128, ge=1, description="patch_bank=position: training features kept per position, a greedy k-centre coreset "
+        "of all training images' features there (all of them with fewer training images).")
     patch_line_length: int = Field(
         1,
         ge=1,
@@ -271,11 +283,23 @@ class Config(StrictModel):
         if scoring.latent == "patch_knn" and scoring.patch_level > self.model.depth:
             raise ValueError(f"scoring.patch_level {scoring.patch_level} exceeds model.depth {self.model.depth}")
         patch_only = (scoring.patch_position_normalise or scoring.patch_standardise or scoring.patch_line_length > 1
-                      or scoring.patch_intensity_weight > 0 or scoring.heatmap == "patch_distance")
+                      or scoring.patch_intensity_weight > 0 or scoring.heatmap == "patch_distance"
+                      or scoring.patch_bank == "position")
         if scoring.latent != "patch_knn" and patch_only:
             raise ValueError(
                 "scoring.patch_position_normalise, scoring.patch_standardise, scoring.patch_intensity_weight > 0, "
-                "scoring.patch_line_length > 1 and scoring.heatmap=patch_distance need scoring.latent=patch_knn"
+                "scoring.patch_line_length > 1, scoring.patch_bank=position and scoring.heatmap=patch_distance "
+                "need scoring.latent=patch_knn"
+            )
+        if scoring.patch_bank == "position" and not scoring.patch_position_normalise:
+            raise ValueError(
+                "scoring.patch_bank=position needs scoring.patch_position_normalise=true "
+                "(both compare each place with the same place in training images, so parts must be aligned)"
+            )
+        if scoring.patch_bank == "position" and scoring.patch_intensity_weight > 0:
+            raise ValueError(
+                "scoring.patch_intensity_weight > 0 needs scoring.patch_bank=random (the position bank has no "
+                "intensity channel; it already compares each place with the same place in training images)"
             )
         if scoring.patch_line_length % 2 == 0:
             raise ValueError(f"scoring.patch_line_length must be odd (a run centred on a position), got {scoring.patch_line_length}")

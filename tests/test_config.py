@@ -41,13 +41,20 @@ def test_patch_level_must_be_within_the_encoder():
     with pytest.raises(AnomalyError, match=r"scoring\.patch_level 4 exceeds model\.depth 3"):
         build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=4"])
     for option in ("scoring.patch_position_normalise=true", "scoring.heatmap=patch_distance", "scoring.patch_line_length=3",
-                   "scoring.patch_intensity_weight=0.5"):
+                   "scoring.patch_intensity_weight=0.5", "scoring.patch_bank=position"):
         with pytest.raises(AnomalyError, match=r"scoring\.heatmap=patch_distance need scoring\.latent=patch_knn"):
             build_config(BASE, [option])
     with pytest.raises(AnomalyError, match=r"scoring\.patch_line_length must be odd \(a run centred on a position\), got 4"):
         build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_line_length=4"])
     with pytest.raises(AnomalyError, match=r"scoring\.patch_intensity_weight needs scoring\.patch_position_normalise=true"):
         build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_intensity_weight=0.5"])
+    position_bank = ["scoring.latent=patch_knn", "scoring.patch_bank=position"]
+    with pytest.raises(AnomalyError, match=r"scoring\.patch_bank=position needs scoring\.patch_position_normalise=true"):
+        build_config(BASE, position_bank)
+    position_bank.append("scoring.patch_position_normalise=true")
+    assert build_config(BASE, position_bank).scoring.patch_bank_radius == 2
+    with pytest.raises(AnomalyError, match=r"scoring\.patch_intensity_weight > 0 needs scoring\.patch_bank=random"):
+        build_config(BASE, [*position_bank, "scoring.patch_intensity_weight=0.5"])
     capped = ["scoring.latent=patch_knn", "scoring.patch_line_length=5", "scoring.patch_line_cap=3.5"]
     assert build_config(BASE, [*capped, "scoring.patch_position_normalise=true"]).scoring.patch_line_cap == 3.5
     for missing in (capped, [*capped[:1], "scoring.patch_position_normalise=true", capped[2]]):

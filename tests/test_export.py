@@ -87,6 +87,9 @@ def capped_fraction(detector: AnomalyDetector, batch: torch.Tensor) -> float:
     ("ae", {"latent": "patch_knn", "patch_level": 1, "knn_k": 2, "knn_bank_size": 5000, "patch_standardise": True,
             "patch_position_normalise": True, "heatmap": "patch_distance", "patch_line_length": 5,
             "patch_line_cap": 2.0, "patch_intensity_weight": 0.5}),
+    # the position bank: 16 training features per place (a coreset of 56 images), searched within 2 positions
+    ("ae", {"latent": "patch_knn", "patch_level": 1, "knn_k": 2, "patch_standardise": True, "patch_position_normalise": True,
+            "patch_bank": "position", "patch_bank_per_position": 16, "heatmap": "patch_distance", "patch_line_length": 5}),
 ])
 def test_export_register_and_score_match_pytorch(architecture, scoring, folder, tracking, tmp_path, monkeypatch, capsys):
     evaluation = evaluated(folder, tmp_path, tracking, architecture, **scoring)
@@ -95,7 +98,7 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
     assert {path.name for path in exported.directory.iterdir()} == {"model.onnx", "calibration.json", "model_card.md"}
     assert exported.parity["reconstruction_score_max_rel_diff"] <= 1e-4
     assert "image_auroc" in (exported.directory / "model_card.md").read_text()
-    name = f"textures-{architecture}-{scoring.get('latent', 'mahalanobis')}"
+    name = f"textures-{architecture}-{scoring.get('latent', 'mahalanobis')}-{scoring.get('patch_bank', 'random')}"
     registration = register(exported.directory, name, run_id, exported.datamodule.test_set)
     assert registration.promoted and registration.champion_auroc is None
     images = sorted((folder / "test" / "scratch").glob("*.png"))[:3] + sorted((folder / "test" / "good").glob("*.png"))[:2]

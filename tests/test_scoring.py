@@ -11,7 +11,13 @@ from sklearn.metrics import roc_auc_score
 from anomaly.config import ScoringConfig, build_config
 from anomaly.errors import AnomalyError
 from anomaly.scoring.detector import AnomalyDetector, load_detector, save_detector, weights_checksum
-from anomaly.scoring.latent import MahalanobisDistance, NearestNeighbourDistance, PatchNearestNeighbourDistance
+from anomaly.scoring.latent import (
+    MahalanobisDistance,
+    NearestNeighbourDistance,
+    PatchNearestNeighbourDistance,
+    PositionBankDistance,
+    greedy_k_centres,
+)
 from anomaly.scoring.line_runs import LineRunMaximum, line_kernels
 from anomaly.scoring.maps import AnomalyMap, GaussianBlur, MapReduction
 
@@ -174,6 +180,54 @@ def test_a_capped_run_needs_a_raised_line_not_one_bright_spot():
         LineRunMaximum(1, cap=3.0)
 
 
+def test_position_bank_is_the_k_nearest_within_the_radius():
+    rng = np.random.default_rng(5)
+    training = rng.normal(size=(6, 3, 5, 7)).astype(np.float32)
+    distance = PositionBankDistance(3, k=3, per_position=10, grid=(5, 7), radius=1).fit(training)
+    assert distance.bank.shape == (35, 3, 6)  # every training image's feature at each of the 35 positions
+    probe = rng.normal(size=(2, 3, 5, 7)).astype(np.float32)
+    expected = np.zeros((2, 5, 7))
+    for i in range(5):
+        for j in range(7):
+            candidates = training[:, :, max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2].transpose(0, 2, 3, 1).reshape(-1, 3)
+            gaps = np.linalg.norm(probe[:, None, :, i, j] - candidates[None], axis=2)
+            expected[:, i, j] = np.sort(gaps, axis=1)[:, :3].mean(axis=1)
+    assert np.allclose(distance.distance_map(torch.from_numpy(probe))[:, 0].numpy(), expected, atol=1e-4)
+    # a training image finds itself at distance 0, so its own features are left out of its position statistics
+    alone = PositionBankDistance(3, k=1, per_position=6, grid=(5, 7), radius=0).fit(training)
+    assert float(alone.distance_map(torch.from_numpy(training[:1])).max()) < 1e-3
+    assert float(alone.position_mean.min()) > 0.1
+
+
+def test_greedy_k_centres_cover_the_spread_not_the_crowd():
+    points = torch.tensor([0.0, 0.1, 0.2, 0.3, 5.0, 10.0]).reshape(1, 6, 1)  # a crowd near 0, two rare values
+    assert greedy_k_centres(points, 3, first=0).tolist() == [[0, 5, 4]]
+    assert greedy_k_centres(points.expand(2, 6, 1).contiguous(), 2, first=5).tolist() == [[5, 0], [5, 0]]
+
+
+def test_position_bank_finds_a_normal_pattern_in_the_wrong_place():
+    """Normal parts show texture A on their left half and texture B on their right; an anomaly shows A on the
+    right. Every patch of it exists somewhere in normal images, so a bank sampled from anywhere calls it normal;
+    a bank that compares each place with the same place does not."""
+    rng = np.random.default_rng(7)
+    texture_a, texture_b = np.array([1.0, 0.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0, 0.0])
+
+    def parts(count: int) -> np.ndarray:
+        features = rng.normal(0, 0.1, size=(count, 4, 8, 8))
+        features[:, :, :, :4] += texture_a[None, :, None, None]
+        features[:, :, :, 4:] += texture_b[None, :, None, None]
+        return features.astype(np.float32)
+
+    training, probes = parts(60), parts(40)
+    probes[20:, :, 2:5, 5:8] += (texture_a - texture_b)[None, :, None, None]
+    labels = np.repeat([0, 1], 20)
+    anywhere = PatchNearestNeighbourDistance(4, k=1, bank_size=3000, grid=(8, 8)).fit(training)
+    same_place = PositionBankDistance(4, k=1, per_position=30, grid=(8, 8), radius=1).fit(training)
+    features = torch.from_numpy(probes)
+    assert roc_auc_score(labels, anywhere(features).numpy()) < 0.75
+    assert roc_auc_score(labels, same_place(features).numpy()) > 0.95
+
+
 @pytest.mark.parametrize("line_length", [1, 3])
 def test_patch_distance_heat_map_finds_the_defect_and_leaves_the_image_scores_alone(line_length):
     def detector(heatmap: str) -> AnomalyDetector:
@@ -236,12 +290,16 @@ def test_anomaly_map_is_zero_for_perfect_reconstruction_and_marks_differences(ki
     assert result[:, :, 8:16, 8:16].mean() > 10 * result[:, :, 24:, 24:].mean()
 
 
-@pytest.mark.parametrize(("latent", "fitted_shape"), [("knn", (30, 6)), ("patch_knn", (3, 8, 4, 4))])
-def test_detector_file_round_trip_and_checksum(latent, fitted_shape, tmp_path: Path):
+@pytest.mark.parametrize(("scoring", "fitted_shape"), [
+    ({"latent": "knn"}, (30, 6)),
+    ({"latent": "patch_knn"}, (3, 8, 4, 4)),
+    ({"latent": "patch_knn", "patch_position_normalise": True, "patch_bank": "position"}, (3, 8, 4, 4)),  # 3 of 128 bank images
+])
+def test_detector_file_round_trip_and_checksum(scoring, fitted_shape, tmp_path: Path):
     config = build_config({
         "data": {"kind": "folder", "root": "x", "image_size": 16},
         "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
-        "scoring": {"latent": latent, "knn_bank_size": 50},
+        "scoring": {**scoring, "knn_bank_size": 50},
     })
     detector = AnomalyDetector(config).eval()
     detector.latent_distance.fit(np.random.default_rng(0).normal(size=fitted_shape))

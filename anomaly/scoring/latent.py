@@ -157,7 +157,8 @@ class PatchNearestNeighbourDistance(nn.Module):
 
     @torch.no_grad()
     def _fit_positions(self, features: torch.Tensor, bank_owners: np.ndarray, seed: int) -> None:
-        """Mean and spread per position of training images' maps, each image's own bank vectors left out
+        """Mean and spread per position of training images' maps, each image's own bank vectors (those whose
+        `bank_owners` entry, shaped as distance_map's `excluded`, is the image's index) left out
         (otherwise every training patch finds itself at distance 0). The spread is floored at a tenth
         of its average, so a position where normal images never vary cannot blow up."""
         images = _seeded_indices(len(features), self.POSITION_IMAGES, seed)
@@ -202,12 +203,99 @@ class PatchNearestNeighbourDistance(nn.Module):
         return self.image_distance(self.score_map(features))
 
 
+def greedy_k_centres(vectors: torch.Tensor, count: int, first: int) -> torch.Tensor:
+    """Per group, greedy k-centre selection: vectors (G, n, C) -> (G, count) indices into n, starting at `first`
+    and then always taking the vector farthest from those already taken, so the chosen ones cover the
+    group's whole spread, rare normal variants included, rather than its densest part."""
+    groups = torch.arange(len(vectors))
+    norms = (vectors * vectors).sum(dim=2)
+
+    def squared_gaps(centres: torch.Tensor) -> torch.Tensor:  # (G, C) -> (G, n)
+        return norms - 2 * torch.bmm(vectors, centres.unsqueeze(2)).squeeze(2) + (centres * centres).sum(dim=1, keepdim=True)
+
+    chosen = torch.full((len(vectors), count), first, dtype=torch.long)
+    nearest = squared_gaps(vectors[:, first])
+    for slot in range(1, count):
+        chosen[:, slot] = nearest.argmax(dim=1)
+        nearest = torch.minimum(nearest, squared_gaps(vectors[groups, chosen[:, slot]]))
+    return chosen
+
+
+class PositionBankDistance(PatchNearestNeighbourDistance):
+    """Patch kNN against a bank kept per position (scoring.patch_bank=position): each position of a query is
+    compared only with training features within `radius` positions of the same place. Each place keeps
+    `per_position` of the training images' features there, a greedy k-centre coreset of all of them.
+
+    Parts sit in the same place in every image (which position normalisation already assumes), so the
+    training images' features at that place describe normal there better than a 1% sample of all places.
+    On ELPV validation (normals plus synthetic blobs, lines and shades) the latent signal's AUROC rose from
+    0.851 to 0.905 with 128 per position, every kind up; a random subset of 128 whole images instead reached
+    only 0.871 (thin lines 0.919, below the random bank's 0.954): it misses the rarer normal looks of each place.
+
+    The bank is stored as (h * w, C, per_position), centred, so each position's candidates are one batched
+    matrix product; the queries are shifted over the (2 * radius + 1)^2 offsets, not the much larger bank.
+    Position statistics, smoothing and the image's distance are the parent's.
+    """
+
+    FAR = 1e30  # squared distance given to candidates outside the grid or left out: never among the nearest
+    FIT_POSITIONS = 1024  # positions whose coresets are chosen at once, bounding the fit's memory
+
+    def __init__(self, channels: int, k: int, per_position: int, grid: tuple[int, int], radius: int, line_length: int = 1,
+                 line_cap: float | None = None) -> None:
+        super().__init__(channels, k, bank_size=0, grid=grid, line_length=line_length, line_cap=line_cap)
+        self.radius = radius
+        self.register_buffer("bank", torch.zeros(grid[0] * grid[1], channels, per_position))
+
+    def fit(self, features: np.ndarray, seed: int = 0) -> PositionBankDistance:
+        images, channels = features.shape[:2]
+        self.bank_centre = torch.from_numpy(features).double().mean(dim=(0, 2, 3)).float()
+        flat = torch.from_numpy(features).flatten(2)  # (images, C, h * w)
+        count = min(self.bank.shape[2], images)
+        first = int(np.random.default_rng(seed).integers(images))
+        banks, owners = [], []
+        for start in range(0, flat.shape[2], self.FIT_POSITIONS):
+            vectors = (flat[:, :, start : start + self.FIT_POSITIONS].permute(2, 0, 1).float() - self.bank_centre).contiguous()
+            chosen = greedy_k_centres(vectors, count, first)  # (positions, count): the image behind each bank vector
+            banks.append(torch.gather(vectors, 1, chosen.unsqueeze(2).expand(-1, -1, channels)).transpose(1, 2))
+            owners.append(chosen)
+        self.bank = torch.cat(banks).contiguous()
+        self._fit_positions(torch.from_numpy(features).float(), torch.cat(owners).unsqueeze(1).numpy(), seed)
+        return self
+
+    def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, h, w) -> (B, 1, h, w): mean distance of each position to its k nearest bank features within
+        `radius` positions, ignoring the bank vectors that `excluded` (bool, (h * w, 1, per_position)) marks."""
+        batch, channels, height, width = features.shape
+        r = self.radius
+        k = min(self.k, self.bank.shape[2])
+        padded = F.pad(features - self.bank_centre[:, None, None], (r, r, r, r))
+        bank_norms = (self.bank * self.bank).sum(dim=1, keepdim=True)  # (h * w, 1, per_position)
+        nearest = []
+        for row in range(2 * r + 1):
+            for column in range(2 * r + 1):
+                # bank position p meets the query at p - offset, offset = (row - r, column - r)
+                queries = padded[:, :, 2 * r - row : 2 * r - row + height, 2 * r - column : 2 * r - column + width]
+                queries = queries.permute(2, 3, 0, 1).reshape(height * width, batch, channels)
+                squared = (queries * queries).sum(dim=2, keepdim=True) + bank_norms - 2 * torch.bmm(queries, self.bank)
+                if excluded is not None:
+                    squared = squared.masked_fill(excluded, self.FAR)
+                best = squared.topk(k, dim=2, largest=False).values.reshape(height, width, batch, k).permute(2, 3, 0, 1)
+                # back to the query's position: query p met bank p + offset, which may lie outside the grid
+                best = F.pad(best, (r, r, r, r), value=self.FAR)
+                nearest.append(best[:, :, row : row + height, column : column + width])
+        squared = torch.cat(nearest, dim=1).topk(k, dim=1, largest=False).values
+        return squared.clamp_min(0).sqrt().mean(dim=1, keepdim=True)
+
+
 def build_latent_distance(config: ScoringConfig, code_size: int, encoder_widths: list[int], image_size: tuple[int, int]) -> nn.Module:
     """The distance that `config.latent` names, sized for the model's latent vector or patch features."""
     if config.latent == "patch_knn":
         stride = 2**config.patch_level
         grid = (image_size[0] // stride, image_size[1] // stride) if config.patch_position_normalise else None  # also the intensity's
         channels = encoder_widths[config.patch_level - 1] + (1 if config.patch_intensity_weight > 0 else 0)
+        if config.patch_bank == "position":
+            return PositionBankDistance(channels, config.knn_k, config.patch_bank_per_position, grid, config.patch_bank_radius,
+                                        config.patch_line_length, config.patch_line_cap)
         return PatchNearestNeighbourDistance(channels, config.knn_k, config.knn_bank_size, grid, config.patch_line_length,
                                              config.patch_line_cap, config.patch_intensity_weight)
     blocks = 1 if config.latent_vector == "code" else 2
