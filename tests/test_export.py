@@ -13,7 +13,8 @@ import torch
 from anomaly.config import build_config
 from anomaly.errors import AnomalyError
 from anomaly.evaluation.run import evaluate_checkpoint
-from anomaly.export.onnx_export import OPSET
+from anomaly.export import onnx_export
+from anomaly.export.onnx_export import OPSET, export_onnx
 from anomaly.export.parity import check_parity, parity_report
 from anomaly.export.publish import publish
 from anomaly.export.quantize import MAX_AUROC_DROP, quantise_bundle
@@ -222,3 +223,16 @@ def test_exported_intensity_standardisation_matches_pytorch_on_large_images(tmp_
     with torch.no_grad():
         expected = standardise_intensity(torch.from_numpy(images)).numpy()
     assert np.abs(exported - expected).max() < 1e-5
+
+
+def test_export_refuses_a_detector_too_large_for_one_onnx_file(tmp_path, monkeypatch):
+    config = build_config({"data": {"kind": "folder", "root": "x", "image_size": 16}, "model": {"depth": 2, "base_channels": 4, "latent_dim": 6}})
+    detector = AnomalyDetector(config).eval()
+    size = sum(tensor.numel() * tensor.element_size() for tensor in detector.state_dict().values())
+    monkeypatch.setattr(onnx_export, "ONE_FILE_LIMIT_BYTES", size)  # a detector exactly at the limit, as a 2 GiB bank would be
+    with pytest.raises(AnomalyError, match=r"over the 2 GiB that one ONNX file holds: lower scoring\.patch_bank_per_position"):
+        export_onnx(detector, tmp_path / "model.onnx", "sha", torch.rand(2, 1, 16, 16))
+    assert not (tmp_path / "model.onnx").exists()
+    monkeypatch.setattr(onnx_export, "ONE_FILE_LIMIT_BYTES", size + 1)
+    export_onnx(detector, tmp_path / "model.onnx", "sha", torch.rand(2, 1, 16, 16))
+    assert (tmp_path / "model.onnx").is_file()

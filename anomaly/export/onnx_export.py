@@ -14,6 +14,7 @@ import onnx
 import torch
 from torch import nn
 
+from anomaly.errors import AnomalyError
 from anomaly.export.card import data_source
 from anomaly.runtime.bundle import (
     INPUT_NAME,
@@ -28,6 +29,7 @@ from anomaly.runtime.bundle import (
 from anomaly.scoring.detector import AnomalyDetector, weights_checksum
 
 OPSET = 18
+ONE_FILE_LIMIT_BYTES = 2**31  # protobuf's limit on one message: model.onnx holds every weight and bank inline
 
 
 class ExportWrapper(nn.Module):
@@ -48,6 +50,12 @@ def export_onnx(
     """Export with a dynamic batch axis; record which calibration, weights, run and data belong to it."""
     if sample.shape[0] < 2:
         raise ValueError("export needs a sample batch of at least 2 images to keep the batch axis dynamic")
+    tensor_bytes = sum(tensor.numel() * tensor.element_size() for tensor in detector.state_dict().values())
+    if tensor_bytes >= ONE_FILE_LIMIT_BYTES:
+        raise AnomalyError(
+            f"the detector's weights and banks take {tensor_bytes / 2**30:.1f} GiB, over the 2 GiB that one ONNX file "
+            "holds: lower scoring.patch_bank_per_position or scoring.knn_bank_size, or data.image_size"
+        )
     wrapper = ExportWrapper(detector.eval()).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
