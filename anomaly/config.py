@@ -224,7 +224,12 @@ class ScoringConfig(StrictModel):
         "position-normalised when patch_position_normalise is on, upsampled bilinearly to the input size. The image's "
         "reconstruction score is the reconstruction error map's either way.",
     )
-    combine: Literal["fisher", "min_p"] = "fisher"
+    combine: Literal["fisher", "min_p", "latent"] = Field(
+        "fisher",
+        description="How the image's decision uses the two signals' p-values: fisher (Fisher's method) or min_p "
+        "(Bonferroni) combine both; latent uses the latent distance's alone, for where the reconstruction "
+        "error adds nothing on validation (see README). The combination's own distribution is fitted either way.",
+    )
     tail_fraction: float = Field(0.1, gt=0.0, le=0.5)
     target_fpr: float = Field(0.01, gt=0.0, lt=0.5)
     pixel_sample_size: int = Field(20_000, ge=100)

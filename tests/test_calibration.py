@@ -74,6 +74,7 @@ def test_fisher_statistic_matches_scipy():
     assert np.allclose(ours, theirs)
     min_p = combination_statistic([first, second], "min_p")
     assert np.allclose(min_p, -np.log(np.minimum(2 * np.minimum(first, second), 1.0)))
+    assert np.allclose(combination_statistic([first, second], "latent"), -np.log(second))
 
 
 def correlated_scores(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

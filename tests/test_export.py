@@ -88,9 +88,11 @@ def capped_fraction(detector: AnomalyDetector, batch: torch.Tensor) -> float:
     ("ae", {"latent": "patch_knn", "patch_level": 1, "knn_k": 2, "knn_bank_size": 5000, "patch_standardise": True,
             "patch_position_normalise": True, "heatmap": "patch_distance", "patch_line_length": 5,
             "patch_line_cap": 2.0, "patch_intensity_weight": 0.5}),
-    # the position bank: 16 training features per place (a coreset of 56 images), searched within 2 positions
+    # the position bank: 16 training features per place (a coreset of 56 images), searched within 2 positions;
+    # the decision on the latent p-value alone
     ("ae", {"latent": "patch_knn", "patch_level": 1, "knn_k": 2, "patch_standardise": True, "patch_position_normalise": True,
-            "patch_bank": "position", "patch_bank_per_position": 16, "heatmap": "patch_distance", "patch_line_length": 5}),
+            "patch_bank": "position", "patch_bank_per_position": 16, "heatmap": "patch_distance", "patch_line_length": 5,
+            "combine": "latent"}),
 ])
 def test_export_register_and_score_match_pytorch(architecture, scoring, folder, tracking, tmp_path, monkeypatch, capsys):
     evaluation = evaluated(folder, tmp_path, tracking, architecture, **scoring)
@@ -115,6 +117,9 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
     for key in ("reconstruction_score", "latent_distance"):
         assert np.allclose([line[key] for line in lines], reference[key], rtol=0, atol=1e-4 * np.abs(reference[key]).max())
     assert all(0 <= line["anomaly_score"] <= 1 and line["threshold"] == pytest.approx(0.99) for line in lines)
+    if scoring.get("combine") == "latent":  # the served decision follows the latent p-value alone
+        by_latent = sorted(lines, key=lambda line: line["p_latent"])
+        assert all(a["p_combined"] <= b["p_combined"] for a, b in zip(by_latent, by_latent[1:]))
 
 
 def test_champion_moves_only_for_a_better_model(published_ae, tracking):
