@@ -293,7 +293,7 @@ def test_anomaly_map_is_zero_for_perfect_reconstruction_and_marks_differences(ki
 @pytest.mark.parametrize(("scoring", "fitted_shape"), [
     ({"latent": "knn"}, (30, 6)),
     ({"latent": "patch_knn"}, (3, 8, 4, 4)),
-    ({"latent": "patch_knn", "patch_position_normalise": True, "patch_bank": "position"}, (3, 8, 4, 4)),  # 3 of 128 bank images
+    ({"latent": "patch_knn", "patch_position_normalise": True, "patch_bank": "position"}, (3, 8, 4, 4)),  # all 3 images' features per place
 ])
 def test_detector_file_round_trip_and_checksum(scoring, fitted_shape, tmp_path: Path):
     config = build_config({

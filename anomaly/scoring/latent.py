@@ -248,18 +248,19 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
 
     def fit(self, features: np.ndarray, seed: int = 0) -> PositionBankDistance:
         images, channels = features.shape[:2]
-        self.bank_centre = torch.from_numpy(features).double().mean(dim=(0, 2, 3)).float()
-        flat = torch.from_numpy(features).flatten(2)  # (images, C, h * w)
+        training = torch.from_numpy(features).float()
+        self.bank_centre = training.double().mean(dim=(0, 2, 3)).float()
+        flat = training.flatten(2)  # (images, C, h * w)
         count = min(self.bank.shape[2], images)
         first = int(np.random.default_rng(seed).integers(images))
         banks, owners = [], []
         for start in range(0, flat.shape[2], self.FIT_POSITIONS):
-            vectors = (flat[:, :, start : start + self.FIT_POSITIONS].permute(2, 0, 1).float() - self.bank_centre).contiguous()
+            vectors = (flat[:, :, start : start + self.FIT_POSITIONS].permute(2, 0, 1) - self.bank_centre).contiguous()
             chosen = greedy_k_centres(vectors, count, first)  # (positions, count): the image behind each bank vector
             banks.append(torch.gather(vectors, 1, chosen.unsqueeze(2).expand(-1, -1, channels)).transpose(1, 2))
             owners.append(chosen)
         self.bank = torch.cat(banks).contiguous()
-        self._fit_positions(torch.from_numpy(features).float(), torch.cat(owners).unsqueeze(1).numpy(), seed)
+        self._fit_positions(training, torch.cat(owners).unsqueeze(1).numpy(), seed)
         return self
 
     def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
