@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ from anomaly.export import onnx_export
 from anomaly.export.onnx_export import OPSET, export_onnx
 from anomaly.export.parity import check_parity, parity_report
 from anomaly.export.publish import publish
-from anomaly.export.quantize import MAX_AUROC_DROP, quantise_bundle
+from anomaly.export.quantize import MAX_AUROC_DROP, quantise_bundle, quantise_model
 from anomaly.export.registry import register
 from anomaly.runtime.bundle import OnnxDetector, batch_size_for, create_session, run_session
 from anomaly.scoring.detector import AnomalyDetector, load_detector, standardise_intensity
@@ -120,6 +121,14 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
     if scoring.get("combine") == "latent":  # the served decision follows the latent p-value alone
         by_latent = sorted(lines, key=lambda line: line["p_latent"])
         assert all(a["p_combined"] <= b["p_combined"] for a, b in zip(by_latent, by_latent[1:]))
+    if scoring.get("patch_bank") == "position":  # int8 quantises the network's layers, never the bank's search
+        quantise_model(exported.directory / "model.onnx", tmp_path / "int8.onnx", batch.numpy())
+        nodes = onnx.load(tmp_path / "int8.onnx").graph.node
+        dequantised = {output for node in nodes if node.op_type == "DequantizeLinear" for output in node.output}
+        assert any(node.op_type == "Conv" and dequantised & set(node.input) for node in nodes)
+        assert not any(node.op_type == "MatMul" and dequantised & set(node.input) for node in nodes)
+        int8_scores = run_session(create_session(tmp_path / "int8.onnx"), exported.datamodule.test_set.images[:4])
+        assert np.isfinite(int8_scores["latent_distance"]).all()
 
 
 def test_champion_moves_only_for_a_better_model(published_ae, tracking):

@@ -185,11 +185,14 @@ def test_position_bank_is_the_k_nearest_within_the_radius():
     training = rng.normal(size=(6, 3, 5, 7)).astype(np.float32)
     distance = PositionBankDistance(3, k=3, per_position=10, grid=(5, 7), radius=1).fit(training)
     assert distance.bank.shape == (35, 3, 6)  # every training image's feature at each of the 35 positions
+    assert distance.bank.dtype == torch.float16
+    centre = training.astype(np.float64).mean(axis=(0, 2, 3)).astype(np.float32)[:, None, None]
+    stored = centre + (training - centre).astype(np.float16).astype(np.float32)  # the bank holds centred features in float16
     probe = rng.normal(size=(2, 3, 5, 7)).astype(np.float32)
     expected = np.zeros((2, 5, 7))
     for i in range(5):
         for j in range(7):
-            candidates = training[:, :, max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2].transpose(0, 2, 3, 1).reshape(-1, 3)
+            candidates = stored[:, :, max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2].transpose(0, 2, 3, 1).reshape(-1, 3)
             gaps = np.linalg.norm(probe[:, None, :, i, j] - candidates[None], axis=2)
             expected[:, i, j] = np.sort(gaps, axis=1)[:, :3].mean(axis=1)
     assert np.allclose(distance.distance_map(torch.from_numpy(probe))[:, 0].numpy(), expected, atol=1e-4)
@@ -320,3 +323,22 @@ def test_detector_file_round_trip_and_checksum(scoring, fitted_shape, tmp_path: 
     torch.save(saved, tmp_path / "older.pt")
     with pytest.raises(AnomalyError, match="written by another version of anomaly; re-run `anomaly evaluate`"):
         load_detector(tmp_path / "older.pt")
+
+
+def test_detector_file_with_a_float32_position_bank_still_scores(tmp_path: Path):
+    """Detector files written before the position bank was stored in float16 hold it in float32."""
+    config = build_config({
+        "data": {"kind": "folder", "root": "x", "image_size": 16},
+        "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
+        "scoring": {"latent": "patch_knn", "patch_position_normalise": True, "patch_bank": "position"},
+    })
+    detector = AnomalyDetector(config).eval()
+    detector.latent_distance.fit(np.random.default_rng(0).normal(size=(3, 8, 4, 4)))
+    save_detector(detector, tmp_path / "detector.pt")
+    saved = torch.load(tmp_path / "detector.pt", weights_only=True)
+    saved["state_dict"]["latent_distance.bank"] = saved["state_dict"]["latent_distance.bank"].float()
+    torch.save(saved, tmp_path / "float32.pt")
+    loaded = load_detector(tmp_path / "float32.pt")
+    assert loaded.latent_distance.bank.dtype == torch.float32
+    images = torch.rand(3, 1, 16, 16)
+    assert torch.equal(loaded(images).latent_distance, detector(images).latent_distance)

@@ -234,6 +234,8 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
 
     The bank is stored as (h * w, C, per_position), centred, so each position's candidates are one batched
     matrix product; the queries are shifted over the (2 * radius + 1)^2 offsets, not the much larger bank.
+    It is stored in float16 and computed with in float32: it is most of the exported model (168 MB instead of
+    335 MB at 640 x 256), and rounding the centred features moved the validation AUROCs by at most 0.001.
     Position statistics, smoothing and the image's distance are the parent's.
     """
 
@@ -244,7 +246,7 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
                  line_cap: float | None = None) -> None:
         super().__init__(channels, k, bank_size=0, grid=grid, line_length=line_length, line_cap=line_cap)
         self.radius = radius
-        self.register_buffer("bank", torch.zeros(grid[0] * grid[1], channels, per_position))
+        self.register_buffer("bank", torch.zeros(grid[0] * grid[1], channels, per_position, dtype=torch.float16))
 
     def fit(self, features: np.ndarray, seed: int = 0) -> PositionBankDistance:
         images, channels = features.shape[:2]
@@ -259,7 +261,7 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
             chosen = greedy_k_centres(vectors, count, first)  # (positions, count): the image behind each bank vector
             banks.append(torch.gather(vectors, 1, chosen.unsqueeze(2).expand(-1, -1, channels)).transpose(1, 2))
             owners.append(chosen)
-        self.bank = torch.cat(banks).contiguous()
+        self.bank = torch.cat(banks).to(torch.float16).contiguous()
         self._fit_positions(training, torch.cat(owners).unsqueeze(1).numpy(), seed)
         return self
 
@@ -270,14 +272,15 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         r = self.radius
         k = min(self.k, self.bank.shape[2])
         padded = F.pad(features - self.bank_centre[:, None, None], (r, r, r, r))
-        bank_norms = (self.bank * self.bank).sum(dim=1, keepdim=True)  # (h * w, 1, per_position)
+        bank = self.bank.float()  # also reads a float32 bank, as detector files before float16 storage hold
+        bank_norms = (bank * bank).sum(dim=1, keepdim=True)  # (h * w, 1, per_position)
         nearest = []
         for row in range(2 * r + 1):
             for column in range(2 * r + 1):
                 # bank position p meets the query at p - offset, offset = (row - r, column - r)
                 queries = padded[:, :, 2 * r - row : 2 * r - row + height, 2 * r - column : 2 * r - column + width]
                 queries = queries.permute(2, 3, 0, 1).reshape(height * width, batch, channels)
-                squared = (queries * queries).sum(dim=2, keepdim=True) + bank_norms - 2 * torch.bmm(queries, self.bank)
+                squared = (queries * queries).sum(dim=2, keepdim=True) + bank_norms - 2 * torch.bmm(queries, bank)
                 if excluded is not None:
                     squared = squared.masked_fill(excluded, self.FAR)
                 best = squared.topk(k, dim=2, largest=False).values.reshape(height, width, batch, k).permute(2, 3, 0, 1)
