@@ -224,11 +224,13 @@ class ScoringConfig(StrictModel):
         "position-normalised when patch_position_normalise is on, upsampled bilinearly to the input size. The image's "
         "reconstruction score is the reconstruction error map's either way.",
     )
-    combine: Literal["fisher", "min_p", "latent"] = Field(
+    combine: Literal["fisher", "min_p", "latent", "auto"] = Field(
         "fisher",
         description="How the image's decision uses the two signals' p-values: fisher (Fisher's method) or min_p "
         "(Bonferroni) combine both; latent uses the latent distance's alone, for where the reconstruction "
-        "error adds nothing on validation (see README). The combination's own distribution is fitted either way.",
+        "error adds nothing on validation (see README). auto (needs data.synthetic_validation): whichever of fisher "
+        "and latent has the higher image AUROC on the labelled validation set, chosen at calibration; the "
+        "calibration file records the choice. The combination's own distribution is fitted either way.",
     )
     tail_fraction: float = Field(0.1, gt=0.0, le=0.5)
     target_fpr: float = Field(0.01, gt=0.0, lt=0.5)
@@ -279,6 +281,15 @@ class Config(StrictModel):
             raise ValueError(
                 f"data.image_size {height}x{width} is not divisible by 2**model.depth = {factor}; "
                 f"use a multiple of {factor} or a smaller model.depth"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _auto_combination_has_validation(self) -> Config:
+        if self.scoring.combine == "auto" and not self.data.synthetic_validation:
+            raise ValueError(
+                "scoring.combine=auto needs data.synthetic_validation=true (the combination is chosen on held-out "
+                "normals with synthetic anomalies)"
             )
         return self
 

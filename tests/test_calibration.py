@@ -200,3 +200,25 @@ def test_calibration_refuses_mismatch_and_damage(tmp_path: Path):
         Calibration.load(path)
     with pytest.raises(AnomalyError, match="calibration file not found"):
         Calibration.load(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize(("reconstruction_shift", "chosen"), [(0.0, "latent"), (1.5, "fisher")])
+def test_auto_combination_is_chosen_on_the_labelled_validation_set(reconstruction_shift, chosen):
+    held_out = scored_set(*correlated_scores(300, seed=9), np.zeros(300, dtype=np.int64))
+    normal_reconstruction, normal_latent = correlated_scores(200, seed=10)
+    anomalous_reconstruction, anomalous_latent = correlated_scores(200, seed=11)
+    # Anomalies raise the latent distance a little; where they also raise the reconstruction error, both
+    # signals together rank them better than the latent one alone, and where they do not, it only adds noise.
+    labelled = scored_set(
+        np.concatenate([normal_reconstruction, anomalous_reconstruction + reconstruction_shift]),
+        np.concatenate([normal_latent, anomalous_latent + 1.5]),
+        np.array([0] * 200 + [1] * 200),
+    )
+    scoring = ScoringConfig(combine="auto").model_dump(mode="json")
+    calibration = fit_calibration(held_out, scoring, {}, "a" * 64, seed=0, labelled=labelled)
+    auroc = calibration.validation_auroc
+    assert calibration.combine_method == chosen
+    assert max(("fisher", "latent"), key=lambda method: auroc[f"combine_{method}"]) == chosen
+    assert auroc["combined"] == pytest.approx(auroc[f"combine_{chosen}"])
+    with pytest.raises(AnomalyError, match="scoring.combine=auto needs a labelled validation set"):
+        fit_calibration(held_out, scoring, {}, "a" * 64, seed=0)

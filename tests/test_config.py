@@ -62,6 +62,12 @@ def test_patch_level_must_be_within_the_encoder():
             build_config(BASE, missing)
 
 
+def test_auto_combination_needs_synthetic_validation():
+    assert build_config(BASE, ["scoring.combine=auto", "data.synthetic_validation=true"]).scoring.combine == "auto"
+    with pytest.raises(AnomalyError, match=r"scoring\.combine=auto needs data\.synthetic_validation=true"):
+        build_config(BASE, ["scoring.combine=auto"])
+
+
 def test_image_size_must_be_divisible_by_depth():
     with pytest.raises(AnomalyError, match=r"data\.image_size 30x32 is not divisible by 2\*\*model\.depth = 8"):
         build_config(BASE, ["data.image_size=[30, 32]"])

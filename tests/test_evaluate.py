@@ -64,6 +64,17 @@ def test_evaluate_writes_metrics_calibration_plots_and_logs_to_the_training_run(
     assert {"evaluation/metrics.json", "evaluation/calibration.json", "evaluation/plots"} <= logged
 
 
+def test_auto_combination_is_chosen_at_calibration_and_recorded(trained, tmp_path):
+    result, _, _ = trained
+    evaluation = evaluate_checkpoint(result.checkpoint, ["scoring.combine=auto"], tmp_path)
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    validation, chosen = saved["validation_auroc"], saved["scoring"]["combine"]
+    assert chosen == max(("fisher", "latent"), key=lambda method: validation[f"combine_{method}"])
+    assert validation["combined"] == pytest.approx(validation[f"combine_{chosen}"])
+    if chosen == "latent":  # the test images' decision then ranks them as the latent distance does
+        assert evaluation.metrics["image"]["combined"]["auroc"] == pytest.approx(evaluation.metrics["image"]["latent"]["auroc"])
+
+
 def test_evaluation_scoring_can_change_but_the_model_cannot(trained, tmp_path):
     result, _, _ = trained
     evaluation = evaluate_checkpoint(result.checkpoint, ["scoring.latent=knn", "scoring.map=ssim", "scoring.target_fpr=0.05"], tmp_path)

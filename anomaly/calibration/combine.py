@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 
 CombineMethod = Literal["fisher", "min_p", "latent"]
+AUTO_CANDIDATES: tuple[CombineMethod, ...] = ("fisher", "latent")  # in order of preference on a tie
 SMALLEST_P = 1e-300
 
 

@@ -10,9 +10,10 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from anomaly.calibration.artifact import Calibration, ScorePValues, signal_scores
-from anomaly.calibration.combine import combination_statistic
+from anomaly.calibration.combine import AUTO_CANDIDATES, CombineMethod, combination_statistic
 from anomaly.calibration.distribution import TailFittedDistribution
 from anomaly.calibration.scored import ScoredSet
+from anomaly.errors import AnomalyError
 
 
 def _pixel_sample(maps: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -55,6 +56,14 @@ def validation_auroc(labelled: ScoredSet, pvalues: ScorePValues) -> dict[str, fl
     return auroc
 
 
+def combination_aurocs(
+    reconstruction: TailFittedDistribution, latent: TailFittedDistribution, labelled: ScoredSet
+) -> dict[CombineMethod, float]:
+    """Image AUROC on the labelled validation set of each combination that scoring.combine=auto chooses from."""
+    pvalues = [reconstruction.pvalue(labelled.reconstruction_scores), latent.pvalue(labelled.latent_distances)]
+    return {method: float(roc_auc_score(labelled.labels, combination_statistic(pvalues, method))) for method in AUTO_CANDIDATES}
+
+
 def fit_calibration(
     held_out: ScoredSet,
     scoring: dict[str, Any],
@@ -68,6 +77,12 @@ def fit_calibration(
     tail_fraction = scoring["tail_fraction"]
     reconstruction = TailFittedDistribution.fit(held_out.reconstruction_scores, tail_fraction)
     latent = TailFittedDistribution.fit(held_out.latent_distances, tail_fraction)
+    candidates: dict[CombineMethod, float] = {}
+    if scoring["combine"] == "auto":
+        if labelled is None:
+            raise AnomalyError("scoring.combine=auto needs a labelled validation set: set data.synthetic_validation=true")
+        candidates = combination_aurocs(reconstruction, latent, labelled)
+        scoring = {**scoring, "combine": max(candidates, key=candidates.__getitem__)}  # the first best on a tie
     statistic = combination_statistic(
         [reconstruction.pvalue(held_out.reconstruction_scores), latent.pvalue(held_out.latent_distances)],
         scoring["combine"],
@@ -89,4 +104,5 @@ def fit_calibration(
     if labelled is None:
         return calibration
     pvalues = calibration.pvalues(labelled.reconstruction_scores, labelled.latent_distances)
-    return replace(calibration, f1_optimal_score=f1_optimal_score(labelled, pvalues), validation_auroc=validation_auroc(labelled, pvalues))
+    auroc = {**validation_auroc(labelled, pvalues), **{f"combine_{method}": value for method, value in candidates.items()}}
+    return replace(calibration, f1_optimal_score=f1_optimal_score(labelled, pvalues), validation_auroc=auroc)
