@@ -118,22 +118,24 @@ def rescored_seeds_lines(record: dict[str, Any]) -> list[str]:
     """The seeds' models with the folder default's current scoring, beside what the seeds section measured."""
     run = record["rescored_seeds"]
     keys = ("combined_auroc", "reconstruction_auroc", "latent_auroc", "pixel_auroc", "pixel_aupro")
-    settings = ", ".join(f"`{item}`" for item in run["scoring"] if "patch" in item or "heatmap" in item)
+    settings = ", ".join(f"`{item}`" for item in run["scoring"] if any(key in item for key in ("patch", "heatmap", "combine")))
     lines = [f"`{record['command']} --sections rescored_seeds` on {record['date']} ({record['seconds'] / 60:.0f} minutes): the models of the "
              f"seeds section ({run['seeds_section_date']}) calibrated and evaluated again with `{run['pipeline']}`'s scoring as it is then "
              f"({settings}). Validation AUROC: held-out normals plus synthetic anomalies, what settings are chosen by. "
              "In brackets: the seeds section's value for the same model.", "",
-             "| seed | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR | recall at target | validation AUROC (image / pixel) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| seed | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR | recall at target | validation AUROC (image / pixel) "
+             "| combination | model.onnx MB | ONNX images/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, row in run["seeds"].items():
         before = row["seeds_section"]
         cells = [f"{f(row[key])} ({f(before[key])})" for key in keys]
         validation = row["validation_auroc"]
         lines.append(f"| {seed} | " + " | ".join(cells) + f" | {row['test_fpr']:.2%} ({before['test_fpr']:.2%}) | {f(row['recall_at_target_fpr'])} | "
-                     f"{f(validation['combined'])} / {f(validation.get('pixel'))} |")
+                     f"{f(validation['combined'])} / {f(validation.get('pixel'))} | {row['combine']} | {row['model_onnx_mb']:.0f} | "
+                     f"{row['onnx_images_per_s']:.1f} |")
     mean, std = run["mean"], run["std"]
     lines.append("| **mean ± sd** | " + " | ".join(f"{f(mean[key])} ± {f(std[key])}" for key in keys)
-                 + f" | {mean['test_fpr']:.2%} | {f(mean['recall_at_target_fpr'])} | |")
+                 + f" | {mean['test_fpr']:.2%} | {f(mean['recall_at_target_fpr'])} | | | | {mean['onnx_images_per_s']:.1f} |")
     return lines
 
 
