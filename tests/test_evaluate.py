@@ -71,8 +71,10 @@ def test_auto_combination_is_chosen_at_calibration_and_recorded(trained, tmp_pat
     validation, chosen = saved["validation_auroc"], saved["scoring"]["combine"]
     assert chosen == max(("fisher", "latent"), key=lambda method: validation[f"combine_{method}"])
     assert validation["combined"] == pytest.approx(validation[f"combine_{chosen}"])
-    if chosen == "latent":  # the test images' decision then ranks them as the latent distance does
-        assert evaluation.metrics["image"]["combined"]["auroc"] == pytest.approx(evaluation.metrics["image"]["latent"]["auroc"])
+    # from then on the model decides exactly as one configured with the chosen rule
+    fixed = evaluate_checkpoint(result.checkpoint, [f"scoring.combine={chosen}"], tmp_path / "fixed")
+    assert evaluation.metrics["image"]["combined"] == fixed.metrics["image"]["combined"]
+    assert evaluation.metrics["test_fpr"] == fixed.metrics["test_fpr"]
 
 
 def test_evaluation_scoring_can_change_but_the_model_cannot(trained, tmp_path):

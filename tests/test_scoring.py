@@ -293,19 +293,25 @@ def test_anomaly_map_is_zero_for_perfect_reconstruction_and_marks_differences(ki
     assert result[:, :, 8:16, 8:16].mean() > 10 * result[:, :, 24:, 24:].mean()
 
 
+def fitted_tiny_detector(scoring: dict, fitted_shape: tuple[int, ...]) -> AnomalyDetector:
+    """An untrained 16 x 16 detector whose latent distance is fitted on random features of `fitted_shape`."""
+    config = build_config({
+        "data": {"kind": "folder", "root": "x", "image_size": 16},
+        "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
+        "scoring": scoring,
+    })
+    detector = AnomalyDetector(config).eval()
+    detector.latent_distance.fit(np.random.default_rng(0).normal(size=fitted_shape))
+    return detector
+
+
 @pytest.mark.parametrize(("scoring", "fitted_shape"), [
     ({"latent": "knn"}, (30, 6)),
     ({"latent": "patch_knn"}, (3, 8, 4, 4)),
     ({"latent": "patch_knn", "patch_position_normalise": True, "patch_bank": "position"}, (3, 8, 4, 4)),  # all 3 images' features per place
 ])
 def test_detector_file_round_trip_and_checksum(scoring, fitted_shape, tmp_path: Path):
-    config = build_config({
-        "data": {"kind": "folder", "root": "x", "image_size": 16},
-        "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
-        "scoring": {**scoring, "knn_bank_size": 50},
-    })
-    detector = AnomalyDetector(config).eval()
-    detector.latent_distance.fit(np.random.default_rng(0).normal(size=fitted_shape))
+    detector = fitted_tiny_detector({**scoring, "knn_bank_size": 50}, fitted_shape)
     save_detector(detector, tmp_path / "detector.pt")
     loaded = load_detector(tmp_path / "detector.pt")
     assert weights_checksum(loaded) == weights_checksum(detector)
@@ -327,13 +333,7 @@ def test_detector_file_round_trip_and_checksum(scoring, fitted_shape, tmp_path: 
 
 def test_detector_file_with_a_float32_position_bank_still_scores(tmp_path: Path):
     """Detector files written before the position bank was stored in float16 hold it in float32."""
-    config = build_config({
-        "data": {"kind": "folder", "root": "x", "image_size": 16},
-        "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
-        "scoring": {"latent": "patch_knn", "patch_position_normalise": True, "patch_bank": "position"},
-    })
-    detector = AnomalyDetector(config).eval()
-    detector.latent_distance.fit(np.random.default_rng(0).normal(size=(3, 8, 4, 4)))
+    detector = fitted_tiny_detector({"latent": "patch_knn", "patch_position_normalise": True, "patch_bank": "position"}, (3, 8, 4, 4))
     save_detector(detector, tmp_path / "detector.pt")
     saved = torch.load(tmp_path / "detector.pt", weights_only=True)
     saved["state_dict"]["latent_distance.bank"] = saved["state_dict"]["latent_distance.bank"].float()

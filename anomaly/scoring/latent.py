@@ -234,7 +234,7 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
 
     The bank is stored as (h * w, C, per_position), centred, so each position's candidates are one batched
     matrix product; the queries are shifted over the (2 * radius + 1)^2 offsets, not the much larger bank.
-    It is stored in float16 and computed with in float32: it is most of the exported model (168 MB instead of
+    It is stored in float16 and searched in float32: it is most of the exported model (168 MB instead of
     335 MB at 640 x 256), and rounding the centred features moved the validation AUROCs by at most 0.001.
     Position statistics, smoothing and the image's distance are the parent's.
     """
