@@ -18,6 +18,8 @@ from anomaly.errors import AnomalyError
 DataKind = Literal["folder", "mnist", "fashion_mnist", "cifar10", "elpv"]
 TORCHVISION_KINDS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10")
 AUTO_SIZE = "auto"
+# The encoder levels that scoring.patch_level=auto chooses between, in the order a tie is settled.
+AUTO_PATCH_LEVELS = (2, 1)
 DEFAULT_MAX_INPUT_PIXELS = 640 * 256
 
 
@@ -166,7 +168,14 @@ class ScoringConfig(StrictModel):
     )
     knn_k: int = Field(5, ge=1, description="Neighbours averaged by knn and patch_knn.")
     knn_bank_size: int = Field(4096, ge=1, description="Training vectors (knn) or patch vectors (patch_knn) kept, a seeded subsample.")
-    patch_level: int = Field(2, ge=1, description="patch_knn: how many encoder blocks the patch features pass (stride 2**patch_level).")
+    patch_level: int | Literal["auto"] = Field(
+        2,
+        description="patch_knn: how many encoder blocks the patch features pass (stride 2**patch_level). auto (needs "
+        "data.synthetic_validation): levels 2 and 1 are both fitted at calibration and the one whose combined image "
+        "AUROC on the labelled validation set is higher is kept (2 on a tie: it is cheaper); the calibration file "
+        "records the choice. With auto, patch_line_length is given at level 2 and keeps its length in pixels at "
+        "level 1 (a run of L positions at stride 4 becomes 2L - 1 at stride 2).",
+    )
     patch_standardise: bool = Field(
         False,
         description="patch_knn: standardise each image's intensities (mean 0.5, std 0.15) before its patch features, "
@@ -236,6 +245,18 @@ class ScoringConfig(StrictModel):
     target_fpr: float = Field(0.01, gt=0.0, lt=0.5)
     pixel_sample_size: int = Field(20_000, ge=100)
 
+    @field_validator("patch_level", mode="before")
+    @classmethod
+    def _level_or_auto(cls, value: Any) -> Any:
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"must be a positive integer or 'auto', got {value!r}")
+        return value
+
+    def at_patch_level(self, level: int) -> ScoringConfig:
+        """patch_level=auto's candidate at `level`: the line run keeps the pixels it spans at level 2."""
+        line_length = (self.patch_line_length - 1) * 2 ** (max(AUTO_PATCH_LEVELS) - level) + 1
+        return self.model_copy(update={"patch_level": level, "patch_line_length": line_length})
+
 
 class TrainerConfig(StrictModel):
     """Lightning Trainer settings, passed through; DDP runs use torchrun or SLURM with these."""
@@ -296,8 +317,14 @@ class Config(StrictModel):
     @model_validator(mode="after")
     def _patch_settings_consistent(self) -> Config:
         scoring = self.scoring
-        if scoring.latent == "patch_knn" and scoring.patch_level > self.model.depth:
-            raise ValueError(f"scoring.patch_level {scoring.patch_level} exceeds model.depth {self.model.depth}")
+        deepest_level = max(AUTO_PATCH_LEVELS) if scoring.patch_level == "auto" else scoring.patch_level
+        if scoring.latent == "patch_knn" and deepest_level > self.model.depth:
+            raise ValueError(f"scoring.patch_level {scoring.patch_level} needs model.depth >= {deepest_level}, got {self.model.depth}")
+        if scoring.patch_level == "auto" and not (scoring.latent == "patch_knn" and self.data.synthetic_validation):
+            raise ValueError(
+                "scoring.patch_level=auto needs scoring.latent=patch_knn and data.synthetic_validation=true (the level "
+                "is chosen on held-out normals with synthetic anomalies)"
+            )
         patch_only = (scoring.patch_position_normalise or scoring.patch_standardise or scoring.patch_line_length > 1
                       or scoring.patch_intensity_weight > 0 or scoring.heatmap == "patch_distance"
                       or scoring.patch_bank == "position")

@@ -65,6 +65,11 @@ def metrics_row(metrics: dict[str, Any]) -> dict[str, float]:
     return row
 
 
+def chosen_scoring(scoring: dict[str, Any]) -> dict[str, Any]:
+    """What calibration chose for the settings that can be auto (from calibration.json's scoring)."""
+    return {"patch_level": scoring["patch_level"], "combine": scoring["combine"]}
+
+
 def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = None) -> dict[str, Any]:
     """Our detector (trained, calibrated, evaluated) and the baselines, on the same data module;
     `export_to` also exports the model directory (the HTTP benchmark serves it) and times it."""
@@ -88,6 +93,7 @@ def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = N
         "seconds": round(time.perf_counter() - started, 1),
         "training_seconds": round(training_seconds, 1),
         "mlflow_run_id": trained.run_id,
+        "chosen_scoring": chosen_scoring(calibrated.calibration.scoring),
     }
     if export_to is not None:
         row["onnx_images_per_s"] = onnx_images_per_s(export_to, test.images)

@@ -104,11 +104,17 @@ def seeds_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def chosen_text(chosen: dict[str, Any]) -> str:
+    """What calibration chose where the config says auto: "level 1, fisher"."""
+    return f"level {chosen['patch_level']}, {chosen['combine']}"
+
+
 def default_elpv_lines(record: dict[str, Any]) -> list[str]:
     """ELPV trained and scored with the folder default, in the real-defects table's columns."""
     run = record["default_elpv"]
     return [f"`{record['command']} --sections default_elpv` on {record['date']} ({record['seconds'] / 60:.0f} minutes): `{run['pipeline']}` "
-            f"as it is then with `{' '.join(run['overrides'])}` ({run['epochs']} epochs at most, training {run['elpv']['training_seconds']:.0f} s).", "",
+            f"as it is then with `{' '.join(run['overrides'])}` ({run['epochs']} epochs at most, training {run['elpv']['training_seconds']:.0f} s; "
+            f"validation chose {chosen_text(run['elpv']['chosen_scoring'])}).", "",
             "| data set | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR | IsolationForest | PCA |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             dataset_row("ELPV", run["elpv"], "p = 0 vs p >= 2/3")]
@@ -124,14 +130,14 @@ def rescored_seeds_lines(record: dict[str, Any]) -> list[str]:
              f"({settings}). Validation AUROC: held-out normals plus synthetic anomalies, what settings are chosen by. "
              "In brackets: the seeds section's value for the same model.", "",
              "| seed | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR | recall at target | validation AUROC (image / pixel) "
-             "| combination | model.onnx MB | ONNX images/s |",
+             "| chosen: patch level, combination | model.onnx MB | ONNX images/s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, row in run["seeds"].items():
         before = row["seeds_section"]
         cells = [f"{f(row[key])} ({f(before[key])})" for key in keys]
         validation = row["validation_auroc"]
         lines.append(f"| {seed} | " + " | ".join(cells) + f" | {row['test_fpr']:.2%} ({before['test_fpr']:.2%}) | {f(row['recall_at_target_fpr'])} | "
-                     f"{f(validation['combined'])} / {f(validation.get('pixel'))} | {row['combine']} | {row['model_onnx_mb']:.0f} | "
+                     f"{f(validation['combined'])} / {f(validation.get('pixel'))} | {chosen_text(row['chosen_scoring'])} | {row['model_onnx_mb']:.0f} | "
                      f"{row['onnx_images_per_s']:.1f} |")
     mean, std = run["mean"], run["std"]
     lines.append("| **mean ± sd** | " + " | ".join(f"{f(mean[key])} ± {f(std[key])}" for key in keys)

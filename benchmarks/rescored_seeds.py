@@ -1,6 +1,6 @@
 """The seeds section's KolektorSDD models re-scored with pipelines/folder.yaml's current scoring settings.
 
-    uv run python -m benchmarks.run --sections rescored_seeds   # after --sections seeds; 24 minutes when last run
+    uv run python -m benchmarks.run --sections rescored_seeds   # after --sections seeds; 69 minutes when last run
 
 Scoring settings (scoring.*) change no weights, so a scoring change is measured on the same three
 trained models without retraining them (the seeds section took 56 minutes when last run). Each model
@@ -22,7 +22,7 @@ from anomaly.config import load_config
 from anomaly.evaluation.run import evaluate_checkpoint
 from anomaly.export.publish import publish
 from anomaly.runtime.bundle import MODEL_FILE
-from benchmarks.quality import PIPELINES, metrics_row, onnx_images_per_s
+from benchmarks.quality import PIPELINES, chosen_scoring, metrics_row, onnx_images_per_s
 from benchmarks.seeds import mean_and_std
 
 KEYS = ("combined_auroc", "reconstruction_auroc", "latent_auroc", "pixel_auroc", "pixel_aupro", "test_fpr", "recall_at_target_fpr",
@@ -47,7 +47,7 @@ def rescore(checkpoint: Path, overrides: list[str], output: Path) -> dict[str, A
         **metrics_row(metrics),
         "recall_at_target_fpr": metrics["at_target_fpr"]["recall"],
         "validation_auroc": calibration["validation_auroc"],
-        "combine": calibration["scoring"]["combine"],  # what scoring.combine=auto chose
+        "chosen_scoring": chosen_scoring(calibration["scoring"]),
         "seconds": round(seconds, 1),
         "model_onnx_mb": round((exported.directory / MODEL_FILE).stat().st_size / 1e6, 1),
         "onnx_images_per_s": onnx_images_per_s(exported.directory, exported.datamodule.test_set.images),

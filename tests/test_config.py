@@ -38,7 +38,7 @@ def test_bad_choice_names_the_key():
 
 def test_patch_level_must_be_within_the_encoder():
     assert build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=3"]).scoring.patch_level == 3
-    with pytest.raises(AnomalyError, match=r"scoring\.patch_level 4 exceeds model\.depth 3"):
+    with pytest.raises(AnomalyError, match=r"scoring\.patch_level 4 needs model\.depth >= 4, got 3"):
         build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=4"])
     for option in ("scoring.patch_position_normalise=true", "scoring.heatmap=patch_distance", "scoring.patch_line_length=3",
                    "scoring.patch_intensity_weight=0.5", "scoring.patch_bank=position"):
@@ -66,6 +66,27 @@ def test_auto_combination_needs_synthetic_validation():
     assert build_config(BASE, ["scoring.combine=auto", "data.synthetic_validation=true"]).scoring.combine == "auto"
     with pytest.raises(AnomalyError, match=r"scoring\.combine=auto needs data\.synthetic_validation=true"):
         build_config(BASE, ["scoring.combine=auto"])
+
+
+def test_auto_patch_level_needs_patch_knn_validation_and_two_encoder_blocks():
+    patch = ["scoring.latent=patch_knn", "scoring.patch_level=auto"]
+    assert build_config(BASE, [*patch, "data.synthetic_validation=true"]).scoring.patch_level == "auto"
+    for missing in (patch, ["scoring.patch_level=auto", "data.synthetic_validation=true"]):
+        with pytest.raises(AnomalyError, match=r"scoring\.patch_level=auto needs scoring\.latent=patch_knn and data\.synthetic_validation=true"):
+            build_config(BASE, missing)
+    with pytest.raises(AnomalyError, match=r"scoring\.patch_level auto needs model\.depth >= 2, got 1"):
+        build_config(BASE, [*patch, "data.synthetic_validation=true", "model.depth=1"])
+    for wrong in ("deep", "0"):
+        with pytest.raises(AnomalyError, match=rf"scoring\.patch_level: .*must be a positive integer or 'auto', got '?{wrong}'?$"):
+            build_config(BASE, [f"scoring.patch_level={wrong}"])
+
+
+def test_auto_patch_level_candidates_keep_the_line_run_in_pixels():
+    scoring = build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=auto", "scoring.patch_line_length=17",
+                                  "data.synthetic_validation=true"]).scoring
+    assert (scoring.at_patch_level(2).patch_level, scoring.at_patch_level(2).patch_line_length) == (2, 17)
+    assert (scoring.at_patch_level(1).patch_level, scoring.at_patch_level(1).patch_line_length) == (1, 33)
+    assert scoring.patch_level == "auto"  # the candidates are copies
 
 
 def test_image_size_must_be_divisible_by_depth():

@@ -77,6 +77,28 @@ def test_auto_combination_is_chosen_at_calibration_and_recorded(trained, tmp_pat
     assert evaluation.metrics["test_fpr"] == fixed.metrics["test_fpr"]
 
 
+PATCH_SCORING = ["scoring.latent=patch_knn", "scoring.patch_position_normalise=true", "scoring.patch_bank=position",
+                 "scoring.patch_bank_per_position=16", "scoring.heatmap=patch_distance", "scoring.knn_k=1"]
+
+
+def test_auto_patch_level_keeps_the_level_that_ranks_validation_best(trained, tmp_path):
+    result, _, _ = trained
+    evaluation = evaluate_checkpoint(result.checkpoint, [*PATCH_SCORING, "scoring.patch_level=auto", "scoring.patch_line_length=3"], tmp_path)
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    validation, chosen = saved["validation_auroc"], saved["scoring"]["patch_level"]
+    assert chosen == max((2, 1), key=lambda level: validation[f"patch_level_{level}"])
+    assert validation["combined"] == validation[f"patch_level_{chosen}"]
+    line_length = {2: 3, 1: 5}[chosen]  # the same pixels at either stride
+    assert saved["scoring"]["patch_line_length"] == line_length
+    assert load_detector(tmp_path / "detector.pt").config.scoring.patch_level == chosen  # what export and serving see
+    # from then on the model decides exactly as one configured with the chosen level
+    fixed = evaluate_checkpoint(
+        result.checkpoint, [*PATCH_SCORING, f"scoring.patch_level={chosen}", f"scoring.patch_line_length={line_length}"], tmp_path / "fixed"
+    )
+    assert evaluation.metrics["image"] == fixed.metrics["image"]
+    assert evaluation.metrics["pixel_auroc"] == fixed.metrics["pixel_auroc"]
+
+
 def test_evaluation_scoring_can_change_but_the_model_cannot(trained, tmp_path):
     result, _, _ = trained
     evaluation = evaluate_checkpoint(result.checkpoint, ["scoring.latent=knn", "scoring.map=ssim", "scoring.target_fpr=0.05"], tmp_path)

@@ -101,7 +101,10 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
     exported = publish(evaluation, tmp_path / "model", [], run_id)
     assert {path.name for path in exported.directory.iterdir()} == {"model.onnx", "calibration.json", "model_card.md"}
     assert exported.parity["reconstruction_score_max_rel_diff"] <= 1e-4
-    assert "image_auroc" in (exported.directory / "model_card.md").read_text()
+    card = (exported.directory / "model_card.md").read_text()
+    assert "image_auroc" in card
+    assert f"- scoring: latent distance {scoring.get('latent', 'mahalanobis')}" in card
+    assert ("on encoder level 1 (stride 2)" in card) == (scoring.get("latent") == "patch_knn")  # which features the graph measures
     name = f"textures-{architecture}-{scoring.get('latent', 'mahalanobis')}-{scoring.get('patch_bank', 'random')}"
     registration = register(exported.directory, name, run_id, exported.datamodule.test_set)
     assert registration.promoted and registration.champion_auroc is None

@@ -19,7 +19,7 @@ from anomaly.errors import AnomalyError
 from anomaly.evaluation.evaluate import evaluate_scored
 from anomaly.evaluation.plots import write_plots
 from anomaly.scoring.detector import AnomalyDetector, load_detector, save_detector, weights_checksum
-from anomaly.scoring.fit import fit_detector, score_loader
+from anomaly.scoring.fit import fit_chosen_detector, score_loader
 from anomaly.training.module import AutoencoderModule
 
 EVALUATION_SECTIONS = ("data", "scoring", "tracking", "output_dir")
@@ -95,8 +95,7 @@ def calibrate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Pat
     datamodule.setup()
     if len(datamodule.test_set) == 0:
         raise AnomalyError("no test images to evaluate on: the data source has no test split (test/<category>/)")
-    detector = AnomalyDetector(config, module.model)
-    calibration = fit_detector(detector, datamodule)
+    detector, calibration = fit_chosen_detector(config, module.model, datamodule)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_detector(detector, output_dir / "detector.pt")
     calibration.save(output_dir / "calibration.json")

@@ -18,6 +18,15 @@ def data_source(config: Config) -> str:
     return source
 
 
+def scoring_summary(config: Config) -> str:
+    """The scoring head in the graph; for patch kNN, the encoder level that calibration chose when it was auto."""
+    scoring = config.scoring
+    latent = scoring.latent
+    if latent == "patch_knn":
+        latent += f" on encoder level {scoring.patch_level} (stride {2**scoring.patch_level}), {scoring.patch_bank} bank"
+    return f"latent distance {latent}; heat map {scoring.heatmap}"
+
+
 def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any], parity: dict[str, float], run_id: str | None) -> str:
     data = config.data
     source = data_source(config)
@@ -29,6 +38,7 @@ def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any]
         f"- input: float32 NCHW [batch, {data.channels}, {data.image_size[0]}, {data.image_size[1]}] in [0, 1];"
         " decode, convert and resize (bilinear) with anomaly.imageio, then divide by 255",
         "- outputs: reconstruction, latent, anomaly_map, reconstruction_score, latent_distance",
+        f"- scoring: {scoring_summary(config)}",
         f"- calibration: {calibration.sample_sizes.get('calibration_images')} held-out normal images,"
         f" target FPR {calibration.target_fpr}, combine {calibration.combine_method}",
         "",

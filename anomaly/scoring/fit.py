@@ -7,17 +7,19 @@ for early stopping. Test images are never touched here.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from anomaly.calibration.artifact import Calibration
 from anomaly.calibration.distribution import MIN_FIT_SAMPLES
 from anomaly.calibration.fit import fit_calibration
 from anomaly.calibration.scored import ScoredSet
-from anomaly.config import Config
+from anomaly.config import AUTO_PATCH_LEVELS, Config
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.errors import AnomalyError
 from anomaly.scoring.detector import AnomalyDetector, weights_checksum
@@ -86,3 +88,20 @@ def fit_detector(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> Ca
         labelled=None if labelled_loader is None else score_loader(detector, labelled_loader),
         sample_sizes={"latent_fit_images": len(codes)},
     )
+
+
+def fit_chosen_detector(config: Config, model: nn.Module, datamodule: AnomalyDataModule) -> tuple[AnomalyDetector, Calibration]:
+    """A detector for `model`, fitted and calibrated. With scoring.patch_level=auto, one per candidate
+    level; the one whose combined image score ranks the labelled validation set best is kept, and its
+    calibration records every candidate's AUROC (validation_auroc["patch_level_L"])."""
+    if config.scoring.patch_level != "auto":
+        detector = AnomalyDetector(config, model)
+        return detector, fit_detector(detector, datamodule)
+    fitted: dict[int, tuple[AnomalyDetector, Calibration]] = {}
+    for level in AUTO_PATCH_LEVELS:
+        detector = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.at_patch_level(level)}), model)
+        fitted[level] = (detector, fit_detector(detector, datamodule))
+    aurocs = {level: calibration.validation_auroc["combined"] for level, (_, calibration) in fitted.items()}
+    detector, calibration = fitted[max(aurocs, key=aurocs.__getitem__)]  # the first best on a tie
+    recorded = {**calibration.validation_auroc, **{f"patch_level_{level}": value for level, value in aurocs.items()}}
+    return detector, replace(calibration, validation_auroc=recorded)
