@@ -180,10 +180,11 @@ def test_a_capped_run_needs_a_raised_line_not_one_bright_spot():
         LineRunMaximum(1, cap=3.0)
 
 
-def test_position_bank_is_the_k_nearest_within_the_radius():
+@pytest.mark.parametrize("k", [1, 3])  # 1 searches by a minimum, more by top-k
+def test_position_bank_is_the_k_nearest_within_the_radius(k: int):
     rng = np.random.default_rng(5)
     training = rng.normal(size=(6, 3, 5, 7)).astype(np.float32)
-    distance = PositionBankDistance(3, k=3, per_position=10, grid=(5, 7), radius=1).fit(training)
+    distance = PositionBankDistance(3, k=k, per_position=10, grid=(5, 7), radius=1).fit(training)
     assert distance.bank.shape == (35, 3, 6)  # every training image's feature at each of the 35 positions
     assert distance.bank.dtype == torch.float16
     centre = training.astype(np.float64).mean(axis=(0, 2, 3)).astype(np.float32)[:, None, None]
@@ -194,7 +195,7 @@ def test_position_bank_is_the_k_nearest_within_the_radius():
         for j in range(7):
             candidates = stored[:, :, max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2].transpose(0, 2, 3, 1).reshape(-1, 3)
             gaps = np.linalg.norm(probe[:, None, :, i, j] - candidates[None], axis=2)
-            expected[:, i, j] = np.sort(gaps, axis=1)[:, :3].mean(axis=1)
+            expected[:, i, j] = np.sort(gaps, axis=1)[:, :k].mean(axis=1)
     assert np.allclose(distance.distance_map(torch.from_numpy(probe))[:, 0].numpy(), expected, atol=1e-4)
     # a training image finds itself at distance 0, so its own features are left out of its position statistics
     alone = PositionBankDistance(3, k=1, per_position=6, grid=(5, 7), radius=0).fit(training)

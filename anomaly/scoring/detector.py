@@ -82,6 +82,15 @@ class AnomalyDetector(nn.Module):
             latent = torch.cat((latent, latent - self.model.latent(output.reconstruction)), dim=1)
         if self.config.scoring.latent != "patch_knn":
             return output, latent, latent
+        return output, latent, self.patch_features(images)
+
+    def measured_features(self, images: torch.Tensor) -> torch.Tensor:
+        """embed's third part alone: for patch_knn only the encoder's first patch_level blocks run, not the
+        whole autoencoder, which is all that fitting the latent distance on the training images needs."""
+        return self.patch_features(images) if self.config.scoring.latent == "patch_knn" else self.embed(images)[2]
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the encoder's feature map at patch_level (plus the intensity channel if configured)."""
         scoring = self.config.scoring
         encoder_input = standardise_intensity(images) if scoring.patch_standardise else images
         features = encoder_input
@@ -91,7 +100,7 @@ class AnomalyDetector(nn.Module):
             stride = 2**scoring.patch_level
             intensity = F.avg_pool2d(encoder_input.mean(dim=1, keepdim=True), stride)
             features = torch.cat((features, intensity), dim=1)
-        return output, latent, features
+        return features
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
         output, latent, measured = self.embed(images)

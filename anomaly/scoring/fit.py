@@ -65,7 +65,7 @@ def score_loader(detector: AnomalyDetector, loader: DataLoader) -> ScoredSet:
 @torch.no_grad()
 def training_latents(detector: AnomalyDetector, loader: DataLoader) -> np.ndarray:
     detector.eval()
-    return np.concatenate([detector.embed(batch["image"])[2].numpy() for batch in loader])
+    return np.concatenate([detector.measured_features(batch["image"]).numpy() for batch in loader])
 
 
 def fit_detector(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> Calibration:
