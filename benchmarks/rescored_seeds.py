@@ -1,6 +1,6 @@
 """The seeds section's KolektorSDD models re-scored with pipelines/folder.yaml's current scoring settings.
 
-    uv run python -m benchmarks.run --sections rescored_seeds   # after --sections seeds; 69 minutes when last run
+    uv run python -m benchmarks.run --sections rescored_seeds   # after --sections seeds; 51 minutes when last run
 
 Scoring settings (scoring.*) change no weights, so a scoring change is measured on the same three
 trained models without retraining them (the seeds section took 56 minutes when last run). Each model

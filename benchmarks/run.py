@@ -27,7 +27,7 @@ from benchmarks.environment import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("quality", "speed", "scaling")
-OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds")  # reported when present; not in a default run (56, 39 and 69 minutes when last run)
+OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds")  # reported when present; not in a default run (56, 39 and 51 minutes when last run)
 
 
 def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path) -> Any:
