@@ -53,6 +53,8 @@ def test_knn_distance_is_mean_distance_to_nearest_codes():
     distance = NearestNeighbourDistance(2, k=2, bank_size=10).fit(bank)
     assert distance.bank.shape == (3, 2)
     assert distance(torch.tensor([[0.0, 0.0]])).item() == pytest.approx((0 + 5) / 2)
+    nearest_only = NearestNeighbourDistance(2, k=1, bank_size=10).fit(bank)  # k = 1 searches by a minimum
+    assert nearest_only(torch.tensor([[3.0, 3.0], [9.0, 0.0]])).tolist() == pytest.approx([1.0, 1.0])
 
 
 def test_patch_knn_marks_the_one_unseen_patch_and_scores_its_neighbourhood():
@@ -131,18 +133,19 @@ def test_intensity_channel_finds_a_region_darker_than_the_same_place_in_normal_i
     assert roc_auc_score(labels, flat(torch.from_numpy(flat_probes)).numpy()) == 1.0
 
 
-def test_patch_knn_chunks_agree_with_the_full_distance_matrix():
+@pytest.mark.parametrize("k", [1, 3])
+def test_patch_knn_chunks_agree_with_the_full_distance_matrix(k: int):
     rng = np.random.default_rng(2)
-    distance = PatchNearestNeighbourDistance(4, k=3, bank_size=100).fit(rng.normal(size=(5, 4, 6, 6)))
+    distance = PatchNearestNeighbourDistance(4, k=k, bank_size=100).fit(rng.normal(size=(5, 4, 6, 6)))
     probe = torch.from_numpy(rng.normal(size=(2, 4, 6, 6))).float()
     whole = distance.distance_map(probe)
-    distance.CHUNK = 7  # 100 bank vectors in 15 chunks, each with its own nearest 3
+    distance.CHUNK = 7  # 100 bank vectors in 15 chunks, each with its own nearest k
     assert torch.allclose(distance.distance_map(probe), whole, atol=1e-4)
     distance.CHUNK_ELEMENTS = 2 * 36
     assert distance.chunk_size(6 * 6) == 2  # the grid, not CHUNK, now bounds the chunks
     assert torch.allclose(distance.distance_map(probe), whole, atol=1e-4)
     queries = probe.permute(0, 2, 3, 1).reshape(-1, 4)
-    brute = torch.cdist(queries - distance.bank_centre, distance.bank).topk(3, dim=1, largest=False).values.mean(dim=1)  # the bank is stored centred
+    brute = torch.cdist(queries - distance.bank_centre, distance.bank).topk(k, dim=1, largest=False).values.mean(dim=1)  # the bank is stored centred
     assert torch.allclose(whole.permute(0, 2, 3, 1).reshape(-1), brute, atol=1e-4)
 
 

@@ -29,6 +29,11 @@ def _mean_and_floored_spread(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return maps.mean(dim=0, keepdim=True), spread.clamp_min(0.1 * float(spread.mean()))
 
 
+def _smallest(values: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """The k smallest values along `dim` (kept, size k): a plain minimum for k = 1, much cheaper than top-k."""
+    return values.amin(dim=dim, keepdim=True) if k == 1 else values.topk(k, dim=dim, largest=False).values
+
+
 class MahalanobisDistance(nn.Module):
     """sqrt((z - mean)^T P (z - mean)) with P the inverse of a Ledoit-Wolf shrunk covariance.
 
@@ -75,7 +80,7 @@ class NearestNeighbourDistance(nn.Module):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         distances = torch.cdist(codes, self.bank)
         k = min(self.k, self.bank.shape[0])
-        return distances.topk(k, dim=1, largest=False).values.mean(dim=1)
+        return _smallest(distances, k, dim=1).mean(dim=1)
 
 
 class PatchNearestNeighbourDistance(nn.Module):
@@ -180,8 +185,8 @@ class PatchNearestNeighbourDistance(nn.Module):
             squared = query_norms - 2 * queries @ chunk.T + (chunk * chunk).sum(dim=1)
             if excluded is not None:
                 squared = squared.masked_fill(excluded[start : start + chunk.shape[0]], float("inf"))
-            nearest.append(squared.topk(min(k, chunk.shape[0]), dim=2, largest=False).values)
-        squared = torch.cat(nearest, dim=2).topk(k, dim=2, largest=False).values
+            nearest.append(_smallest(squared, min(k, chunk.shape[0]), dim=2))
+        squared = _smallest(torch.cat(nearest, dim=2), k, dim=2)
         distances = squared.clamp_min(0).sqrt().mean(dim=2)
         return distances.reshape(batch, 1, height, width)
 
@@ -297,11 +302,6 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
                 nearest.append(best[:, :, row : row + height, column : column + width])
         squared = _smallest(torch.cat(nearest, dim=1), k, dim=1)
         return squared.clamp_min(0).sqrt().mean(dim=1, keepdim=True)
-
-
-def _smallest(values: torch.Tensor, k: int, dim: int) -> torch.Tensor:
-    """The k smallest values along `dim` (kept, size k): a plain minimum for k = 1, much cheaper than top-k."""
-    return values.amin(dim=dim, keepdim=True) if k == 1 else values.topk(k, dim=dim, largest=False).values
 
 
 def build_latent_distance(config: ScoringConfig, code_size: int, encoder_widths: list[int], image_size: tuple[int, int]) -> nn.Module:
