@@ -172,7 +172,8 @@ class PatchNearestNeighbourDistance(nn.Module):
 
     def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, h, w) -> (B, 1, h, w): mean distance of each position to its k nearest bank vectors,
-        ignoring the bank vectors that `excluded` (bool, one per bank vector) marks."""
+        ignoring the bank vectors that `excluded` (bool, one per bank vector) marks. As in the position bank's
+        search, a query's own squared norm is the same for all its candidates and is added after the search."""
         batch, channels, height, width = features.shape
         if self.intensity_weight > 0:
             features = self._with_intensity_deviation(features)
@@ -182,11 +183,11 @@ class PatchNearestNeighbourDistance(nn.Module):
         nearest = []
         size = self.chunk_size(height * width)
         for start, chunk in zip(range(0, self.bank.shape[0], size), self.bank.split(size)):
-            squared = query_norms - 2 * queries @ chunk.T + (chunk * chunk).sum(dim=1)
+            partial = (chunk * chunk).sum(dim=1) - 2 * queries @ chunk.T  # |c|^2 - 2 q.c
             if excluded is not None:
-                squared = squared.masked_fill(excluded[start : start + chunk.shape[0]], float("inf"))
-            nearest.append(_smallest(squared, min(k, chunk.shape[0]), dim=2))
-        squared = _smallest(torch.cat(nearest, dim=2), k, dim=2)
+                partial = partial.masked_fill(excluded[start : start + chunk.shape[0]], float("inf"))
+            nearest.append(_smallest(partial, min(k, chunk.shape[0]), dim=2))
+        squared = _smallest(torch.cat(nearest, dim=2), k, dim=2) + query_norms
         distances = squared.clamp_min(0).sqrt().mean(dim=2)
         return distances.reshape(batch, 1, height, width)
 
