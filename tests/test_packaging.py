@@ -49,3 +49,15 @@ def test_cli_exits_non_zero_with_one_line_on_bad_input(tmp_path):
     result = run_cli_process("train", "--config", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: config file not found: {tmp_path / 'missing.yaml'}"
+
+
+def test_elpv_pipeline_is_the_folder_default_on_elpv():
+    """The README's main command runs the one default: only where the data comes from and where runs go differ."""
+    from anomaly.config import load_config
+
+    folder, elpv = (load_config(ROOT / "pipelines" / name) for name in ("folder.yaml", "elpv.yaml"))
+    assert elpv.data.kind == "elpv" and elpv.model.pretrained
+    for section in ("model", "loss", "train", "scoring", "trainer"):
+        assert getattr(elpv, section) == getattr(folder, section), section
+    different = {key for key in folder.data.model_fields if getattr(folder.data, key) != getattr(elpv.data, key)}
+    assert {key for key in different if not key.startswith("elpv_")} == {"kind", "root"}

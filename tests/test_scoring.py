@@ -206,6 +206,26 @@ def test_position_bank_is_the_k_nearest_within_the_radius(k: int):
     assert float(alone.position_mean.min()) > 0.1
 
 
+@pytest.mark.parametrize("bank", ["position", "random"])
+def test_banks_fitted_block_by_block_from_a_memory_map_equal_the_in_memory_fit(bank, tmp_path: Path, monkeypatch):
+    """Fitting reads the training features a block at a time (anomaly.scoring.fit writes them to a memory map), so a
+    large training set never sits in memory at once; the blocks must not change what is fitted."""
+    training = np.random.default_rng(9).normal(size=(12, 3, 5, 7)).astype(np.float32)
+    mapped = np.lib.format.open_memmap(tmp_path / "features.npy", mode="w+", dtype=np.float32, shape=training.shape)
+    mapped[:] = training
+
+    def fitted(features: np.ndarray) -> torch.nn.Module:
+        if bank == "position":
+            return PositionBankDistance(3, k=1, per_position=6, grid=(5, 7), radius=1).fit(features)
+        return PatchNearestNeighbourDistance(3, k=1, bank_size=200, grid=(5, 7), intensity_weight=0.5).fit(features)
+
+    whole = fitted(training)
+    monkeypatch.setattr(PositionBankDistance, "FIT_VALUES", 12 * 3 * 7)  # blocks of 7 positions, and of 2 images for the centre
+    streamed = fitted(mapped)
+    for name, tensor in whole.state_dict().items():
+        assert torch.allclose(tensor.float(), streamed.state_dict()[name].float(), atol=1e-6), name
+
+
 def test_greedy_k_centres_cover_the_spread_not_the_crowd():
     points = torch.tensor([0.0, 0.1, 0.2, 0.3, 5.0, 10.0]).reshape(1, 6, 1)  # a crowd near 0, two rare values
     assert greedy_k_centres(points, 3, first=0).tolist() == [[0, 5, 4]]

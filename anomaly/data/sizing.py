@@ -27,5 +27,5 @@ def resolve_image_size(config: Config) -> Config:
     """The config with `data.image_size: auto` replaced by the size the data calls for; others unchanged."""
     if config.data.image_size != AUTO_SIZE:
         return config
-    size = auto_input_size(native_size(config.data), 2**config.model.depth, config.data.max_input_pixels)
+    size = auto_input_size(native_size(config.data), config.model.size_multiple, config.data.max_input_pixels)
     return build_config(config.model_dump(mode="json"), [f"data.image_size=[{size[0]}, {size[1]}]"])

@@ -27,12 +27,21 @@ def scoring_summary(config: Config) -> str:
     return f"latent distance {latent}; heat map {scoring.heatmap}"
 
 
-def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any], parity: dict[str, float], run_id: str | None) -> str:
+def encoder_summary(config: Config, encoder_sha256: str | None) -> str:
+    """The encoder in words: the autoencoder's own, or the frozen pretrained CNN and the sha256 of its weights file."""
+    if not config.model.pretrained:
+        return "own (trained with the autoencoder)"
+    return f"{config.model.encoder}, frozen, ImageNet-pretrained weights sha256 {encoder_sha256 or 'unknown'}"
+
+
+def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any], parity: dict[str, float], run_id: str | None,
+               encoder_sha256: str | None = None) -> str:
     data = config.data
     source = data_source(config)
     lines = [
         f"# Anomaly detector: {config.model.architecture}",
         "",
+        f"- encoder: {encoder_summary(config, encoder_sha256)}",
         f"- data: {source}",
         f"- training run: {run_id or 'unknown'} (MLflow experiment `{config.tracking.experiment}`)",
         f"- input: float32 NCHW [batch, {data.channels}, {data.image_size[0]}, {data.image_size[1]}] in [0, 1];"

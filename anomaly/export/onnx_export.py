@@ -21,12 +21,13 @@ from anomaly.runtime.bundle import (
     META_ARCHITECTURE,
     META_CALIBRATION_SHA256,
     META_DATASET,
+    META_ENCODER,
     META_INPUT,
     META_MODEL_CHECKSUM,
     META_TRAINING_RUN,
     OUTPUT_NAMES,
 )
-from anomaly.scoring.detector import AnomalyDetector, weights_checksum
+from anomaly.scoring.detector import AnomalyDetector, encoder_checksum, weights_checksum
 
 OPSET = 18
 ONE_FILE_LIMIT_BYTES = 2**31  # protobuf's limit on one message: model.onnx holds every weight and bank inline
@@ -76,6 +77,7 @@ def export_onnx(
         META_CALIBRATION_SHA256: calibration_sha256,
         META_MODEL_CHECKSUM: weights_checksum(detector),
         META_ARCHITECTURE: config.model.architecture,
+        META_ENCODER: config.model.encoder if not config.model.pretrained else f"{config.model.encoder} sha256:{encoder_checksum(detector)}",
         META_INPUT: json.dumps({"name": INPUT_NAME, "shape": ["batch", config.data.channels, *config.data.image_size], "range": [0, 1]}),
         META_TRAINING_RUN: run_id or "",
         META_DATASET: data_source(config),

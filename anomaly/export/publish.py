@@ -18,7 +18,7 @@ from anomaly.evaluation.run import Calibrated, load_calibrated
 from anomaly.export.onnx_export import export_onnx
 from anomaly.export.parity import check_parity, parity_report
 from anomaly.runtime.bundle import CALIBRATION_FILE, CARD_FILE, MODEL_FILE, OnnxDetector, sha256_file
-from anomaly.scoring.detector import AnomalyDetector
+from anomaly.scoring.detector import AnomalyDetector, encoder_checksum
 
 PARITY_IMAGES = 64
 
@@ -63,7 +63,9 @@ def verify_parity(calibrated: Calibrated, output_dir: Path) -> dict[str, float]:
 
 
 def write_card(calibrated: Calibrated, metrics: dict[str, Any], report: dict[str, float], output_dir: Path, run_id: str | None) -> None:
-    (output_dir / CARD_FILE).write_text(model_card(calibrated.detector.config, calibrated.calibration, metrics, report, run_id))
+    detector = calibrated.detector
+    card = model_card(detector.config, calibrated.calibration, metrics, report, run_id, encoder_checksum(detector))
+    (output_dir / CARD_FILE).write_text(card)
 
 
 def publish(evaluation_dir: Path, output_dir: Path, data_overrides: list[str], run_id: str | None) -> ExportResult:

@@ -26,6 +26,7 @@ OUTPUT_NAMES = ("reconstruction", "latent", "anomaly_map", "reconstruction_score
 META_CALIBRATION_SHA256 = "anomaly.calibration_sha256"
 META_MODEL_CHECKSUM = "anomaly.model_checksum"
 META_ARCHITECTURE = "anomaly.architecture"
+META_ENCODER = "anomaly.encoder"  # own, or a pretrained encoder's name and the sha256 of its weights file
 META_INPUT = "anomaly.input"
 META_TRAINING_RUN = "anomaly.training_run"
 META_DATASET = "anomaly.dataset"

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly.config import Config
+from anomaly.config import Config, ModelConfig
 from anomaly.errors import AnomalyError
 from anomaly.models import build_model
 from anomaly.models.blocks import encoder_channels
+from anomaly.models.pretrained.backbones import BACKBONES
 from anomaly.models.outputs import AutoencoderOutput
 from anomaly.scoring.latent import build_latent_distance
 from anomaly.scoring.maps import AnomalyMap, MapReduction
@@ -40,6 +41,15 @@ def latent_size(model: nn.Module, channels: int, image_size: tuple[int, int]) ->
     size = model(torch.zeros(1, channels, *image_size)).latent.shape[1]
     model.train(was_training)
     return int(size)
+
+
+def patch_channels(config: ModelConfig, level: int) -> int:
+    """Channels of the patch features at `level`: the own encoder's block there, or a pretrained encoder's level
+    and the next one together (FeatureAutoencoder.patch_features)."""
+    if config.pretrained:
+        channels = BACKBONES[config.encoder].channels
+        return channels[level] + channels[level + 1]
+    return encoder_channels(config)[level - 1]
 
 
 def _image_mean(values: torch.Tensor) -> torch.Tensor:
@@ -69,20 +79,31 @@ class AnomalyDetector(nn.Module):
         self.latent_distance = build_latent_distance(
             scoring,
             code_size=latent_size(self.model, data.channels, data.image_size),
-            encoder_widths=encoder_channels(config.model),
+            patch_channels=patch_channels(config.model, scoring.patch_level) if scoring.latent == "patch_knn" else 0,
             image_size=data.image_size,
         )
 
     def embed(self, images: torch.Tensor) -> tuple[AutoencoderOutput, torch.Tensor, torch.Tensor]:
         """The model's output, the image's latent vector, and what the latent distance is fitted on
         and measures: that vector, or for patch_knn the encoder's feature map at patch_level."""
+        scoring = self.config.scoring
+        if self.shares_backbone_pass:
+            output, features = self.model.forward_with_patch_features(images, scoring.patch_level)
+            return output, output.latent, self._with_intensity(features, images)
         output = self.model(images)
         latent = output.latent
-        if self.config.scoring.latent_vector == "code_and_round_trip":
+        if scoring.latent_vector == "code_and_round_trip":
             latent = torch.cat((latent, latent - self.model.latent(output.reconstruction)), dim=1)
-        if self.config.scoring.latent != "patch_knn":
+        if scoring.latent != "patch_knn":
             return output, latent, latent
         return output, latent, self.patch_features(images)
+
+    @property
+    def shares_backbone_pass(self) -> bool:
+        """A pretrained encoder's patches read the same image as its autoencoder (no per-image standardisation
+        first), so one backbone pass serves both: the backbone is most of the detector's cost."""
+        scoring = self.config.scoring
+        return self.config.model.pretrained and scoring.latent == "patch_knn" and not scoring.patch_standardise
 
     def measured_features(self, images: torch.Tensor) -> torch.Tensor:
         """embed's third part alone: for patch_knn only the encoder's first patch_level blocks run, not the
@@ -93,18 +114,25 @@ class AnomalyDetector(nn.Module):
         """(B, C, H, W) -> the encoder's feature map at patch_level (plus the intensity channel if configured)."""
         scoring = self.config.scoring
         encoder_input = standardise_intensity(images) if scoring.patch_standardise else images
-        features = encoder_input
-        for block in self.model.encoder[: scoring.patch_level]:
-            features = block(features)
-        if scoring.patch_intensity_weight > 0:
-            stride = 2**scoring.patch_level
-            intensity = F.avg_pool2d(encoder_input.mean(dim=1, keepdim=True), stride)
-            features = torch.cat((features, intensity), dim=1)
-        return features
+        if self.config.model.pretrained:
+            features = self.model.patch_features(encoder_input, scoring.patch_level)
+        else:
+            features = encoder_input
+            for block in self.model.encoder[: scoring.patch_level]:
+                features = block(features)
+        return self._with_intensity(features, encoder_input)
+
+    def _with_intensity(self, features: torch.Tensor, encoder_input: torch.Tensor) -> torch.Tensor:
+        """The patch features plus, if configured, each position's mean input intensity as one more channel."""
+        scoring = self.config.scoring
+        if scoring.patch_intensity_weight <= 0:
+            return features
+        intensity = F.avg_pool2d(encoder_input.mean(dim=1, keepdim=True), 2**scoring.patch_level)
+        return torch.cat((features, intensity), dim=1)
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
         output, latent, measured = self.embed(images)
-        error_map = self.anomaly_map(images, output.reconstruction)
+        error_map = self.anomaly_map(images, output.reconstruction, output.target)
         if self.config.scoring.heatmap == "patch_distance":
             patch_map = self.latent_distance.score_map(measured)  # computed once: the kNN search is the costly part
             latent_distance = self.latent_distance.image_distance(patch_map)
@@ -128,6 +156,11 @@ def weights_checksum(module: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def encoder_checksum(detector: AnomalyDetector) -> str | None:
+    """The sha256 of a pretrained encoder's weights file, as loaded for training; None for the own encoder."""
+    return detector.model.backbone.weights_checksum() if detector.config.model.pretrained else None
 
 
 def save_detector(detector: AnomalyDetector, path: Path) -> None:

@@ -7,7 +7,9 @@ for early stopping. Test images are never touched here.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from anomaly.calibration.artifact import Calibration
 from anomaly.calibration.distribution import MIN_FIT_SAMPLES
 from anomaly.calibration.fit import fit_calibration
 from anomaly.calibration.scored import ScoredSet
-from anomaly.config import AUTO_PATCH_LEVELS, Config
+from anomaly.config import Config
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.errors import AnomalyError
 from anomaly.scoring.detector import AnomalyDetector, weights_checksum
@@ -63,9 +65,26 @@ def score_loader(detector: AnomalyDetector, loader: DataLoader) -> ScoredSet:
 
 
 @torch.no_grad()
-def training_latents(detector: AnomalyDetector, loader: DataLoader) -> np.ndarray:
+def training_latents(detector: AnomalyDetector, loader: DataLoader, folder: Path) -> np.ndarray:
+    """What the latent distance is fitted on, for every training image. Patch features are written batch by batch
+    into a float32 file in `folder`, memory-mapped: 2,000 images at 640 x 256 are several GB of features, which the
+    fit then reads position by position instead of holding at once."""
     detector.eval()
-    return np.concatenate([detector.measured_features(batch["image"]).numpy() for batch in loader])
+    if detector.config.scoring.latent != "patch_knn":
+        return np.concatenate([detector.measured_features(batch["image"]).numpy() for batch in loader])
+    features: np.ndarray | None = None
+    start = 0
+    for batch in loader:
+        part = detector.measured_features(batch["image"]).numpy()
+        if features is None:
+            shape = (len(loader.dataset), *part.shape[1:])
+            features = np.lib.format.open_memmap(folder / "training_features.npy", mode="w+", dtype=np.float32, shape=shape)
+        features[start : start + len(part)] = part
+        start += len(part)
+    if features is None:
+        raise AnomalyError("no training images to fit the latent distance on")
+    features.flush()
+    return features
 
 
 def fit_detector(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> Calibration:
@@ -76,8 +95,11 @@ def fit_detector(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> Ca
             f"calibration needs at least {MIN_FIT_SAMPLES} held-out normal images, got {len(datamodule.calibration_set)}: "
             "add normal training images or raise data.calibration_fraction"
         )
-    codes = training_latents(detector, datamodule.train_dataloader_for_fitting())
-    detector.latent_distance.fit(codes)
+    with tempfile.TemporaryDirectory(prefix="anomaly-fit-") as folder:
+        codes = training_latents(detector, datamodule.train_dataloader_for_fitting(), Path(folder))
+        detector.latent_distance.fit(codes)
+        fitted_images = len(codes)
+        del codes  # the memory map must close before its folder goes
     labelled_loader = datamodule.labelled_val_dataloader()
     return fit_calibration(
         held_out=score_loader(detector, datamodule.calibration_dataloader()),
@@ -86,7 +108,7 @@ def fit_detector(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> Ca
         model_checksum=weights_checksum(detector),
         seed=config.data.split_seed,
         labelled=None if labelled_loader is None else score_loader(detector, labelled_loader),
-        sample_sizes={"latent_fit_images": len(codes)},
+        sample_sizes={"latent_fit_images": fitted_images},
     )
 
 
@@ -98,7 +120,7 @@ def fit_chosen_detector(config: Config, model: nn.Module, datamodule: AnomalyDat
         detector = AnomalyDetector(config, model)
         return detector, fit_detector(detector, datamodule)
     fitted: dict[int, tuple[AnomalyDetector, Calibration]] = {}
-    for level in AUTO_PATCH_LEVELS:
+    for level in config.model.auto_patch_levels:
         detector = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.at_patch_level(level)}), model)
         fitted[level] = (detector, fit_detector(detector, datamodule))
     aurocs = {level: calibration.validation_auroc["combined"] for level, (_, calibration) in fitted.items()}

@@ -132,16 +132,20 @@ class PatchNearestNeighbourDistance(nn.Module):
         self.register_buffer("position_scale", torch.ones(statistics_shape))
 
     def fit(self, features: np.ndarray, seed: int = 0) -> PatchNearestNeighbourDistance:
-        _, channels, height, width = features.shape
-        vectors = features.transpose(0, 2, 3, 1).reshape(-1, channels)
-        rows = _seeded_indices(len(vectors), self.bank.shape[0], seed)
-        bank = torch.from_numpy(vectors[rows]).double()
+        """Fit on the training images' feature maps (N, C, h, w), which may be a memory map: only the sampled bank
+        rows, the intensity channel and POSITION_IMAGES images are read into memory."""
+        images, channels, height, width = features.shape
+        positions = height * width
+        rows = _seeded_indices(images * positions, self.bank.shape[0], seed)  # row r: image r // positions, place r % positions
+        flat = features.reshape(images, channels, positions)
+        bank = torch.from_numpy(np.ascontiguousarray(flat[rows // positions, :, rows % positions])).double()
         if self.intensity_weight > 0:
-            self._fit_intensity(bank, torch.from_numpy(features[:, -1:]), torch.from_numpy(rows % (height * width)))
+            intensity = torch.from_numpy(np.ascontiguousarray(features[:, -1:]))
+            self._fit_intensity(bank, intensity, torch.from_numpy(rows % positions))
         self.bank_centre = bank.mean(dim=0).float()
         self.bank = (bank - self.bank_centre.double()).float()
         if self.normalise_positions:
-            self._fit_positions(torch.from_numpy(features).float(), rows // (height * width), seed)
+            self._fit_positions(features, rows // positions, seed)
         return self
 
     def _fit_intensity(self, bank: torch.Tensor, intensity: torch.Tensor, bank_positions: torch.Tensor) -> None:
@@ -161,13 +165,14 @@ class PatchNearestNeighbourDistance(nn.Module):
         return torch.cat((features[:, :-1], deviation), dim=1)
 
     @torch.no_grad()
-    def _fit_positions(self, features: torch.Tensor, bank_owners: np.ndarray, seed: int) -> None:
+    def _fit_positions(self, features: np.ndarray, bank_owners: np.ndarray, seed: int) -> None:
         """Mean and spread per position of training images' maps, each image's own bank vectors (those whose
         `bank_owners` entry, shaped as distance_map's `excluded`, is the image's index) left out
         (otherwise every training patch finds itself at distance 0). The spread is floored at a tenth
         of its average, so a position where normal images never vary cannot blow up."""
         images = _seeded_indices(len(features), self.POSITION_IMAGES, seed)
-        maps = torch.cat([self.smoothed_map(features[i : i + 1], torch.from_numpy(bank_owners == i)) for i in images])
+        maps = torch.cat([self.smoothed_map(torch.from_numpy(np.array(features[i : i + 1], dtype=np.float32)), torch.from_numpy(bank_owners == i))
+                          for i in images])
         self.position_mean, self.position_scale = _mean_and_floored_spread(maps)
 
     def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
@@ -246,7 +251,8 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
     """
 
     FAR = 1e30  # squared distance given to candidates outside the grid or left out: never among the nearest
-    FIT_POSITIONS = 1024  # positions whose coresets are chosen at once, bounding the fit's memory
+    FIT_POSITIONS = 1024  # at most this many positions' coresets are chosen at once
+    FIT_VALUES = 2**26  # and at most this many training feature values read at once (256 MB of float32)
 
     def __init__(self, channels: int, k: int, per_position: int, grid: tuple[int, int], radius: int, line_length: int = 1,
                  line_cap: float | None = None) -> None:
@@ -255,20 +261,25 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         self.register_buffer("bank", torch.zeros(grid[0] * grid[1], channels, per_position, dtype=torch.float16))
 
     def fit(self, features: np.ndarray, seed: int = 0) -> PositionBankDistance:
+        """Fit on the training images' feature maps (N, C, h, w), which may be a memory map: they are read a block
+        of positions at a time (FIT_VALUES), so 2,000 training images need no more memory than a few."""
         images, channels = features.shape[:2]
-        training = torch.from_numpy(features).float()
-        self.bank_centre = training.double().mean(dim=(0, 2, 3)).float()
-        flat = training.flatten(2)  # (images, C, h * w)
+        flat = features.reshape(images, channels, -1)  # (images, C, h * w), a view
+        image_step = max(1, self.FIT_VALUES // flat[0].size)
+        total = sum(np.asarray(flat[i : i + image_step], dtype=np.float64).sum(axis=(0, 2)) for i in range(0, images, image_step))
+        self.bank_centre = torch.from_numpy(total / (images * flat.shape[2])).float()
         count = min(self.bank.shape[2], images)
         first = int(np.random.default_rng(seed).integers(images))
+        step = max(1, min(self.FIT_POSITIONS, self.FIT_VALUES // (images * channels)))
         banks, owners = [], []
-        for start in range(0, flat.shape[2], self.FIT_POSITIONS):
-            vectors = (flat[:, :, start : start + self.FIT_POSITIONS].permute(2, 0, 1) - self.bank_centre).contiguous()
+        for start in range(0, flat.shape[2], step):
+            block = torch.from_numpy(np.ascontiguousarray(flat[:, :, start : start + step], dtype=np.float32))
+            vectors = (block.permute(2, 0, 1) - self.bank_centre).contiguous()
             chosen = greedy_k_centres(vectors, count, first)  # (positions, count): the image behind each bank vector
             banks.append(torch.gather(vectors, 1, chosen.unsqueeze(2).expand(-1, -1, channels)).transpose(1, 2))
             owners.append(chosen)
         self.bank = torch.cat(banks).to(torch.float16).contiguous()
-        self._fit_positions(training, torch.cat(owners).unsqueeze(1).numpy(), seed)
+        self._fit_positions(features, torch.cat(owners).unsqueeze(1).numpy(), seed)
         return self
 
     def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
@@ -305,12 +316,13 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         return squared.clamp_min(0).sqrt().mean(dim=1, keepdim=True)
 
 
-def build_latent_distance(config: ScoringConfig, code_size: int, encoder_widths: list[int], image_size: tuple[int, int]) -> nn.Module:
-    """The distance that `config.latent` names, sized for the model's latent vector or patch features."""
+def build_latent_distance(config: ScoringConfig, code_size: int, patch_channels: int, image_size: tuple[int, int]) -> nn.Module:
+    """The distance that `config.latent` names, sized for the model's latent vector or its `patch_channels`-channel
+    patch features at config.patch_level."""
     if config.latent == "patch_knn":
         stride = 2**config.patch_level
         grid = (image_size[0] // stride, image_size[1] // stride) if config.patch_position_normalise else None  # also the intensity's
-        channels = encoder_widths[config.patch_level - 1] + (1 if config.patch_intensity_weight > 0 else 0)
+        channels = patch_channels + (1 if config.patch_intensity_weight > 0 else 0)
         if config.patch_bank == "position":
             return PositionBankDistance(channels, config.knn_k, config.patch_bank_per_position, grid, config.patch_bank_radius,
                                         config.patch_line_length, config.patch_line_cap)

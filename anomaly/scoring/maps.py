@@ -45,7 +45,11 @@ class GaussianBlur(nn.Module):
 
 
 class AnomalyMap(nn.Module):
-    """(input, reconstruction) -> smoothed per-pixel anomaly map (B, 1, H, W)."""
+    """(input, reconstruction[, target]) -> smoothed per-pixel anomaly map (B, 1, H, W).
+
+    With `target` (a pretrained encoder's features, which the reconstruction restores) the error is measured in
+    feature space, averaged over channels and upsampled bilinearly to the input's size before smoothing.
+    """
 
     def __init__(self, config: ScoringConfig) -> None:
         super().__init__()
@@ -64,7 +68,10 @@ class AnomalyMap(nn.Module):
         )
         return (1 - ssim) / 2
 
-    def forward(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, reconstruction: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        if target is not None:
+            error = ((target - reconstruction) ** 2).mean(dim=1, keepdim=True)
+            return self.smooth(F.interpolate(error, size=images.shape[-2:], mode="bilinear", align_corners=False))
         if self.kind == "ssim":
             per_channel = self._dissimilarity(images, reconstruction)
         else:

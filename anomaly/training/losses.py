@@ -29,7 +29,10 @@ class AutoencoderLoss(nn.Module):
         self.config = config
 
     def forward(self, output: AutoencoderOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`target` is the clean image; a feature autoencoder is compared with its own target features instead."""
         reconstruction = output.reconstruction
+        if output.target is not None:
+            target = output.target
         terms: dict[str, torch.Tensor] = {}
         for name, weight in self.config.terms.items():
             if weight == 0:

@@ -9,12 +9,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
 from anomaly.config import Config, flatten
+from anomaly.models.outputs import AutoencoderOutput
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 GRID_IMAGES = 8
@@ -84,11 +86,17 @@ def create_logger(config: Config, run_id: str | None = None) -> MLFlowLogger:
     return logger
 
 
-def reconstruction_grid(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-    """Rows: inputs, reconstructions, absolute error (brightest = worst)."""
-    error = (images - reconstructions).abs()
-    error = error / error.amax().clamp_min(1e-8)
-    return make_grid(torch.cat((images, reconstructions, error)), nrow=len(images), padding=2, pad_value=1.0)
+def reconstruction_grid(images: torch.Tensor, output: AutoencoderOutput) -> torch.Tensor:
+    """Rows: inputs, reconstructions, absolute error (brightest = worst). A feature autoencoder restores features,
+    not pixels: its rows are the inputs and its feature-space error, averaged over channels and upsampled."""
+    if output.target is None:
+        rows = [images, output.reconstruction, (images - output.reconstruction).abs()]
+    else:
+        error = (output.target - output.reconstruction).abs().mean(dim=1, keepdim=True)
+        error = F.interpolate(error, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        rows = [images, error.expand(-1, images.shape[1], -1, -1)]
+    rows[-1] = rows[-1] / rows[-1].amax().clamp_min(1e-8)
+    return make_grid(torch.cat(rows), nrow=len(images), padding=2, pad_value=1.0)
 
 
 def log_run_artifacts(

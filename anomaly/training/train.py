@@ -9,9 +9,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from anomaly.config import Config
+from anomaly.config import PRETRAINED_FEATURE_LEVELS, Config
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.data.sizing import resolve_image_size
+from anomaly.models.outputs import AutoencoderOutput
+from anomaly.models.pretrained.backbones import PretrainedBackbone
 from anomaly.training.module import AutoencoderModule
 from anomaly.training.tracking import (
     GRID_IMAGES,
@@ -19,6 +21,7 @@ from anomaly.training.tracking import (
     log_run_artifacts,
     reconstruction_grid,
     resolve_tracking_uri,
+    tag_run,
 )
 
 
@@ -51,11 +54,21 @@ def build_trainer(config: Config, logger: L.pytorch.loggers.Logger, output_dir: 
     return trainer, checkpoint
 
 
+def pretrained_encoder(config: Config) -> PretrainedBackbone:
+    """The pretrained encoder with its weights loaded strictly and their checksum checked (one-line error if not)."""
+    model = config.model
+    encoder = PretrainedBackbone(model.encoder, config.data.channels, max(PRETRAINED_FEATURE_LEVELS))
+    encoder.load_pretrained(model.encoder_weights, model.encoder_weights_sha256)
+    return encoder
+
+
 @torch.no_grad()
 def sample_reconstructions(module: AutoencoderModule, datamodule: AnomalyDataModule) -> torch.Tensor:
     batch = next(iter(datamodule.val_dataloader()))["image"][:GRID_IMAGES].to(module.device)
     module.eval()
-    return reconstruction_grid(batch.cpu(), module(batch).reconstruction.cpu())
+    output = module(batch)
+    target = None if output.target is None else output.target.cpu()
+    return reconstruction_grid(batch.cpu(), AutoencoderOutput(output.reconstruction.cpu(), output.latent.cpu(), target))
 
 
 def train(config: Config, run_id: str | None = None) -> TrainResult:
@@ -71,13 +84,18 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     datamodule = AnomalyDataModule(config.data)
     datamodule.setup("fit")
+    resuming = run_id is not None and (config.output_dir / run_id / "checkpoints" / "last.ckpt").is_file()
+    # A resumed run's checkpoint holds the encoder's weights; otherwise they are read and checked before the run opens.
+    encoder = pretrained_encoder(config) if config.model.pretrained and not resuming else None
     logger = create_logger(config, run_id)
     module = AutoencoderModule(config.model_dump(mode="json"), mlflow_run_id=logger.run_id, tracking_uri=resolve_tracking_uri(config))
     # Only rank 0 has an MLflow run; Lightning broadcasts rank 0's checkpoint folder to the others.
     output_dir = config.output_dir / (logger.run_id or "rank-local")
     trainer, checkpoint = build_trainer(config, logger, output_dir)
-    last = output_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last if run_id and last.is_file() else None)
+    if encoder is not None:
+        module.model.backbone.load_state_dict(encoder.state_dict())
+        tag_run(logger, {"encoder": config.model.encoder, "encoder.weights_sha256": encoder.weights_checksum()})
+    trainer.fit(module, datamodule=datamodule, ckpt_path=output_dir / "checkpoints" / "last.ckpt" if resuming else None)
     best = Path(checkpoint.best_model_path)
     if trainer.is_global_zero:
         best_module = AutoencoderModule.load_from_checkpoint(best, map_location="cpu")

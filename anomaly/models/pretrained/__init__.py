@@ -1,0 +1,1 @@
+"""Autoencoders whose encoder is a frozen ImageNet-pretrained CNN (model.encoder)."""

@@ -1,0 +1,58 @@
+"""Own and pretrained encoders side by side: the folder default on every real surface, quality, speed and size.
+
+    uv run python -m benchmarks.run --sections encoders
+
+For KolektorSDD and BSData (MVTec layout, with masks) and ELPV (the elpv-dataset package), pipelines/folder.yaml is
+trained twice: as it is (a frozen pretrained EfficientNet-Lite0 encoder) and with the autoencoder's own encoder
+(OWN_ENCODER: the settings the folder default had before pretrained encoders). Each row: the validation AUROCs that
+settings are chosen by, test image AUROC per signal, pixel AUROC and AUPRO where there are masks, training and total
+seconds, model.onnx size and ONNX Runtime images/s on the test images (with preprocessing, batch 8), with the
+IsolationForest and PCA baselines of the same split. Quick mode: one epoch, KolektorSDD only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from anomaly.config import load_config
+from anomaly.runtime.bundle import CALIBRATION_FILE, MODEL_FILE
+from benchmarks.quality import PIPELINES, overrides_for, train_and_evaluate
+
+OWN_ENCODER = ["model.encoder=own", "loss.terms={mse: 1.0, ssim: 0.5}", "train.max_epochs=4"]
+ENCODERS = {"efficientnet_lite0": [], "own": OWN_ENCODER}
+
+
+def surfaces(datasets: Path, quick: bool) -> dict[str, list[str]]:
+    found = {"kolektorsdd": [f"data.root={datasets / 'kolektorsdd'}"], "bsdata": [f"data.root={datasets / 'bsdata'}"],
+             "elpv": ["data.kind=elpv"]}
+    return {"kolektorsdd": found["kolektorsdd"]} if quick else found
+
+
+def measure(surface: str, encoder: str, overrides: list[str], scratch: Path) -> dict[str, Any]:
+    model_dir = scratch / f"encoders-{surface}-{encoder}"
+    row = train_and_evaluate(load_config(PIPELINES / "folder.yaml", overrides), scratch, export_to=model_dir)
+    calibration = json.loads((model_dir / CALIBRATION_FILE).read_text())
+    row["validation_auroc"] = {key: value for key, value in calibration["validation_auroc"].items() if "." not in key}
+    row["model_onnx_mb"] = round((model_dir / MODEL_FILE).stat().st_size / 1e6, 1)
+    return row
+
+
+def run(quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
+    """Pretrained rows first on every surface, then the own encoder's. Each finished row is kept in
+    scratch/encoders-rows/, so an interrupted section resumes with the rows it lacks (delete the folder to start over)."""
+    done = scratch / "encoders-rows"
+    done.mkdir(exist_ok=True)
+    rows: dict[str, dict[str, Any]] = {}
+    for encoder, settings in ENCODERS.items():
+        for surface, data in surfaces(datasets, quick).items():
+            record = done / f"{surface}-{encoder}.json"
+            if not record.is_file():
+                overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-encoders.db'}", scratch / "runs", 1 if quick else None),
+                             *data, *settings]
+                row = {**measure(surface, encoder, overrides, scratch), "overrides": [*data, *settings]}
+                record.write_text(json.dumps(row, indent=1))
+                print(surface, encoder, {key: row[key] for key in ("combined_auroc", "validation_auroc", "model_onnx_mb")}, flush=True)
+            rows.setdefault(surface, {})[encoder] = json.loads(record.read_text())
+    return {"pipeline": "pipelines/folder.yaml", "own_encoder_overrides": OWN_ENCODER, "surfaces": rows}
