@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -89,5 +88,4 @@ def run(quick: bool) -> dict[str, Any]:
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    np.seterr(all="ignore")
     print(json.dumps(measure(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))

@@ -18,8 +18,8 @@ from anomaly.evaluation.run import evaluate_checkpoint
 from anomaly.export.publish import publish
 from anomaly.export.quantize import quantise_model
 from anomaly.models import FeatureAutoencoder, build_model
-from anomaly.models.pretrained.backbones import PretrainedBackbone, file_sha256
-from anomaly.runtime.bundle import META_ENCODER, OnnxDetector, create_session, run_session
+from anomaly.models.pretrained.backbones import PretrainedBackbone
+from anomaly.runtime.bundle import META_ENCODER, sha256_file, OnnxDetector, create_session, run_session
 from anomaly.training.module import AutoencoderModule
 from anomaly.training.train import train
 from tests.conftest import tiny_config, write_texture_folder
@@ -71,9 +71,9 @@ def test_wrong_weights_are_refused_in_one_line(texture_folder, tracking_uri, tmp
     junk.write_bytes(b"not a state dict")
     lite0 = PretrainedBackbone("efficientnet_lite0", 1, 4)
     cases = [
-        ({"encoder_weights": str(resnet), "encoder_weights_sha256": file_sha256(resnet)}, "do not load strictly into efficientnet_lite0"),
+        ({"encoder_weights": str(resnet), "encoder_weights_sha256": sha256_file(resnet)}, "do not load strictly into efficientnet_lite0"),
         ({"encoder_weights": str(resnet)}, f"expected {LITE0_SHA256_PREFIX}...: not the expected file"),
-        ({"encoder_weights": str(junk), "encoder_weights_sha256": file_sha256(junk)}, "cannot read encoder weights"),
+        ({"encoder_weights": str(junk), "encoder_weights_sha256": sha256_file(junk)}, "cannot read encoder weights"),
         ({"encoder_weights": str(tmp_path / "absent.pth")}, "encoder weights file not found"),
     ]
     for model, message in cases:

@@ -33,7 +33,12 @@ META_DATASET = "anomaly.dataset"
 
 
 def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """Read in 1 MiB blocks: a model or weights file may be far larger than what is worth holding at once."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def find_file(directory: Path, name: str) -> Path | None:

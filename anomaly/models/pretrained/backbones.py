@@ -13,7 +13,6 @@ exported graph and callers feed [0, 1] images as for every other model.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from anomaly.errors import AnomalyError
+from anomaly.runtime.bundle import sha256_file
 
 SHA256_BYTES = 32
 
@@ -143,19 +143,11 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_weights(path: Path, expected_sha256: str) -> tuple[dict[str, torch.Tensor], str]:
     """A weights file's state dict and sha256, refused in one line if missing, unreadable or not the expected file."""
     if not path.is_file():
         raise AnomalyError(f"encoder weights file not found: {path}")
-    checksum = file_sha256(path)
+    checksum = sha256_file(path)
     if not checksum.startswith(expected_sha256.lower()):
         raise AnomalyError(
             f"encoder weights {path} have sha256 {checksum[:16]}..., expected {expected_sha256}...: not the expected file "
@@ -170,10 +162,6 @@ def read_weights(path: Path, expected_sha256: str) -> tuple[dict[str, torch.Tens
     if not isinstance(state, dict):
         raise AnomalyError(f"encoder weights {path} hold no state dict")
     return state, checksum
-
-
-def _submodule(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
 
 
 class PretrainedBackbone(nn.Module):
@@ -203,8 +191,8 @@ class PretrainedBackbone(nn.Module):
     def _keep_levels(self, deepest_level: int) -> None:
         """Stages by level as ModuleLists of the network's own modules; what lies deeper is dropped from the
         module tree (it would only enlarge checkpoints and the exported graph)."""
-        self.stem = nn.Sequential(*(_submodule(self.network, name) for name in self.spec.stem))
-        self.stages = nn.ModuleList(nn.Sequential(*(_submodule(self.network, name) for name in self.spec.levels[level]))
+        self.stem = nn.Sequential(*(self.network.get_submodule(name) for name in self.spec.stem))
+        self.stages = nn.ModuleList(nn.Sequential(*(self.network.get_submodule(name) for name in self.spec.levels[level]))
                                     for level in self.levels)
         self._full_network = [self.network]  # kept outside the module tree for loading the whole state dict
         del self.network
