@@ -29,7 +29,7 @@ CMD ["--config", "pipelines/elpv.yaml"]
 
 # ---------------------------------------------------------------- tracking server (docker-compose)
 FROM ${PYTHON_IMAGE} AS mlflow
-RUN pip install --no-cache-dir mlflow==3.17.2 psycopg2-binary==2.9.13 && useradd --create-home --uid 10001 mlflow \
+RUN pip install --no-cache-dir "mlflow[auth]==3.17.2" psycopg2-binary==2.9.13 && useradd --create-home --uid 10001 mlflow \
     && mkdir /mlartifacts && chown mlflow /mlartifacts
 USER mlflow
 EXPOSE 5000

@@ -215,18 +215,33 @@ def serve(
         import bentoml  # noqa: F401  (checked here for a clear message; the service imports it)
 
         import serving
-        from serving.settings import ServingSettings
+        from serving.settings import ALLOCATOR_ENV, ServingSettings
+        from serving.supervision import remove_stale_socket_folders
     except ImportError as error:
         raise AnomalyError(f"serving needs the serve extra (uv sync --extra serve): {error}") from None
     if model is None:
         raise AnomalyError("no model to serve: pass --model DIR or models:/NAME@ALIAS, or set ANOMALY_MODEL")
     settings = ServingSettings.from_env({**os.environ, "ANOMALY_MODEL": model})
     OnnxDetector(resolve_model(model).directory)  # fail here, in one line, rather than in a worker
+    ensure_port_free(host, port)
+    remove_stale_socket_folders()
     root = Path(serving.__file__).resolve().parent.parent
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:AnomalyService",
                "--host", host, "--port", str(port), "--working-dir", str(root)]
     typer.echo(f"serving {model} on http://{host}:{port} (POST /score, /score_batch; GET /model, /readyz, /metrics)")
-    os.execve(sys.executable, command, {**os.environ, **settings.to_env()})
+    os.execve(sys.executable, command, {**ALLOCATOR_ENV, **os.environ, **settings.to_env()})
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """A one-line refusal when something already listens on host:port (another `anomaly serve`, say)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise AnomalyError(f"cannot listen on {host}:{port}: {error.strerror}; stop what uses it or pass --port") from None
 
 
 def main() -> None:

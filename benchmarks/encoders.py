@@ -39,20 +39,29 @@ def measure(surface: str, encoder: str, overrides: list[str], scratch: Path) -> 
     return row
 
 
+def row_file(scratch: Path, surface: str, encoder: str) -> Path:
+    return scratch / "encoders-rows" / f"{surface}-{encoder}.json"
+
+
+def measure_row(surface: str, encoder: str, quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
+    """One surface with one encoder, kept in scratch/encoders-rows/ (measured only if not there yet)."""
+    record = row_file(scratch, surface, encoder)
+    if not record.is_file():
+        data, settings = surfaces(datasets, quick)[surface], ENCODERS[encoder]
+        overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-encoders.db'}", scratch / "runs", 1 if quick else None), *data, *settings]
+        row = {**measure(surface, encoder, overrides, scratch), "overrides": [*data, *settings]}
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(json.dumps(row, indent=1))
+        print(surface, encoder, {key: row[key] for key in ("combined_auroc", "validation_auroc", "model_onnx_mb")}, flush=True)
+    return json.loads(record.read_text())
+
+
 def run(quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
-    """Pretrained rows first on every surface, then the own encoder's. Each finished row is kept in
-    scratch/encoders-rows/, so an interrupted section resumes with the rows it lacks (delete the folder to start over)."""
-    done = scratch / "encoders-rows"
-    done.mkdir(exist_ok=True)
+    """Surface by surface, the pretrained encoder and then the own one, so an unfinished run still holds whole pairs.
+    Each finished row is kept in scratch/encoders-rows/, so an interrupted section resumes with the rows it lacks
+    (delete the folder to start over; `measure_row` measures one row alone)."""
     rows: dict[str, dict[str, Any]] = {}
-    for encoder, settings in ENCODERS.items():
-        for surface, data in surfaces(datasets, quick).items():
-            record = done / f"{surface}-{encoder}.json"
-            if not record.is_file():
-                overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-encoders.db'}", scratch / "runs", 1 if quick else None),
-                             *data, *settings]
-                row = {**measure(surface, encoder, overrides, scratch), "overrides": [*data, *settings]}
-                record.write_text(json.dumps(row, indent=1))
-                print(surface, encoder, {key: row[key] for key in ("combined_auroc", "validation_auroc", "model_onnx_mb")}, flush=True)
-            rows.setdefault(surface, {})[encoder] = json.loads(record.read_text())
+    for surface in surfaces(datasets, quick):
+        for encoder in ENCODERS:
+            rows.setdefault(surface, {})[encoder] = measure_row(surface, encoder, quick, datasets, scratch)
     return {"pipeline": "pipelines/folder.yaml", "own_encoder_overrides": OWN_ENCODER, "surfaces": rows}

@@ -80,8 +80,7 @@ def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = N
     calibrated = calibrate_checkpoint(trained.checkpoint, [], evaluation_dir)
     run = calibrated.training_run
     metrics = evaluate_calibrated(calibrated, evaluation_dir, run["mlflow_run_id"], run["tracking_uri"])
-    if export_to is not None:
-        publish(evaluation_dir, export_to, [], trained.run_id)
+    parity = None if export_to is None else publish(evaluation_dir, export_to, [], trained.run_id).parity
     datamodule = calibrated.datamodule
     test = datamodule.test_set
     row = {
@@ -97,6 +96,7 @@ def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = N
     }
     if export_to is not None:
         row["onnx_images_per_s"] = onnx_images_per_s(export_to, test.images)
+        row["parity"] = parity  # ONNX Runtime against PyTorch: what publishing checked
     return row
 
 

@@ -145,22 +145,31 @@ def rescored_seeds_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def parity_text(parity: dict[str, float]) -> str:
+    """The largest ONNX-against-PyTorch difference among the scores and among the maps (relative, as publishing checks)."""
+    scores = max(parity["reconstruction_score_max_rel_diff"], parity["latent_distance_max_rel_diff"])
+    maps = max(parity["reconstruction_max_rel_diff"], parity["anomaly_map_max_rel_diff"])
+    return f"{scores:.0e} / {maps:.0e}"
+
+
 def encoders_lines(record: dict[str, Any]) -> list[str]:
     """Own and pretrained encoders with the folder default, per surface: validation, test, speed and size."""
     run = record["encoders"]
     lines = [f"`{record['command']} --sections encoders` on {record['date']} ({record['seconds'] / 60:.0f} minutes): `{run['pipeline']}` as "
              f"it is then (pretrained EfficientNet-Lite0), and with `{' '.join(run['own_encoder_overrides'])}` (own). Validation: held-out "
-             "normals plus synthetic anomalies, what settings are chosen by. ONNX Runtime: test images with preprocessing, batch 8.", "",
+             "normals plus synthetic anomalies, what settings are chosen by. ONNX Runtime: test images with preprocessing, batch 8. Parity: "
+             "the largest difference between ONNX Runtime and PyTorch that publishing checked (scores against their largest magnitude, "
+             "limit 1e-4; maps against their range, limit 1e-3).", "",
              "| surface | encoder | validation image / pixel | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR "
-             "| chosen: patch level, combination | training s | total s | model.onnx MB | ONNX images/s | IsolationForest | PCA |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| chosen: patch level, combination | training s | total s | model.onnx MB | ONNX images/s | parity: scores / maps | IsolationForest | PCA |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for surface, rows in run["surfaces"].items():
         for encoder, row in rows.items():
             validation = row["validation_auroc"]
             cells = [f"{f(validation['combined'])} / {f(validation.get('pixel'))}", *(f(row.get(key)) for key in (*SIGNALS[2:], *SIGNALS[:2])),
                      f(row.get("pixel_auroc")), f(row.get("pixel_aupro")), f"{row['test_fpr']:.2%}", chosen_text(row["chosen_scoring"]),
                      f"{row['training_seconds']:.0f}", f"{row['seconds']:.0f}", f"{row['model_onnx_mb']:.0f}", f"{row['onnx_images_per_s']:.1f}",
-                     *(f(row["baselines"][key]) for key in BASELINES)]
+                     parity_text(row["parity"]), *(f(row["baselines"][key]) for key in BASELINES)]
             lines.append(f"| {surface} ({row['image_size'][0]} x {row['image_size'][1]}) | {encoder} | " + " | ".join(cells) + " |")
     return lines
 

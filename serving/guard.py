@@ -1,12 +1,15 @@
 """An ASGI middleware that refuses requests before any route sees them: missing API key (401),
-pickle or non-multipart uploads (415), bodies over the size limit (413).
+pickle or non-multipart uploads (415), bodies over the size limit (413), bodies that stall (408).
 
 It runs in front of BentoML's own body parsing, so a pickle body is never unpickled and a URL
-string is never fetched, whatever a route's signature would have accepted.
+string is never fetched, whatever a route's signature would have accepted. The body is not held
+here: it streams through to the multipart parser (which spools files over 1 MB to disk), counted
+on the way, so a burst of large uploads does not sit in the worker's memory twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import Any, Awaitable, Callable
@@ -30,23 +33,41 @@ async def send_json_error(send: Send, status: int, message: str, headers: dict[s
     await send({"type": "http.response.body", "body": body})
 
 
+class BodyRefused(Exception):
+    """The body passed the size limit or stalled: the guard answers, whatever the route was doing with it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class RequestGuard:
-    def __init__(self, app: ASGIApp, api_key: str | None, max_body_bytes: int, upload_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, api_key: str | None, max_body_bytes: int, upload_paths: frozenset[str], read_timeout_s: float) -> None:
         self.app = app
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self.upload_paths = upload_paths
+        self.read_timeout_s = read_timeout_s
 
-    def authorised(self, headers: dict[str, str]) -> bool:
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode())
+    def authorised(self, headers: dict[str, bytes]) -> bool:
+        """A bearer token compared as bytes: the key in UTF-8 (what curl and HTTP libraries send), or in Latin-1 (what
+        browsers send, and can only send) when it fits there. So a key may hold any characters."""
+        scheme, _, token = headers.get("authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        encodings = [self.api_key.encode()]
+        try:
+            encodings.append(self.api_key.encode("latin-1"))
+        except UnicodeEncodeError:
+            pass
+        return any(hmac.compare_digest(token.strip(), encoded) for encoded in encodings)
 
-    def refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
+    def refusal(self, scope: Scope, headers: dict[str, bytes]) -> tuple[int, str, dict[str, str]] | None:
         """(status, message, headers) for a request refused from its headers alone, else None."""
         path = scope["path"]
         if self.api_key and path not in OPEN_PATHS and not self.authorised(headers):
             return 401, "missing or wrong API key: send 'Authorization: Bearer <key>'", {"www-authenticate": "Bearer"}
-        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        media_type = headers.get("content-type", b"").decode("latin-1").split(";")[0].strip().lower()
         if media_type in PICKLE_MEDIA_TYPES:
             return 415, f"content type {media_type} is refused: pickled bodies are never accepted", {}
         if scope["method"] == "POST" and path in self.upload_paths and media_type != MULTIPART:
@@ -57,7 +78,7 @@ class RequestGuard:
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
-                return 400, f"invalid Content-Length header: {declared!r}", {}
+                return 400, f"invalid Content-Length header: {declared.decode('latin-1')!r}", {}
             if int(declared) > self.max_body_bytes:
                 return 413, self.too_large_message(int(declared)), {}
         return None
@@ -67,40 +88,50 @@ class RequestGuard:
         shown = "over" if size is None else f"{size / 1024 / 1024:.1f} MB,"
         return f"request body is {shown} the limit of {limit_mb:g} MB"
 
-    async def read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, or None as soon as it passes the limit (chunked uploads have no length)."""
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return b"".join(chunks)
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.max_body_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        headers = {key.decode("latin-1").lower(): value for key, value in scope["headers"]}
         refused = self.refusal(scope, headers)
         if refused is not None:
             return await send_json_error(send, *refused)
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        body = await self.read_body(receive)
-        if body is None:
-            return await send_json_error(send, 413, self.too_large_message(None))
-        replayed = False
+        received = 0
+        complete = False
+        stopped: BodyRefused | None = None
+        answered = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
+        async def counted_receive() -> Message:
+            """The next body chunk, counted; past the limit or after read_timeout_s of silence the body is refused.
+            Once the body is complete, messages (a disconnect) pass untouched."""
+            nonlocal received, complete, stopped
+            if stopped is not None:
+                raise stopped
+            if complete:
                 return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+            except asyncio.TimeoutError:
+                stopped = BodyRefused(408, f"the request body stalled: nothing arrived for {self.read_timeout_s:g} s")
+                raise stopped from None
+            received += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            if received > self.max_body_bytes:
+                stopped = BodyRefused(413, self.too_large_message(None))
+                raise stopped
+            return message
 
-        await self.app(scope, replay, send)
+        async def guarded_send(message: Message) -> None:
+            """The route's answer, unless the guard has refused the body (the route then answers an error of its own)."""
+            nonlocal answered
+            if stopped is None:
+                answered = answered or message["type"] == "http.response.start"
+                await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except BodyRefused:
+            pass
+        if stopped is not None and not answered:
+            await send_json_error(send, stopped.status, str(stopped), {"connection": "close"})

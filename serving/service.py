@@ -26,18 +26,22 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from anomaly.errors import AnomalyError
-from anomaly.imageio import ImageTooLargeError, decode_image
+from anomaly.imageio import ImageTooLargeError, UnsupportedFormatError, decoding_bytes, finish_decoding, open_image
 from anomaly.runtime.bundle import SCORE_NAMES, OnnxDetector
 from anomaly.runtime.cpus import threads_per_worker
 from anomaly.runtime.resolve import resolve_model
+from serving.budget import ByteBudget
 from serving.guard import RequestGuard
 from serving.metrics import RequestMetrics, service_metrics
 from serving.schemas import BatchScoreResponse, ErrorResponse, ImageScore, ModelDescription, ScoreResponse
 from serving.scoring import ModelView, describe_loaded, pack_outputs
+from serving.supervision import exit_with_parent
 from serving.settings import MAX_TARGET_FPR, MIN_TARGET_FPR, ServingSettings
+from serving.slow_clients import enforce_header_timeout
 
 logger = logging.getLogger("bentoml.serve.anomaly")  # under "bentoml", whose handlers BentoML sets up
 SETTINGS = ServingSettings.from_env()
+enforce_header_timeout(SETTINGS.header_timeout_s)
 # Both inference endpoints share one adaptive-batching policy, set by the ANOMALY_* environment.
 batched_api = bentoml.api(batchable=SETTINGS.adaptive_batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
 UPLOAD_ROUTES = frozenset({"/score", "/score_batch"})
@@ -56,6 +60,7 @@ class ServingError(Exception):
 # `max_age` seconds and drops the calls still in flight on the old one ("Server disconnected");
 # under steady load that fails requests, so the pool is kept for the life of the process.
 KEEP_CONNECTIONS = {"max_requests": 2**62, "max_age": 10.0**12}
+READY_PROBE_S = 0.5
 
 
 @bentoml.service(
@@ -68,6 +73,7 @@ class AnomalyModel:
     """Loads the model once (logging the version resolved) and runs ONNX Runtime on image batches."""
 
     def __init__(self) -> None:
+        exit_with_parent()
         if not SETTINGS.model:
             raise AnomalyError("no model to serve: set ANOMALY_MODEL to a model directory or models:/NAME@ALIAS")
         self.resolved = resolve_model(SETTINGS.model)
@@ -117,21 +123,34 @@ async def validation_error(_: Request, error: RequestValidationError) -> JSONRes
     return error_response(422, "invalid request: " + "; ".join(describe_problem(problem) for problem in error.errors()))
 
 
+# What a bounded field takes, said whole whichever bound (or NaN) the value broke.
+FIELD_RULES = {
+    "target_fpr": f"must be a number from {MIN_TARGET_FPR:g} to {MAX_TARGET_FPR:g}",
+    "images": f"send 1 to {SETTINGS.max_batch_images} image files (ANOMALY_MAX_BATCH_IMAGES)",
+}
+
+
 def describe_problem(problem: dict[str, Any]) -> str:
     field = ".".join(str(part) for part in problem["loc"][1:]) or str(problem["loc"][0])
     if "UploadFile" in problem["msg"]:  # a text field (often a URL) where a file belongs
         return f"{field} must be an uploaded file, not text; the server does not fetch URLs"
+    if field == "target_fpr":
+        return f"{field}: {FIELD_RULES[field]}, not {problem.get('input')!r}"
+    if field == "images" and problem["type"] in ("too_short", "too_long", "missing"):
+        return f"{field}: {FIELD_RULES[field]}"
     return f"{field}: {problem['msg']}"
 
 
 @app.exception_handler(StarletteHTTPException)
 async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-    return error_response(error.status_code, str(error.detail))
+    response = error_response(error.status_code, str(error.detail))
+    response.headers.update(error.headers or {})  # a 405 keeps its Allow header
+    return response
 
 
 TargetFpr = Annotated[
     Optional[float],
-    Query(ge=MIN_TARGET_FPR, le=MAX_TARGET_FPR, description=f"Decide at this false-positive rate instead of the calibrated one ({MIN_TARGET_FPR} to {MAX_TARGET_FPR})."),
+    Query(ge=MIN_TARGET_FPR, le=MAX_TARGET_FPR, allow_inf_nan=False, description=f"Decide at this false-positive rate instead of the calibrated one ({MIN_TARGET_FPR} to {MAX_TARGET_FPR})."),
 ]
 Heatmap = Annotated[bool, Query(description="Also return the anomaly map as a base64 PNG overlay.")]
 
@@ -142,16 +161,20 @@ class AnomalyService:
     model = bentoml.depends(AnomalyModel)
 
     def __init__(self) -> None:
+        exit_with_parent()
         self.view: ModelView | None = None
         self.loading = asyncio.Lock()
+        self.decoding = ByteBudget(SETTINGS.decode_budget_bytes)
 
     async def __is_ready__(self) -> bool:
-        """Ready once the model server has described its model and answered a warm-up inference."""
+        """Ready once the model server has described its model and answered a warm-up inference, and while it
+        answers its own /readyz within READY_PROBE_S: a model worker that is restarting makes /readyz say 503 at
+        once, not after BentoML's own 5 s dependency probe."""
         try:
             await self.loaded()
-        except ServingError:
+            return await asyncio.wait_for(self.model.is_ready(1), READY_PROBE_S)
+        except Exception:  # not loaded, refused, timed out: all mean not ready
             return False
-        return True
 
     async def loaded(self) -> ModelView:
         if self.view is not None:
@@ -169,15 +192,26 @@ class AnomalyService:
         return self.view
 
     async def decode(self, view: ModelView, upload: UploadFile, index: int | None = None) -> np.ndarray:
+        """The upload's pixels at the model's input size. The header is read first: format, pixel count and the
+        memory decoding will take are checked before any pixel is, and that memory is reserved from the worker's
+        decoding budget, so concurrent large uploads wait their turn instead of exhausting memory together."""
         name = upload.filename or "upload"
         label = name if index is None else f"#{index} ({name})"
-        data = await upload.read()
         try:
-            return await anyio.to_thread.run_sync(
-                lambda: decode_image(data, view.channels, view.image_size, name=label, max_pixels=SETTINGS.max_image_pixels)
-            )
+            image = await anyio.to_thread.run_sync(lambda: open_image(upload.file, label, SETTINGS.max_image_pixels))
+            with image:
+                needed = decoding_bytes(image, view.channels)
+                if needed > self.decoding.limit:
+                    raise ImageTooLargeError(
+                        f"image {label} needs {needed / 2**20:.0f} MB to decode, above the decoding budget of "
+                        f"{SETTINGS.decode_budget_mb:g} MB (ANOMALY_DECODE_BUDGET_MB)"
+                    )
+                async with self.decoding.reserve(needed):
+                    return await anyio.to_thread.run_sync(lambda: finish_decoding(image, label, view.channels, view.image_size))
         except ImageTooLargeError as error:
             raise ServingError(413, str(error)) from None
+        except UnsupportedFormatError as error:
+            raise ServingError(415, str(error)) from None
         except AnomalyError as error:
             raise ServingError(400, str(error)) from None
 
@@ -193,20 +227,21 @@ class AnomalyService:
         return results
 
     @app.post("/score", response_model=ScoreResponse)
-    async def score(self, image: Annotated[UploadFile, File(description="PNG, JPEG, TIFF, BMP, ...")], target_fpr: TargetFpr = None, heatmap: Heatmap = False) -> ScoreResponse:
+    async def score(self, request: Request, image: Annotated[UploadFile, File(description="PNG, JPEG, TIFF, BMP, WebP or PGM", json_schema_extra={"minLength": 1})], target_fpr: TargetFpr = None, heatmap: Heatmap = False) -> ScoreResponse:
         """Score one image: signals, p-values, decision, and optionally the heat map."""
         started = time.perf_counter()
+        sent = len((await request.form()).getlist("image"))  # the form FastAPI already parsed, not read again
+        if sent > 1:
+            raise ServingError(422, f"/score takes one 'image' field, this request has {sent}; send several images to /score_batch")
         view = await self.loaded()
         pixels = await self.decode(view, image)
         (result,) = await self.run(view, pixels[None], [image.filename], target_fpr, heatmap)
         return ScoreResponse(**result.model_dump(), model=view.identity, time_ms=(time.perf_counter() - started) * 1000)
 
     @app.post("/score_batch", response_model=BatchScoreResponse)
-    async def score_batch(self, images: Annotated[list[UploadFile], File(description="Several image files, repeated field 'images'.")], target_fpr: TargetFpr = None, heatmap: Heatmap = False) -> BatchScoreResponse:
+    async def score_batch(self, images: Annotated[list[UploadFile], File(description="Several image files, repeated field 'images'.", min_length=1, max_length=SETTINGS.max_batch_images)], target_fpr: TargetFpr = None, heatmap: Heatmap = False) -> BatchScoreResponse:
         """Score several images; one result each, in upload order. One unreadable image refuses the request."""
         started = time.perf_counter()
-        if len(images) > SETTINGS.max_batch_images:
-            raise ServingError(413, f"{len(images)} images in one request, above the limit of {SETTINGS.max_batch_images}")
         view = await self.loaded()
         pixels = np.stack([await self.decode(view, upload, index) for index, upload in enumerate(images)])
         results = await self.run(view, pixels, [upload.filename for upload in images], target_fpr, heatmap)
@@ -219,4 +254,5 @@ class AnomalyService:
 
 
 AnomalyService.add_asgi_middleware(RequestMetrics, routes=API_ROUTES)
-AnomalyService.add_asgi_middleware(RequestGuard, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, upload_paths=UPLOAD_ROUTES)
+AnomalyService.add_asgi_middleware(RequestGuard, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, upload_paths=UPLOAD_ROUTES,
+                                   read_timeout_s=SETTINGS.read_timeout_s)

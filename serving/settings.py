@@ -13,6 +13,10 @@ ENV_PREFIX = "ANOMALY_"
 # The smallest per-request target FPR: below it the decision rests on the fitted tail alone.
 MIN_TARGET_FPR = 1e-4
 MAX_TARGET_FPR = 0.5
+# glibc's allocator raises its mmap threshold after large frees, so the buffers of a burst of large uploads end up in
+# heap arenas that it never returns to the system: the API worker then stays near its peak. A fixed threshold keeps
+# large buffers mapped (returned when freed) and trims the heap. Set for the server's processes unless already set.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "262144", "MALLOC_TRIM_THRESHOLD_": "262144"}
 
 
 class ServingSettings(BaseModel):
@@ -22,6 +26,11 @@ class ServingSettings(BaseModel):
     api_key: Optional[str] = Field(None, description="When set, /score, /score_batch and /model need 'Authorization: Bearer <key>'.")
     max_body_mb: float = Field(20.0, gt=0, description="Larger request bodies get 413.")
     max_image_pixels: int = Field(40_000_000, gt=0, description="Images declaring more pixels get 413 before decoding.")
+    decode_budget_mb: float = Field(
+        256.0, gt=0, description="Memory that decoding images may take at once in one API worker, all requests together; "
+        "an image needing more alone gets 413, others wait their turn.")
+    read_timeout_s: float = Field(10.0, gt=0, description="A request body that sends nothing for this long gets 408.")
+    header_timeout_s: float = Field(10.0, gt=0, description="A connection whose request headers are not complete this long after it opened is closed.")
     max_batch_images: int = Field(64, ge=1, description="Most images in one /score_batch request.")
     adaptive_batching: bool = Field(True, description="Merge concurrent requests into one model call.")
     max_batch_size: int = Field(64, ge=1, description="Most requests merged into one model call.")
@@ -33,6 +42,10 @@ class ServingSettings(BaseModel):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def decode_budget_bytes(self) -> int:
+        return int(self.decode_budget_mb * 1024 * 1024)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServingSettings:

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from anomaly.calibration.artifact import Calibration
 from anomaly.calibration.combine import combination_statistic
 from anomaly.calibration.distribution import TailFittedDistribution
-from anomaly.calibration.fit import fit_calibration
+from anomaly.calibration.fit import best_on_validation, fit_calibration
 from anomaly.calibration.scored import ScoredSet
 from anomaly.config import ScoringConfig
 from anomaly.errors import AnomalyError
@@ -222,3 +222,10 @@ def test_auto_combination_is_chosen_on_the_labelled_validation_set(reconstructio
     assert auroc["combined"] == pytest.approx(auroc[f"combine_{chosen}"])
     with pytest.raises(AnomalyError, match="scoring.combine=auto needs a labelled validation set"):
         fit_calibration(held_out, scoring, {}, "a" * 64, seed=0)
+
+
+def test_a_validation_tie_goes_to_the_candidate_listed_first_not_to_float_rounding():
+    """KolektorSDD's pretrained model tied at 0.9026360544217686 (latent) and ...88 (Fisher): rounding chose Fisher."""
+    assert best_on_validation({"latent": 0.9026360544217686, "fisher": 0.9026360544217688}) == "latent"
+    assert best_on_validation({"latent": 0.90, "fisher": 0.91}) == "fisher"
+    assert best_on_validation({3: 0.8, 2: 0.8 + 1e-12}) == 3 and best_on_validation({3: 0.8, 2: 0.801}) == 2

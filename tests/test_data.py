@@ -13,7 +13,7 @@ from anomaly.data.sizing import auto_input_size, resolve_image_size
 from anomaly.data.splits import split_normals
 from anomaly.data.synthetic import perlin_noise, synthesize_anomalies, synthetic_anomaly_set
 from anomaly.errors import AnomalyError
-from anomaly.imageio import decode_image
+from anomaly.imageio import ImageTooLargeError, UnsupportedFormatError, decode_image, open_image
 
 
 def test_folder_layout_is_loaded_with_categories_masks_and_resizing(texture_folder: Path):
@@ -91,9 +91,38 @@ def test_decode_converts_modes(tmp_path: Path):
     Image.new("RGBA", (10, 6), (200, 10, 10, 128)).save(rgba)
     assert decode_image(rgba, 1).shape == (6, 10, 1)
     assert decode_image(rgba, 3, (4, 8)).shape == (4, 8, 3)
-    deep = tmp_path / "deep.png"
-    Image.fromarray(np.full((5, 5), 40000, dtype=np.uint16)).save(deep)
-    assert decode_image(deep, 1).max() == 255
+
+
+def test_sixteen_bit_images_map_to_eight_bit_by_one_fixed_rule(tmp_path: Path):
+    """value / 257, whatever the image's own maximum: a dark 16-bit exposure stays as dark as its 8-bit twin."""
+    dark = np.random.default_rng(0).integers(0, 40, size=(30, 20), dtype=np.uint8)  # 15% brightness at most
+    Image.fromarray(dark).save(tmp_path / "dark8.png")
+    Image.fromarray(dark.astype(np.uint16) * 257).save(tmp_path / "dark16.png")
+    assert Image.open(tmp_path / "dark16.png").mode == "I;16"
+    assert np.array_equal(decode_image(tmp_path / "dark16.png", 1), decode_image(tmp_path / "dark8.png", 1))
+    assert np.array_equal(decode_image(tmp_path / "dark16.png", 1, (12, 9)), decode_image(tmp_path / "dark8.png", 1, (12, 9)))
+    Image.fromarray(np.full((5, 5), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    assert set(decode_image(tmp_path / "deep.png", 3).ravel().tolist()) == {156}  # 40000 / 257 = 155.6
+
+
+def test_only_the_listed_formats_are_decoded(tmp_path: Path):
+    Image.new("L", (8, 8), 90).save(tmp_path / "grey.gif")
+    with pytest.raises(UnsupportedFormatError, match=r"image grey.gif is GIF, which is not accepted; send one of PNG, JPEG"):
+        decode_image((tmp_path / "grey.gif").read_bytes(), 1, name="grey.gif")
+    with pytest.raises(AnomalyError, match="cannot read image junk: not a readable image"):
+        decode_image(b"not an image at all", 1, name="junk")
+    for suffix in (".png", ".jpg", ".tif", ".bmp", ".webp", ".pgm", ".ppm"):
+        Image.new("L" if suffix == ".pgm" else "RGB", (8, 8), 90).save(tmp_path / f"image{suffix}")
+        assert decode_image(tmp_path / f"image{suffix}", 1).shape == (8, 8, 1)
+
+
+def test_the_configured_pixel_limit_is_the_one_enforced_and_quoted(tmp_path: Path):
+    Image.new("1", (20_000, 10_000)).save(tmp_path / "wide.png")  # 200 M pixels, above Pillow's own bomb limit
+    assert open_image(tmp_path / "wide.png", "wide.png", max_pixels=250_000_000).size == (20_000, 10_000)
+    with pytest.raises(ImageTooLargeError, match=r"image wide.png is 20000x10000 pixels, above the limit of 199,999,999 pixels"):
+        open_image(tmp_path / "wide.png", "wide.png", max_pixels=199_999_999)
+    with pytest.raises(ImageTooLargeError, match="above the limit of 178,956,970 pixels"):
+        open_image(tmp_path / "wide.png", "wide.png")
 
 
 def test_split_is_seeded_disjoint_and_complete():

@@ -83,6 +83,18 @@ def test_compose_serves_the_champion_from_a_postgres_backed_mlflow():
     assert compose["anomaly"]["build"]["target"] == "serve"
 
 
+def test_compose_publishes_only_the_service_and_needs_an_api_key():
+    """Whoever reaches MLflow can move the champion alias: PostgreSQL and MLflow stay on an internal network."""
+    document = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    services = document["services"]
+    assert {name for name, service in services.items() if "ports" in service} == {"anomaly"}
+    assert document["networks"]["private"] == {"internal": True}
+    assert services["postgres"]["networks"] == ["private"] and services["mlflow"]["networks"] == ["private"]
+    assert "private" in services["anomaly"]["networks"] and services["train"]["networks"] == ["private"]
+    assert services["train"]["build"]["target"] == "train" and services["train"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert services["anomaly"]["environment"]["ANOMALY_API_KEY"].startswith("${ANOMALY_API_KEY:?")  # compose refuses to start without
+
+
 def replay_copy(arguments: str, app: Path) -> None:
     """COPY into WORKDIR (/app) becomes a copy into `app`; absolute destinations (the model) are mounted instead."""
     *sources, destination = [word for word in arguments.split() if not word.startswith("--")]

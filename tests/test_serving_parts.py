@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import numpy as np
 import pytest
 
 from anomaly.errors import AnomalyError
 from anomaly.runtime import cpus
 from anomaly.runtime.heatmap import overlay
+from serving.budget import ByteBudget
+from serving.guard import RequestGuard
 from serving.scoring import pack_outputs, unpack_outputs
 from serving.settings import ServingSettings
+from serving.supervision import remove_stale_socket_folders
 
 
 def test_settings_come_from_anomaly_variables_and_bad_values_name_the_variable():
@@ -60,3 +66,49 @@ def test_packed_outputs_round_trip_per_image():
     np.testing.assert_array_equal(maps[0], outputs["anomaly_map"][1, 0])
     scores_only = pack_outputs({key: outputs[key] for key in ("reconstruction_score", "latent_distance")})
     assert scores_only.shape == (2, 2) and unpack_outputs(scores_only, (2, 3))[2] is None
+
+
+def test_api_keys_may_hold_any_utf8_characters():
+    key = "clé-ключ-鍵"
+    guard = RequestGuard(None, api_key=key, max_body_bytes=1, upload_paths=frozenset(), read_timeout_s=1)
+    assert guard.authorised({"authorization": f"Bearer {key}".encode()})
+    assert not guard.authorised({"authorization": b"Bearer cle-kljuch"})
+    assert not guard.authorised({})
+    browser = RequestGuard(None, api_key="schlüssel", max_body_bytes=1, upload_paths=frozenset(), read_timeout_s=1)
+    assert browser.authorised({"authorization": "Bearer schlüssel".encode("latin-1")})  # what fetch() sends
+    assert browser.authorised({"authorization": "Bearer schlüssel".encode()})
+
+
+def test_the_decoding_budget_bounds_what_is_held_at_once():
+    async def scenario() -> tuple[int, int]:
+        budget, holding, most = ByteBudget(100), 0, 0
+
+        async def decode(size: int) -> None:
+            nonlocal holding, most
+            async with budget.reserve(size):
+                holding += size
+                most = max(most, holding)
+                await asyncio.sleep(0.01)
+                holding -= size
+
+        await asyncio.gather(*(decode(size) for size in (60, 60, 30, 90, 10, 40)))
+        return most, budget.reserved
+
+    most, left = asyncio.run(scenario())
+    assert 60 <= most <= 100 and left == 0
+    with pytest.raises(ValueError, match="can never fit a budget of 100"):
+        asyncio.run(ByteBudget(100).reserve(101).__aenter__())
+
+
+def test_only_socket_folders_that_nobody_listens_on_are_removed(tmp_path):
+    stale, live, other = tmp_path / "bentoml-uds-stale", tmp_path / "bentoml-uds-live", tmp_path / "unrelated"
+    for folder in (stale, live, other):
+        folder.mkdir()
+    left = socket.socket(socket.AF_UNIX)
+    left.bind(str(stale / "1.sock"))
+    left.close()  # the file stays, as after a SIGKILL
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(live / "2.sock"))
+        listening.listen()
+        assert remove_stale_socket_folders(tmp_path) == [stale]
+    assert not stale.exists() and live.is_dir() and other.is_dir()

@@ -13,7 +13,9 @@ from typing import Literal
 import numpy as np
 
 CombineMethod = Literal["fisher", "min_p", "latent"]
-AUTO_CANDIDATES: tuple[CombineMethod, ...] = ("fisher", "latent")  # in order of preference on a tie
+# In order of preference on a tie: the one signal before the combination of two (simpler, and its graph need not
+# run the decoder to decide).
+AUTO_CANDIDATES: tuple[CombineMethod, ...] = ("latent", "fisher")
 SMALLEST_P = 1e-300
 
 

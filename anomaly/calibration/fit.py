@@ -64,6 +64,16 @@ def combination_aurocs(
     return {method: float(roc_auc_score(labelled.labels, combination_statistic(pvalues, method))) for method in AUTO_CANDIDATES}
 
 
+AUROC_TIE = 1e-9  # AUROCs closer than this are equal: they differ only in how the sums were rounded
+
+
+def best_on_validation(aurocs: dict[Any, float]) -> Any:
+    """The candidate with the highest validation AUROC; on a tie (within AUROC_TIE) the earliest listed, so the
+    order of the candidates, not float rounding, decides between equals."""
+    best = max(aurocs.values())
+    return next(candidate for candidate, value in aurocs.items() if value >= best - AUROC_TIE)
+
+
 def fit_calibration(
     held_out: ScoredSet,
     scoring: dict[str, Any],
@@ -82,7 +92,7 @@ def fit_calibration(
         if labelled is None:
             raise AnomalyError("scoring.combine=auto needs a labelled validation set: set data.synthetic_validation=true")
         candidates = combination_aurocs(reconstruction, latent, labelled)
-        scoring = {**scoring, "combine": max(candidates, key=candidates.__getitem__)}  # the first best on a tie
+        scoring = {**scoring, "combine": best_on_validation(candidates)}
     statistic = combination_statistic(
         [reconstruction.pvalue(held_out.reconstruction_scores), latent.pvalue(held_out.latent_distances)],
         scoring["combine"],

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from anomaly.calibration.artifact import Calibration
 from anomaly.calibration.distribution import MIN_FIT_SAMPLES
-from anomaly.calibration.fit import fit_calibration
+from anomaly.calibration.fit import best_on_validation, fit_calibration
 from anomaly.calibration.scored import ScoredSet
 from anomaly.config import Config
 from anomaly.data.datamodule import AnomalyDataModule
@@ -124,6 +124,6 @@ def fit_chosen_detector(config: Config, model: nn.Module, datamodule: AnomalyDat
         detector = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.at_patch_level(level)}), model)
         fitted[level] = (detector, fit_detector(detector, datamodule))
     aurocs = {level: calibration.validation_auroc["combined"] for level, (_, calibration) in fitted.items()}
-    detector, calibration = fitted[max(aurocs, key=aurocs.__getitem__)]  # the first best on a tie
+    detector, calibration = fitted[best_on_validation(aurocs)]
     recorded = {**calibration.validation_auroc, **{f"patch_level_{level}": value for level, value in aurocs.items()}}
     return detector, replace(calibration, validation_auroc=recorded)

@@ -243,11 +243,14 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
     0.851 to 0.905 with 128 per position, every kind up; a random subset of 128 whole images instead reached
     only 0.871 (thin lines 0.919, below the random bank's 0.954): it misses the rarer normal looks of each place.
 
-    The bank is stored as (h * w, C, per_position), centred, so each position's candidates are one batched
-    matrix product; the queries are shifted over the (2 * radius + 1)^2 offsets, not the much larger bank.
-    It is stored in float16 and searched in float32: it is most of the exported model (168 MB instead of
-    335 MB at 640 x 256), and rounding the centred features moved the validation AUROCs by at most 0.001.
-    Position statistics, smoothing and the image's distance are the parent's.
+    The bank is stored as (h * w, C, per_position), each place's vectors centred on that place's training mean
+    (`bank_centre`, (h * w, C)), so each position's candidates are one batched matrix product; the queries are
+    shifted over the (2 * radius + 1)^2 offsets, not the much larger bank. The search expands
+    |q - b|^2 = |q|^2 - 2 q.b + |b|^2, which in float32 loses the distance when it is small next to the norms:
+    centring per place keeps the norms at the size of the place's own spread (a global centre left them at the
+    spread between places, and near-duplicate images then got distances wrong by a fifth, which ONNX Runtime
+    and PyTorch rounded differently). The bank is stored in float16 and searched in float32: it is most of the
+    exported model. Position statistics, smoothing and the image's distance are the parent's.
     """
 
     FAR = 1e30  # squared distance given to candidates outside the grid or left out: never among the nearest
@@ -259,6 +262,7 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         super().__init__(channels, k, bank_size=0, grid=grid, line_length=line_length, line_cap=line_cap)
         self.radius = radius
         self.register_buffer("bank", torch.zeros(grid[0] * grid[1], channels, per_position, dtype=torch.float16))
+        self.register_buffer("bank_centre", torch.zeros(grid[0] * grid[1], channels))
 
     def fit(self, features: np.ndarray, seed: int = 0) -> PositionBankDistance:
         """Fit on the training images' feature maps (N, C, h, w), which may be a memory map: they are read a block
@@ -266,15 +270,15 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         images, channels = features.shape[:2]
         flat = features.reshape(images, channels, -1)  # (images, C, h * w), a view
         image_step = max(1, self.FIT_VALUES // flat[0].size)
-        total = sum(np.asarray(flat[i : i + image_step], dtype=np.float64).sum(axis=(0, 2)) for i in range(0, images, image_step))
-        self.bank_centre = torch.from_numpy(total / (images * flat.shape[2])).float()
+        total = sum(np.asarray(flat[i : i + image_step], dtype=np.float64).sum(axis=0) for i in range(0, images, image_step))
+        self.bank_centre = torch.from_numpy(total.T / images).float().contiguous()  # (h * w, C)
         count = min(self.bank.shape[2], images)
         first = int(np.random.default_rng(seed).integers(images))
         step = max(1, min(self.FIT_POSITIONS, self.FIT_VALUES // (images * channels)))
         banks, owners = [], []
         for start in range(0, flat.shape[2], step):
             block = torch.from_numpy(np.ascontiguousarray(flat[:, :, start : start + step], dtype=np.float32))
-            vectors = (block.permute(2, 0, 1) - self.bank_centre).contiguous()
+            vectors = (block.permute(2, 0, 1) - self.bank_centre[start : start + step, None]).contiguous()
             chosen = greedy_k_centres(vectors, count, first)  # (positions, count): the image behind each bank vector
             banks.append(torch.gather(vectors, 1, chosen.unsqueeze(2).expand(-1, -1, channels)).transpose(1, 2))
             owners.append(chosen)
@@ -294,7 +298,7 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         batch, channels, height, width = features.shape
         r = self.radius
         k = min(self.k, self.bank.shape[2])
-        padded = F.pad(features - self.bank_centre[:, None, None], (r, r, r, r))
+        padded = F.pad(features, (r, r, r, r))
         bank = self.bank.float()  # also reads a float32 bank, as detector files before float16 storage hold
         candidates = torch.cat((-2 * bank, (bank * bank).sum(dim=1, keepdim=True)), dim=1)  # (h * w, C + 1, per_position)
         ones = torch.ones(height * width, batch, 1, dtype=features.dtype)
@@ -303,7 +307,7 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
             for column in range(2 * r + 1):
                 # bank position p meets the query at p - offset, offset = (row - r, column - r)
                 queries = padded[:, :, 2 * r - row : 2 * r - row + height, 2 * r - column : 2 * r - column + width]
-                queries = queries.permute(2, 3, 0, 1).reshape(height * width, batch, channels)
+                queries = queries.permute(2, 3, 0, 1).reshape(height * width, batch, channels) - self.bank_centre[:, None]
                 partial = torch.bmm(torch.cat((queries, ones), dim=2), candidates)  # |b|^2 - 2 q.b
                 if excluded is not None:
                     partial = partial.masked_fill(excluded, self.FAR)

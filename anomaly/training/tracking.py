@@ -55,6 +55,8 @@ class ResumableMLFlowLogger(MLFlowLogger):
         new = {key: value for key, value in metrics.items() if (step or 0) not in recorded.get(key, ())}
         if new:
             super().log_metrics(new, step)
+        for key in new:  # Lightning adds `epoch` to the training and the validation metrics of the same step
+            recorded.setdefault(key, set()).add(step or 0)
 
 
 def reproducibility_tags() -> dict[str, str]:
