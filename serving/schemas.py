@@ -15,6 +15,8 @@ class ModelIdentity(BaseModel):
 
 class ImageScore(BaseModel):
     filename: Optional[str]
+    image_height: int = Field(description="The uploaded image's height in pixels, before resizing to the model's input.")
+    image_width: int = Field(description="The uploaded image's width in pixels.")
     reconstruction_score: float = Field(description="Reduced per-pixel reconstruction error.")
     latent_distance: float = Field(description="Distance of the image's code to the training codes.")
     p_reconstruction: float = Field(ge=0, le=1, description="p-value of the reconstruction score among held-out normal images.")
@@ -24,7 +26,10 @@ class ImageScore(BaseModel):
     is_anomaly: bool = Field(description="p_combined < target_fpr.")
     target_fpr: float = Field(description="False-positive rate the decision was made at.")
     threshold: float = Field(description="anomaly_score above which an image is flagged: 1 - target_fpr.")
-    heatmap_png_base64: Optional[str] = Field(None, description="With heatmap=true: PNG overlay of the anomaly map at the model's input size.")
+    heatmap_png_base64: Optional[str] = Field(None, description=(
+        "With heatmap=true: the anomaly map as a PNG, over the image at the model's input size (heatmap_size=input) or "
+        "alone with its opacity in alpha at the upload's size (heatmap_size=original). Yellow at the pixel threshold for "
+        "the request's target_fpr, red at twice it."))
 
 
 class ScoreResponse(ImageScore):
@@ -67,6 +72,7 @@ class ModelDescription(BaseModel):
     input: InputSpec
     calibration: CalibrationSummary
     adaptive_batching: bool
+    test_metrics: dict[str, float] = Field(description="Measured on the test images before export (image_auroc, pixel_auroc, ...); empty for models exported before they were recorded.")
 
 
 class ErrorResponse(BaseModel):

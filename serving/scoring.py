@@ -7,8 +7,9 @@ scores into p-values and decisions with the calibration it received from the mod
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -18,17 +19,28 @@ from anomaly.runtime.bundle import (
     META_ARCHITECTURE,
     META_DATASET,
     META_MODEL_CHECKSUM,
+    META_TEST_METRICS,
     META_TRAINING_RUN,
     SCORE_NAMES,
     OnnxDetector,
     image_results,
 )
-from anomaly.runtime.heatmap import overlay_png_base64
+from anomaly.runtime.heatmap import map_layer, original_size_for_map, overlay_png_base64, png_base64
 from anomaly.runtime.resolve import ResolvedModel
 from serving.schemas import CalibrationSummary, ImageScore, InputSpec, ModelDescription, ModelIdentity
 from serving.settings import MAX_TARGET_FPR, MIN_TARGET_FPR, ServingSettings
 
 SCORE_COLUMNS = len(SCORE_NAMES)  # one column per score; the flattened anomaly map follows, if asked for
+HeatmapSize = Literal["input", "original"]
+
+
+@dataclass(frozen=True)
+class DecodedUpload:
+    """An upload's pixels at the model's input size, with what the result reports of the upload itself."""
+
+    pixels: np.ndarray  # uint8 (H, W, C)
+    filename: str | None
+    original_size: tuple[int, int]  # (height, width) as uploaded
 
 
 def pack_outputs(outputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -83,19 +95,25 @@ class ModelView:
     def channels(self) -> int:
         return int(self.calibration.preprocessing["channels"])
 
-    def score(
-        self, images: np.ndarray, packed: np.ndarray, filenames: list[str | None], target_fpr: float | None, heatmap: bool
-    ) -> list[ImageScore]:
+    def score(self, uploads: list[DecodedUpload], packed: np.ndarray, target_fpr: float | None, heatmap: HeatmapSize | None) -> list[ImageScore]:
         reconstruction, latent, maps = unpack_outputs(packed, self.image_size)
         results = image_results(self.calibration, reconstruction, latent, target_fpr)
         heatmaps: list[str | None] = [None] * len(results)
-        if heatmap and maps is not None:
-            pixel_threshold = self.calibration.pixel_threshold(target_fpr)
-            heatmaps = [overlay_png_base64(image, anomaly_map, pixel_threshold) for image, anomaly_map in zip(images, maps)]
+        if heatmap is not None and maps is not None:
+            heatmaps = [self.heatmap(upload, anomaly_map, target_fpr, heatmap) for upload, anomaly_map in zip(uploads, maps)]
         return [
-            ImageScore(filename=filename, **result.to_dict(), heatmap_png_base64=drawn)
-            for filename, result, drawn in zip(filenames, results, heatmaps)
+            ImageScore(filename=upload.filename, image_height=upload.original_size[0], image_width=upload.original_size[1],
+                       **result.to_dict(), heatmap_png_base64=drawn)
+            for upload, result, drawn in zip(uploads, results, heatmaps)
         ]
+
+    def heatmap(self, upload: DecodedUpload, anomaly_map: np.ndarray, target_fpr: float | None, size: HeatmapSize) -> str:
+        """The map over the model's input image, or alone at the upload's size: base64 PNG, coloured against the
+        pixel threshold at `target_fpr` (the calibrated rate when None)."""
+        threshold = self.calibration.pixel_threshold(target_fpr)
+        if size == "input":
+            return overlay_png_base64(upload.pixels, anomaly_map, threshold)
+        return png_base64(map_layer(anomaly_map, threshold, original_size_for_map(*upload.original_size)))
 
     def describe(self, settings: ServingSettings) -> ModelDescription:
         calibration = self.calibration
@@ -128,4 +146,5 @@ class ModelView:
                 f1_optimal_score=calibration.f1_optimal_score,
             ),
             adaptive_batching=settings.adaptive_batching,
+            test_metrics=json.loads(self.metadata.get(META_TEST_METRICS) or "{}"),
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import anyio
@@ -22,19 +23,20 @@ import bentoml
 import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from anomaly.errors import AnomalyError
 from anomaly.imageio import ImageTooLargeError, UnsupportedFormatError, decoding_bytes, finish_decoding, open_image
 from anomaly.runtime.bundle import SCORE_NAMES, OnnxDetector
 from anomaly.runtime.cpus import threads_per_worker
+from anomaly.runtime.heatmap import MAX_ORIGINAL_PIXELS
 from anomaly.runtime.resolve import resolve_model
 from serving.budget import ByteBudget
 from serving.guard import RequestGuard
 from serving.metrics import RequestMetrics, service_metrics
 from serving.schemas import BatchScoreResponse, ErrorResponse, ImageScore, ModelDescription, ScoreResponse
-from serving.scoring import ModelView, describe_loaded, pack_outputs
+from serving.scoring import DecodedUpload, HeatmapSize, ModelView, describe_loaded, pack_outputs
 from serving.supervision import exit_with_parent
 from serving.settings import MAX_TARGET_FPR, MIN_TARGET_FPR, ServingSettings
 from serving.slow_clients import enforce_header_timeout
@@ -44,6 +46,7 @@ SETTINGS = ServingSettings.from_env()
 enforce_header_timeout(SETTINGS.header_timeout_s)
 # Both inference endpoints share one adaptive-batching policy, set by the ANOMALY_* environment.
 batched_api = bentoml.api(batchable=SETTINGS.adaptive_batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+PAGE = (Path(__file__).parent / "page" / "index.html").read_text(encoding="utf-8")
 UPLOAD_ROUTES = frozenset({"/score", "/score_batch"})
 API_ROUTES = UPLOAD_ROUTES | {"/model", "/livez", "/readyz", "/metrics"}
 
@@ -152,7 +155,10 @@ TargetFpr = Annotated[
     Optional[float],
     Query(ge=MIN_TARGET_FPR, le=MAX_TARGET_FPR, allow_inf_nan=False, description=f"Decide at this false-positive rate instead of the calibrated one ({MIN_TARGET_FPR} to {MAX_TARGET_FPR})."),
 ]
-Heatmap = Annotated[bool, Query(description="Also return the anomaly map as a base64 PNG overlay.")]
+Heatmap = Annotated[bool, Query(description="Also return the anomaly map as a base64 PNG.")]
+HeatmapSizeQuery = Annotated[HeatmapSize, Query(description=(
+    "input: the map over the image at the model's input size (RGB); original: the map alone (RGBA, its opacity in "
+    f"alpha) at the uploaded image's size, scaled down to at most {MAX_ORIGINAL_PIXELS:,} pixels, to lay over the upload."))]
 
 
 @bentoml.service(name="anomaly", workers=SETTINGS.api_workers, traffic={"timeout": 120})
@@ -191,7 +197,7 @@ class AnomalyService:
                 self.view = view
         return self.view
 
-    async def decode(self, view: ModelView, upload: UploadFile, index: int | None = None) -> np.ndarray:
+    async def decode(self, view: ModelView, upload: UploadFile, index: int | None = None) -> DecodedUpload:
         """The upload's pixels at the model's input size. The header is read first: format, pixel count and the
         memory decoding will take are checked before any pixel is, and that memory is reserved from the worker's
         decoding budget, so concurrent large uploads wait their turn instead of exhausting memory together."""
@@ -207,7 +213,8 @@ class AnomalyService:
                         f"{SETTINGS.decode_budget_mb:g} MB (ANOMALY_DECODE_BUDGET_MB)"
                     )
                 async with self.decoding.reserve(needed):
-                    return await anyio.to_thread.run_sync(lambda: finish_decoding(image, label, view.channels, view.image_size))
+                    pixels = await anyio.to_thread.run_sync(lambda: finish_decoding(image, label, view.channels, view.image_size))
+                return DecodedUpload(pixels, upload.filename, (image.size[1], image.size[0]))
         except ImageTooLargeError as error:
             raise ServingError(413, str(error)) from None
         except UnsupportedFormatError as error:
@@ -215,37 +222,41 @@ class AnomalyService:
         except AnomalyError as error:
             raise ServingError(400, str(error)) from None
 
-    async def run(self, view: ModelView, images: np.ndarray, filenames: list[str | None], target_fpr: float | None, heatmap: bool) -> list[ImageScore]:
+    async def run(self, view: ModelView, uploads: list[DecodedUpload], target_fpr: float | None, heatmap: HeatmapSize | None) -> list[ImageScore]:
         infer = self.model.to_async.infer_with_maps if heatmap else self.model.to_async.infer
         try:
-            packed = await infer(images)
+            packed = await infer(np.stack([upload.pixels for upload in uploads]))
         except Exception as error:
             logger.warning("model server failed: %s", error)
             raise ServingError(503, "the model server is unavailable or overloaded; retry") from None
-        results = await anyio.to_thread.run_sync(lambda: view.score(images, np.asarray(packed), filenames, target_fpr, heatmap))
+        results = await anyio.to_thread.run_sync(lambda: view.score(uploads, np.asarray(packed), target_fpr, heatmap))
         service_metrics().observe_results([r.anomaly_score for r in results], [r.is_anomaly for r in results])
         return results
 
     @app.post("/score", response_model=ScoreResponse)
-    async def score(self, request: Request, image: Annotated[UploadFile, File(description="PNG, JPEG, TIFF, BMP, WebP or PGM", json_schema_extra={"minLength": 1})], target_fpr: TargetFpr = None, heatmap: Heatmap = False) -> ScoreResponse:
+    async def score(self, request: Request, image: Annotated[UploadFile, File(description="PNG, JPEG, TIFF, BMP, WebP or PGM", json_schema_extra={"minLength": 1})], target_fpr: TargetFpr = None, heatmap: Heatmap = False, heatmap_size: HeatmapSizeQuery = "input") -> ScoreResponse:
         """Score one image: signals, p-values, decision, and optionally the heat map."""
         started = time.perf_counter()
         sent = len((await request.form()).getlist("image"))  # the form FastAPI already parsed, not read again
         if sent > 1:
             raise ServingError(422, f"/score takes one 'image' field, this request has {sent}; send several images to /score_batch")
         view = await self.loaded()
-        pixels = await self.decode(view, image)
-        (result,) = await self.run(view, pixels[None], [image.filename], target_fpr, heatmap)
+        (result,) = await self.run(view, [await self.decode(view, image)], target_fpr, heatmap_size if heatmap else None)
         return ScoreResponse(**result.model_dump(), model=view.identity, time_ms=(time.perf_counter() - started) * 1000)
 
     @app.post("/score_batch", response_model=BatchScoreResponse)
-    async def score_batch(self, images: Annotated[list[UploadFile], File(description="Several image files, repeated field 'images'.", min_length=1, max_length=SETTINGS.max_batch_images)], target_fpr: TargetFpr = None, heatmap: Heatmap = False) -> BatchScoreResponse:
+    async def score_batch(self, images: Annotated[list[UploadFile], File(description="Several image files, repeated field 'images'.", min_length=1, max_length=SETTINGS.max_batch_images)], target_fpr: TargetFpr = None, heatmap: Heatmap = False, heatmap_size: HeatmapSizeQuery = "input") -> BatchScoreResponse:
         """Score several images; one result each, in upload order. One unreadable image refuses the request."""
         started = time.perf_counter()
         view = await self.loaded()
-        pixels = np.stack([await self.decode(view, upload, index) for index, upload in enumerate(images)])
-        results = await self.run(view, pixels, [upload.filename for upload in images], target_fpr, heatmap)
+        uploads = [await self.decode(view, upload, index) for index, upload in enumerate(images)]
+        results = await self.run(view, uploads, target_fpr, heatmap_size if heatmap else None)
         return BatchScoreResponse(results=results, model=view.identity, time_ms=(time.perf_counter() - started) * 1000)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """The inspection page for people (serving/page/index.html): it calls /model and /score like any client."""
+        return HTMLResponse(PAGE)
 
     @app.get("/model", response_model=ModelDescription)
     async def describe_model(self) -> ModelDescription:

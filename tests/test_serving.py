@@ -100,6 +100,20 @@ def test_heatmap_is_a_png_overlay_that_marks_the_defect(server, folder):
     assert plain["heatmap_png_base64"] is None
 
 
+def test_heatmap_at_the_uploads_own_size_is_the_map_alone(server, folder):
+    """heatmap_size=original: RGBA at the upload's size (here 3x the model's 32 x 32, another aspect), for a page to
+    lay over the upload; the same places are marked as in the input-size overlay."""
+    grey = np.asarray(Image.open(images_of(folder)[0]).convert("L").resize((96, 48)))
+    result = server.post("/score", params={"heatmap": "true", "heatmap_size": "original"}, files={"image": ("wide.png", png_bytes(grey))}).json()
+    assert (result["image_height"], result["image_width"]) == (48, 96)
+    layer = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["heatmap_png_base64"]))))
+    assert layer.shape == (48, 96, 4)
+    assert layer[12:24, :, 3].mean() > layer[36:, :, 3].mean()  # the scratch (rows 8-16 of 32) is the most opaque
+    batch = server.post("/score_batch", params={"heatmap": "true", "heatmap_size": "original"},
+                        files=[("images", ("wide.png", png_bytes(grey))), ("images", ("small.png", png_bytes(grey[::2, ::2])))]).json()
+    assert [np.asarray(Image.open(io.BytesIO(base64.b64decode(r["heatmap_png_base64"])))).shape for r in batch["results"]] == [(48, 96, 4), (24, 48, 4)]
+
+
 def test_model_endpoint_says_which_model_answers(server, model_dir):
     info = server.get("/model").json()
     calibration = json.loads((model_dir / "calibration.json").read_text())
@@ -111,6 +125,9 @@ def test_model_endpoint_says_which_model_answers(server, model_dir):
     assert info["input"]["max_body_bytes"] == 1024 * 1024 and info["input"]["max_batch_images"] == 8
     assert info["calibration"]["target_fpr"] == calibration["target_fpr"]
     assert info["calibration"]["sample_sizes"]["calibration_images"] == calibration["sample_sizes"]["calibration_images"]
+    card = (model_dir / "model_card.md").read_text()
+    assert set(info["test_metrics"]) >= {"image_auroc", "pixel_auroc"}
+    assert f"| image_auroc | {info['test_metrics']['image_auroc']:.4f} |" in card
 
 
 def test_health_and_metrics_are_open_and_count_requests(server, folder, model_dir):

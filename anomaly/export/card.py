@@ -34,6 +34,12 @@ def encoder_summary(config: Config, encoder_sha256: str | None) -> str:
     return f"{config.model.encoder}, frozen, ImageNet-pretrained weights sha256 {encoder_sha256 or 'unknown'}"
 
 
+def test_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The test metrics a model carries (card, ONNX metadata): those of evaluation's metrics that were measured."""
+    return {key: float(metrics[key]) for key in ("image_auroc", "image_aupr", "test_fpr", "pixel_auroc", "pixel_aupro")
+            if metrics.get(key) is not None}
+
+
 def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any], parity: dict[str, float], run_id: str | None,
                encoder_sha256: str | None = None) -> str:
     data = config.data
@@ -56,8 +62,6 @@ def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any]
         "| metric | value |",
         "| --- | --- |",
     ]
-    for key in ("image_auroc", "image_aupr", "test_fpr", "pixel_auroc", "pixel_aupro"):
-        if metrics.get(key) is not None:
-            lines.append(f"| {key} | {metrics[key]:.4f} |")
+    lines += [f"| {key} | {value:.4f} |" for key, value in test_metrics(metrics).items()]
     lines += ["", "## ONNX parity", "", "```json", json.dumps(parity, indent=1), "```", ""]
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from anomaly.runtime.bundle import (
     META_ENCODER,
     META_INPUT,
     META_MODEL_CHECKSUM,
+    META_TEST_METRICS,
     META_TRAINING_RUN,
     OUTPUT_NAMES,
 )
@@ -46,9 +47,11 @@ class ExportWrapper(nn.Module):
 
 
 def export_onnx(
-    detector: AnomalyDetector, path: Path, calibration_sha256: str, sample: torch.Tensor, run_id: str | None = None
+    detector: AnomalyDetector, path: Path, calibration_sha256: str, sample: torch.Tensor, run_id: str | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> None:
-    """Export with a dynamic batch axis; record which calibration, weights, run and data belong to it."""
+    """Export with a dynamic batch axis; record which calibration, weights, run and data belong to it, and the test
+    metrics measured before export (shown by the service, never used to decide)."""
     if sample.shape[0] < 2:
         raise ValueError("export needs a sample batch of at least 2 images to keep the batch axis dynamic")
     tensor_bytes = sum(tensor.numel() * tensor.element_size() for tensor in detector.state_dict().values())
@@ -81,6 +84,7 @@ def export_onnx(
         META_INPUT: json.dumps({"name": INPUT_NAME, "shape": ["batch", config.data.channels, *config.data.image_size], "range": [0, 1]}),
         META_TRAINING_RUN: run_id or "",
         META_DATASET: data_source(config),
+        META_TEST_METRICS: json.dumps(metrics or {}),
     })
 
 

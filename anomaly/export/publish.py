@@ -13,7 +13,7 @@ import torch
 
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.errors import AnomalyError
-from anomaly.export.card import model_card
+from anomaly.export.card import model_card, test_metrics
 from anomaly.evaluation.run import Calibrated, load_calibrated
 from anomaly.export.onnx_export import export_onnx
 from anomaly.export.parity import check_parity, parity_report
@@ -52,7 +52,8 @@ def export_bundle(calibrated: Calibrated, evaluation_dir: Path, output_dir: Path
     shutil.copyfile(evaluation_dir / CALIBRATION_FILE, output_dir / CALIBRATION_FILE)
     images = calibrated.datamodule.calibration_set.images[:2]
     sample = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    export_onnx(calibrated.detector, output_dir / MODEL_FILE, sha256_file(output_dir / CALIBRATION_FILE), sample, run_id)
+    export_onnx(calibrated.detector, output_dir / MODEL_FILE, sha256_file(output_dir / CALIBRATION_FILE), sample, run_id,
+                test_metrics(read_metrics(evaluation_dir)))
 
 
 def verify_parity(calibrated: Calibrated, output_dir: Path) -> dict[str, float]:

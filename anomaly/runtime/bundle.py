@@ -30,6 +30,7 @@ META_ENCODER = "anomaly.encoder"  # own, or a pretrained encoder's name and the 
 META_INPUT = "anomaly.input"
 META_TRAINING_RUN = "anomaly.training_run"
 META_DATASET = "anomaly.dataset"
+META_TEST_METRICS = "anomaly.test_metrics"  # JSON: image AUROC and the others measured on the test images before export
 
 
 def sha256_file(path: Path) -> str:
