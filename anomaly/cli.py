@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from anomaly.errors import AnomalyError
+
+if TYPE_CHECKING:  # imported where used: `anomaly score` must not load MLflow or torch
+    from anomaly.export.registry import Registration
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -100,7 +103,7 @@ def oneclass(
 def export(
     evaluation: Annotated[Path, typer.Option("--evaluation", "-e", help="Folder written by `anomaly evaluate`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")],
-    int8: Annotated[bool, typer.Option("--int8", help="Also try int8 static quantisation (kept if AUROC drops <= 0.005).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also try int8 static quantisation (kept if validation AUROC drops <= 0.005).")] = False,
     register_as: Annotated[Optional[str], typer.Option("--register", help="Register in MLflow under this name.")] = None,
     set_: SetOption = None,
     overrides: ExtraOverrides = None,
@@ -114,17 +117,19 @@ def export(
     result = publish(evaluation, output, collect_overrides(set_, overrides), run.get("mlflow_run_id"))
     typer.echo(f"model directory: {result.directory}")
     typer.echo("parity: " + json.dumps(result.parity))
-    test = result.datamodule.test_set
+    test, validation = result.datamodule.test_set, result.datamodule.labelled_validation_set()
     if int8:
         from anomaly.export.quantize import quantise_bundle
         from anomaly.runtime.bundle import OnnxDetector
 
         quantised = quantise_bundle(
-            OnnxDetector(result.directory), result.datamodule.calibration_set.images, test.images, test.labels,
+            OnnxDetector(result.directory), result.datamodule.calibration_set.images, validation, test,
             result.directory.with_name(result.directory.name + "-int8"),
         )
         verdict = f"kept at {quantised.directory}" if quantised.kept else "dropped"
-        typer.echo(f"int8: auroc {quantised.int8_auroc:.4f} vs fp32 {quantised.fp32_auroc:.4f}: {verdict}")
+        on_validation = ("no labelled validation set (data.synthetic_validation) to decide on" if quantised.fp32_auroc is None
+                         else f"validation auroc {quantised.int8_auroc:.4f} vs fp32 {quantised.fp32_auroc:.4f}")
+        typer.echo(f"int8: {on_validation} (test {quantised.int8_test_auroc:.4f} vs {quantised.fp32_test_auroc:.4f}): {verdict}")
     if register_as:
         import mlflow
 
@@ -132,10 +137,8 @@ def export(
         from anomaly.training.tracking import resolve_tracking_uri
 
         mlflow.set_tracking_uri(run.get("tracking_uri") or resolve_tracking_uri(result.detector.config))
-        registration = register(result.directory, register_as, run.get("mlflow_run_id"), test)
-        champion = "none" if registration.champion_auroc is None else f"{registration.champion_auroc:.4f} (v{registration.champion_version})"
-        outcome = "promoted to champion" if registration.promoted else "champion kept"
-        typer.echo(f"registered {registration.name} v{registration.version}: auroc {registration.challenger_auroc:.4f} vs champion {champion}: {outcome}")
+        registration = register(result.directory, register_as, run.get("mlflow_run_id"), validation, test)
+        typer.echo(f"registered {registration.name} v{registration.version}: {registration_summary(registration)}")
 
 
 @app.command()
@@ -230,6 +233,19 @@ def serve(
                "--host", host, "--port", str(port), "--working-dir", str(root)]
     typer.echo(f"serving {model} on http://{host}:{port} (POST /score, /score_batch; GET /model, /readyz, /metrics)")
     os.execve(sys.executable, command, {**ALLOCATOR_ENV, **os.environ, **settings.to_env()})
+
+
+def registration_summary(registration: Registration) -> str:
+    """What the champion decision compared (validation) and what it reported beside (test)."""
+    def auroc(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    outcome = "promoted to champion" if registration.promoted else "champion kept"
+    if registration.champion_version is None:
+        return f"first version, validation auroc {auroc(registration.challenger_auroc)} (test {auroc(registration.challenger_test_auroc)}): {outcome}"
+    return (f"validation auroc {auroc(registration.challenger_auroc)} vs champion v{registration.champion_version} "
+            f"{auroc(registration.champion_auroc)} (test {auroc(registration.challenger_test_auroc)} vs "
+            f"{auroc(registration.champion_test_auroc)}): {outcome}")
 
 
 def ensure_port_free(host: str, port: int) -> None:

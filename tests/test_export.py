@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from scipy.stats import spearmanr
 
 from anomaly.config import build_config
 from anomaly.errors import AnomalyError
@@ -19,6 +20,9 @@ from anomaly.export.onnx_export import OPSET, export_onnx
 from anomaly.export.parity import MAP_RTOL, check_parity, parity_report
 from anomaly.export.publish import publish
 from anomaly.export.quantize import MAX_AUROC_DROP, quantise_bundle, quantise_model
+from anomaly.data.datamodule import AnomalyDataModule
+from anomaly.data.imageset import ImageSet
+from anomaly.export.onnx_metrics import onnx_image_auroc
 from anomaly.export.registry import register
 from anomaly.runtime.bundle import OnnxDetector, batch_size_for, create_session, run_session
 from anomaly.scoring.detector import AnomalyDetector, load_detector, standardise_intensity
@@ -108,8 +112,8 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
     assert f"- scoring: latent distance {scoring.get('latent', 'mahalanobis')}" in card
     assert ("on encoder level 1 (stride 2)" in card) == (scoring.get("latent") == "patch_knn")  # which features the graph measures
     name = f"textures-{architecture}-{scoring.get('latent', 'mahalanobis')}-{scoring.get('patch_bank', 'random')}"
-    registration = register(exported.directory, name, run_id, exported.datamodule.test_set)
-    assert registration.promoted and registration.champion_auroc is None
+    registration = register(exported.directory, name, run_id, exported.datamodule.test_set, exported.datamodule.test_set)
+    assert registration.promoted and registration.champion_auroc is None and registration.champion_version is None
     images = sorted((folder / "test" / "scratch").glob("*.png"))[:3] + sorted((folder / "test" / "good").glob("*.png"))[:2]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     code, out, err = run_cli(monkeypatch, capsys, "score", "--model", f"models:/{name}@champion", *map(str, images))
@@ -139,8 +143,8 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
 def test_champion_moves_only_for_a_better_model(published_ae, tracking):
     _, exported = published_ae
     test = exported.datamodule.test_set
-    first = register(exported.directory, "textures-champion", None, test)
-    again = register(exported.directory, "textures-champion", None, test)
+    first = register(exported.directory, "textures-champion", None, test, test)
+    again = register(exported.directory, "textures-champion", None, test, test)
     assert first.promoted and not again.promoted
     assert again.champion_auroc == pytest.approx(first.challenger_auroc)
     client = mlflow.MlflowClient(tracking)
@@ -148,6 +152,30 @@ def test_champion_moves_only_for_a_better_model(published_ae, tracking):
     decision = client.get_run(mlflow.search_runs(experiment_ids=None, search_all_experiments=True, output_format="list",
                                                  filter_string="tags.`registry.decision` LIKE '%kept champion%'")[0].info.run_id)
     assert decision.data.metrics["registry.champion_auroc"] == pytest.approx(first.challenger_auroc)
+    assert decision.data.metrics["registry.champion_test_auroc"] == pytest.approx(first.challenger_test_auroc)
+    without = register(exported.directory, "textures-champion", None, None, test)  # nothing to compare on: keep
+    assert not without.promoted and without.challenger_auroc is None
+
+
+def flipped(images: ImageSet) -> ImageSet:
+    return ImageSet(images.images, 1 - images.labels, images.categories, images.names)
+
+
+def test_promotion_follows_validation_when_validation_and_test_disagree(published_ae, folder, tracking, tmp_path):
+    """Two real models on the same images under a fixed random labelling (both rank the real labels perfectly); the
+    test set is the validation set with its labels flipped, so whichever ranks validation better ranks test worse.
+    The challenger that wins on validation is promoted although it loses on test."""
+    _, champion = published_ae
+    challenger = publish(evaluated(folder, tmp_path, tracking, "ae", latent="knn"), tmp_path / "model", [], None)
+    real = champion.datamodule.test_set
+    images = ImageSet(real.images, np.random.default_rng(3).permutation(real.labels), real.categories, real.names)
+    aurocs = [onnx_image_auroc(OnnxDetector(model.directory), images.images, images.labels) for model in (champion, challenger)]
+    assert aurocs[0] != pytest.approx(aurocs[1], abs=1e-6)
+    validation = images if aurocs[1] > aurocs[0] else flipped(images)  # where the challenger ranks better
+    register(champion.directory, "textures-validation", None, validation, flipped(validation))
+    decided = register(challenger.directory, "textures-validation", None, validation, flipped(validation))
+    assert decided.promoted and decided.challenger_auroc > decided.champion_auroc
+    assert decided.challenger_test_auroc < decided.champion_test_auroc  # reported, not deciding
 
 
 def test_parity_failure_is_refused(published_ae):
@@ -170,16 +198,37 @@ def test_scoring_batches_shrink_with_image_size_without_changing_results(publish
         assert np.allclose(values, one_by_one[name], rtol=1e-5, atol=1e-6), name
 
 
-def test_int8_is_kept_only_within_the_auroc_budget(published_ae, tmp_path):
+def scrambled_quantiser(source: Path, target: Path, normal_images: np.ndarray) -> None:
+    """A quantiser that breaks the model: every convolution's weights replaced by noise."""
+    model = onnx.load(str(source))
+    convolution_weights = {node.input[1] for node in model.graph.node if node.op_type == "Conv"}
+    rng = np.random.default_rng(0)
+    for initializer in model.graph.initializer:
+        if initializer.name in convolution_weights:
+            weights = onnx.numpy_helper.to_array(initializer)
+            initializer.CopyFrom(onnx.numpy_helper.from_array(rng.normal(size=weights.shape).astype(weights.dtype), initializer.name))
+    onnx.save(model, str(target))
+
+
+def test_int8_follows_the_float_model_and_a_broken_one_is_dropped_on_validation(published_ae, tmp_path, monkeypatch):
     _, exported = published_ae
     data = exported.datamodule
-    result = quantise_bundle(OnnxDetector(exported.directory), data.calibration_set.images, data.test_set.images, data.test_set.labels, tmp_path / "int8")
-    assert result.kept == (result.fp32_auroc - result.int8_auroc <= MAX_AUROC_DROP)
-    if result.kept:
-        int8 = OnnxDetector(tmp_path / "int8")
-        assert int8.run(data.test_set.images[:2])["reconstruction_score"].shape == (2,)
-    else:
-        assert not (tmp_path / "int8").exists()
+    module = AnomalyDataModule(data.config.model_copy(update={"synthetic_validation": True}))
+    module.setup()
+    validation = module.labelled_validation_set()  # held-out normals and synthetic anomalies, as a pipeline has them
+    fp32 = OnnxDetector(exported.directory)
+    floats = data.calibration_set.images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    quantise_model(exported.directory / "model.onnx", tmp_path / "int8.onnx", floats)
+    distances = [run_session(session, validation.images)["latent_distance"] for session in (fp32.session, create_session(tmp_path / "int8.onnx"))]
+    assert spearmanr(*distances).statistic > 0.9  # the int8 graph ranks images as the float one does
+    result = quantise_bundle(fp32, data.calibration_set.images, validation, data.test_set, tmp_path / "int8")
+    assert result.kept == (result.fp32_auroc - result.int8_auroc <= MAX_AUROC_DROP) == (tmp_path / "int8").is_dir()
+    assert result.fp32_test_auroc == pytest.approx(onnx_image_auroc(fp32, data.test_set.images, data.test_set.labels))
+    monkeypatch.setattr("anomaly.export.quantize.quantise_model", scrambled_quantiser)
+    broken = quantise_bundle(fp32, data.calibration_set.images, validation, data.test_set, tmp_path / "broken")
+    assert not broken.kept and broken.fp32_auroc - broken.int8_auroc > MAX_AUROC_DROP and not (tmp_path / "broken").exists()
+    unchecked = quantise_bundle(fp32, data.calibration_set.images, None, data.test_set, tmp_path / "unchecked")
+    assert not unchecked.kept and unchecked.fp32_auroc is None  # no labelled validation set: never kept
 
 
 def test_score_errors_are_one_line(published_ae, folder, tracking, tmp_path, monkeypatch, capsys):
@@ -210,6 +259,21 @@ def test_score_errors_are_one_line(published_ae, folder, tracking, tmp_path, mon
         code, _, err = run_cli(monkeypatch, capsys, "score", "--model", model_ref, *files)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, (message, err)
+
+
+@pytest.mark.parametrize(("override", "refused"), [("scoring.patch_standardise=false", True), ("data.image_size=[64,64]", True),
+                                                  ("model.depth=4", True), ("data.batch_size=4", False)])
+def test_export_takes_where_the_data_is_never_how_scores_are_made(published_ae, override, refused, tmp_path, monkeypatch, capsys):
+    """Changing scoring after fitting would export a graph that measures one thing against a bank fitted on another."""
+    evaluation = published_ae[0]
+    code, _, err = run_cli(monkeypatch, capsys, "export", "--evaluation", str(evaluation), "--output", str(tmp_path / "model"), "--set", override)
+    if refused:
+        assert code == 2 and err.strip().splitlines() == [
+            f"error: override {override}: a calibrated detector takes only where its data is now (data.root and the like); scoring and sizes "
+            "were fixed when it was fitted: run `anomaly evaluate --checkpoint ... --set ...` again to change them"]
+        assert not (tmp_path / "model").exists()
+    else:
+        assert code == 0 and (tmp_path / "model" / "model.onnx").is_file(), err
 
 
 def test_score_does_not_import_torch(published_ae, folder):

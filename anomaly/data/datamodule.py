@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 import lightning as L
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
@@ -42,6 +44,15 @@ class AnomalyDataModule(L.LightningDataModule):
         self.test_set = source.test
         if self.config.synthetic_validation:
             self.synthetic_set = synthetic_anomaly_set(self.val_set, seed=self.config.split_seed)
+
+    def labelled_validation_set(self) -> ImageSet | None:
+        """Held-out normals plus their synthetic anomalies (data.synthetic_validation): what settings are chosen by and
+        what ship decisions (champion, int8) compare models on. None without synthetic validation."""
+        if self.synthetic_set is None:
+            return None
+        pair = (self.val_set, self.synthetic_set)
+        return ImageSet(np.concatenate([part.images for part in pair]), np.concatenate([part.labels for part in pair]),
+                        [c for part in pair for c in part.categories], [n for part in pair for n in part.names])
 
     def split_record(self) -> dict[str, object]:
         return self.split.record(self._normal_names)

@@ -110,6 +110,13 @@ def load_calibrated(folder: Path, data_overrides: list[str] | None = None) -> Ca
     for name in ("detector.pt", "calibration.json"):
         if not (folder / name).is_file():
             raise AnomalyError(f"{folder} has no {name}: run `anomaly evaluate` first and pass its output folder")
+    for override in data_overrides or []:
+        section, *rest = parse_override(override)[0]
+        if section != "data" or (rest and rest[0] in MODEL_FIXED_DATA_KEYS):
+            raise AnomalyError(
+                f"override {override}: a calibrated detector takes only where its data is now (data.root and the like); "
+                "scoring and sizes were fixed when it was fitted: run `anomaly evaluate --checkpoint ... --set ...` again to change them"
+            )
     detector = load_detector(folder / "detector.pt")
     calibration = Calibration.load(folder / "calibration.json", expected_model_checksum=weights_checksum(detector))
     if data_overrides:

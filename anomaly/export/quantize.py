@@ -18,6 +18,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from anomaly.calibration.fit import fit_calibration
 from anomaly.calibration.scored import ScoredSet
 from anomaly.export.onnx_export import write_metadata
+from anomaly.data.imageset import ImageSet
 from anomaly.export.onnx_metrics import onnx_image_auroc
 from anomaly.runtime.bundle import (
     CALIBRATION_FILE,
@@ -71,8 +72,10 @@ def quantise_model(source: Path, target: Path, normal_images: np.ndarray) -> Non
 @dataclass(frozen=True)
 class QuantisationResult:
     kept: bool
-    fp32_auroc: float
-    int8_auroc: float
+    fp32_auroc: float | None  # image AUROC on the labelled validation set, what the decision reads; None without one
+    int8_auroc: float | None
+    fp32_test_auroc: float  # reported beside, never deciding
+    int8_test_auroc: float
     directory: Path | None
 
 
@@ -91,9 +94,10 @@ def scored_from_outputs(outputs: dict[str, np.ndarray], labels: np.ndarray) -> S
 
 
 def quantise_bundle(
-    fp32: OnnxDetector, calibration_images: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray, output_dir: Path
+    fp32: OnnxDetector, calibration_images: np.ndarray, validation: ImageSet | None, test: ImageSet, output_dir: Path
 ) -> QuantisationResult:
-    """Write an int8 model directory to `output_dir` if it keeps AUROC; report either way."""
+    """Write an int8 model directory to `output_dir` if its image AUROC on the labelled validation set stays within
+    MAX_AUROC_DROP of the float model's (without a labelled validation set it is never kept); report test AUROCs too."""
     with tempfile.TemporaryDirectory() as scratch:
         candidate = Path(scratch) / "bundle"
         candidate.mkdir()
@@ -112,11 +116,12 @@ def quantise_bundle(
         digest = calibration.save(candidate / CALIBRATION_FILE)
         write_metadata(candidate / MODEL_FILE, {META_CALIBRATION_SHA256: digest, META_MODEL_CHECKSUM: calibration.model_checksum})
         int8 = OnnxDetector(candidate)
-        fp32_auroc = onnx_image_auroc(fp32, test_images, test_labels)
-        int8_auroc = onnx_image_auroc(int8, test_images, test_labels)
-        kept = fp32_auroc - int8_auroc <= MAX_AUROC_DROP
+        fp32_auroc, int8_auroc = ((None, None) if validation is None else
+                                  (onnx_image_auroc(model, validation.images, validation.labels) for model in (fp32, int8)))
+        kept = fp32_auroc is not None and fp32_auroc - int8_auroc <= MAX_AUROC_DROP
         if kept:
             if output_dir.exists():
                 shutil.rmtree(output_dir)
             shutil.copytree(candidate, output_dir)
-        return QuantisationResult(kept, fp32_auroc, int8_auroc, output_dir if kept else None)
+        fp32_test, int8_test = (onnx_image_auroc(model, test.images, test.labels) for model in (fp32, int8))
+        return QuantisationResult(kept, fp32_auroc, int8_auroc, fp32_test, int8_test, output_dir if kept else None)

@@ -1,5 +1,6 @@
 """MLflow registry: log the model directory (ONNX flavour), register it, and move `champion`
-only when the new version beats the current champion on the same test images."""
+only when the new version beats the current champion on the same labelled validation images (held-out
+normals plus synthetic anomalies). Test AUROCs are measured and logged beside, never deciding."""
 
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ class Registration:
     name: str
     version: str
     promoted: bool
-    challenger_auroc: float
+    challenger_auroc: float | None  # validation image AUROC; None without a labelled validation set
     champion_auroc: float | None
     champion_version: str | None
+    challenger_test_auroc: float
+    champion_test_auroc: float | None
 
 
 def log_model(bundle: Path, detector: OnnxDetector, example: np.ndarray) -> str:
@@ -60,32 +63,39 @@ def register_version(bundle: Path, name: str, run_id: str | None, example: np.nd
         return str(mlflow.register_model(model_uri, name).version)
 
 
-def promote(bundle: Path, name: str, version: str, run_id: str | None, test: ImageSet) -> Registration:
-    """Move `champion` to `version` only if it beats the current champion on `test`; log the decision."""
-    detector = OnnxDetector(bundle)
+def promote(bundle: Path, name: str, version: str, run_id: str | None, validation: ImageSet | None, test: ImageSet) -> Registration:
+    """Move `champion` to `version` only if it beats the current champion's image AUROC on `validation` (both models
+    on the same images); without a labelled validation set only a first version becomes champion. Test AUROCs are
+    logged beside the decision and never make it."""
     client = mlflow.MlflowClient()
-    challenger = onnx_image_auroc(detector, test.images, test.labels)
+    models = {"challenger": OnnxDetector(bundle)}
     champion_version = current_champion(client, name)
-    champion = None
     if champion_version is not None and champion_version != version:
-        champion_model = OnnxDetector(resolve_model(f"models:/{name}@{CHAMPION}").directory)
-        champion = onnx_image_auroc(champion_model, test.images, test.labels)
-    promoted = champion_version == version or champion is None or challenger > champion
+        models["champion"] = OnnxDetector(resolve_model(f"models:/{name}@{CHAMPION}").directory)
+    on_validation = {role: None if validation is None else onnx_image_auroc(model, validation.images, validation.labels) for role, model in models.items()}
+    on_test = {role: onnx_image_auroc(model, test.images, test.labels) for role, model in models.items()}
+    if "champion" not in models:
+        promoted = True
+    else:
+        promoted = validation is not None and on_validation["challenger"] > on_validation["champion"]
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "image_auroc_at_registration", f"{challenger:.6f}")
+    client.set_model_version_tag(name, version, "image_auroc_at_registration", f"{on_test['challenger']:.6f}")
     if run_id:
-        client.log_metric(run_id, "registry.challenger_auroc", challenger)
-        if champion is not None:
-            client.log_metric(run_id, "registry.champion_auroc", champion)
-        decision = "promoted" if promoted else f"kept champion v{champion_version}"
+        for role in models:
+            if on_validation[role] is not None:
+                client.log_metric(run_id, f"registry.{role}_auroc", on_validation[role])
+            client.log_metric(run_id, f"registry.{role}_test_auroc", on_test[role])
+        reason = "" if validation is not None or "champion" not in models else " (no labelled validation set to compare on)"
+        decision = "promoted" if promoted else f"kept champion v{champion_version}{reason}"
         client.set_tag(run_id, "registry.decision", f"{name} v{version}: {decision}")
-    return Registration(name, version, promoted, challenger, champion, champion_version if champion is not None else None)
+    return Registration(name, version, promoted, on_validation["challenger"], on_validation.get("champion"),
+                        champion_version if "champion" in models else None, on_test["challenger"], on_test.get("champion"))
 
 
-def register(bundle: Path, name: str, run_id: str | None, test: ImageSet) -> Registration:
-    """Register `bundle` under `name`; promote it to champion only if it wins on `test`."""
+def register(bundle: Path, name: str, run_id: str | None, validation: ImageSet | None, test: ImageSet) -> Registration:
+    """Register `bundle` under `name`; promote it to champion only if it wins on `validation`."""
     version = register_version(bundle, name, run_id, test.images)
     if run_id is None:
         run_id = mlflow.MlflowClient().get_model_version(name, version).run_id
-    return promote(bundle, name, version, run_id, test)
+    return promote(bundle, name, version, run_id, validation, test)

@@ -109,11 +109,12 @@ def step_register(context: PipelineContext, run_id: str) -> dict[str, Any]:
 
 def step_promote(context: PipelineContext, run_id: str) -> dict[str, Any]:
     registered = context.state.steps["register"].outputs
-    test = context.calibrated().datamodule.test_set
-    result = promote(context.model_dir, registered["name"], registered["version"], run_id, test)
+    datamodule = context.calibrated().datamodule
+    result = promote(context.model_dir, registered["name"], registered["version"], run_id, datamodule.labelled_validation_set(), datamodule.test_set)
     return {
-        "promoted": result.promoted, "challenger_auroc": result.challenger_auroc,
-        "champion_auroc": result.champion_auroc, "champion_version": result.champion_version,
+        "promoted": result.promoted, "challenger_auroc": result.challenger_auroc, "champion_auroc": result.champion_auroc,
+        "champion_version": result.champion_version, "challenger_test_auroc": result.challenger_test_auroc,
+        "champion_test_auroc": result.champion_test_auroc,
     }
 
 
