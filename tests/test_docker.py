@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from serving.process import free_port, running_server
@@ -107,6 +108,7 @@ def replay_copy(arguments: str, app: Path) -> None:
         (shutil.copytree if origin.is_dir() else shutil.copyfile)(origin, target)
 
 
+@pytest.mark.slow
 def test_replayed_serving_image_answers_readyz_and_score(published_model, tmp_path):
     """The serve stage's COPY and `uv pip install` steps, then its ENTRYPOINT, in a fresh venv."""
     serve = stages(DOCKERFILE.read_text())["serve"]

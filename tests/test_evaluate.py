@@ -144,6 +144,7 @@ def test_too_few_calibration_images_is_a_clear_error(texture_folder, tmp_path):
         evaluate_checkpoint(result.checkpoint, [], tmp_path / "evaluation")
 
 
+@pytest.mark.slow
 def test_oneclass_protocol_on_mnist(shared_datasets, tmp_path, monkeypatch, capsys):
     config = tmp_path / "mnist.yaml"
     config.write_text(json.dumps(tiny_config(

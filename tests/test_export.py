@@ -32,6 +32,8 @@ from tests.conftest import PROJECT_ROOT, tiny_config, write_texture_folder
 from tests.test_scoring import near_duplicate_features
 from tests.test_training import run_cli
 
+pytestmark = pytest.mark.slow  # real servers, browsers or trained pipelines: `-m "not slow"` skips them
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:

@@ -89,6 +89,7 @@ def _patch_errors(module: AutoencoderModule) -> tuple[float, float]:
     return error[inside].mean().item(), error[~inside].mean().item()
 
 
+@pytest.mark.slow
 def test_unet_trained_with_corruption_does_not_pass_anomalies_through():
     repaired_inside, repaired_outside = _patch_errors(_train_unet("synthetic"))
     identity_inside, _ = _patch_errors(_train_unet("none"))

@@ -15,6 +15,8 @@ from anomaly.errors import AnomalyError
 from benchmarks.page_screenshot import chromium_driver, page_cards
 from serving.process import free_port, running_server, serve_command
 
+pytestmark = pytest.mark.slow  # real servers, browsers or trained pipelines: `-m "not slow"` skips them
+
 API_KEY = "page-key-ü"  # outside ASCII: browsers send it in Latin-1
 
 

@@ -24,6 +24,8 @@ from anomaly.training.train import train
 from serving.process import free_port, running_server, serve_command
 from tests.conftest import PROJECT_ROOT, cli_command, tiny_config, write_texture_folder
 
+pytestmark = pytest.mark.slow  # real servers, browsers or trained pipelines: `-m "not slow"` skips them
+
 
 def pipeline_config(folder: Path, tmp_path: Path, **train) -> dict:
     return tiny_config(

@@ -139,6 +139,7 @@ def test_pretrained_settings_are_checked(settings, message):
         build_config(raw)
 
 
+@pytest.mark.slow
 def test_pretrained_detector_exports_with_parity_and_int8_covers_the_backbone(tmp_path, network_off):
     folder = write_texture_folder(tmp_path / "textures", train=60, test_good=6, test_defect=6)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -20,6 +20,8 @@ from benchmarks.http_load import run_load
 from serving.process import free_port, running_server, serve_command
 from tests.conftest import PROJECT_ROOT, run_cli_process
 
+pytestmark = pytest.mark.slow  # real servers, browsers or trained pipelines: `-m "not slow"` skips them
+
 API_KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 LIMITS = {"ANOMALY_MAX_BODY_MB": "1", "ANOMALY_MAX_IMAGE_PIXELS": "1000000", "ANOMALY_MAX_BATCH_IMAGES": "8"}

@@ -24,6 +24,8 @@ from anomaly.runtime.bundle import OnnxDetector
 from serving.process import free_port, running_server, serve_command
 from tests.conftest import run_cli_process
 
+pytestmark = pytest.mark.slow  # real servers, browsers or trained pipelines: `-m "not slow"` skips them
+
 ROOMY = {"ANOMALY_MAX_BODY_MB": "24", "ANOMALY_READ_TIMEOUT_S": "2", "ANOMALY_HEADER_TIMEOUT_S": "3"}
 
 

@@ -112,6 +112,7 @@ def test_mlflow_tracking_uri_from_environment(texture_folder, tracking_uri, tmp_
     assert mlflow.MlflowClient(tracking_uri).get_run(parse_output(out)["mlflow run id"]).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(texture_folder, tracking_uri, tmp_path):
     """The Trainer's strategy and devices reach Lightning: a real 2-process DDP run (gloo, CPU)."""
     config = write_config(tmp_path / "c.yaml", tiny_config(texture_folder, output_dir=str(tmp_path / "runs"),
