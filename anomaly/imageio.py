@@ -70,12 +70,10 @@ def open_image(source: Path | bytes | BinaryIO, name: str, max_pixels: int | Non
     """Open from the header only: the format must be accepted and the pixel count within `max_pixels` (or
     DEFAULT_MAX_PIXELS) before any pixel is decoded, so a small file that declares a huge image never allocates it."""
     if isinstance(source, bytes):
-        if not source:
-            raise AnomalyError(f"image {name} is empty (0 bytes)")
         source = io.BytesIO(source)
-    elif not isinstance(source, Path) and source.seek(0, io.SEEK_END) == 0:
-        raise AnomalyError(f"image {name} is empty (0 bytes)")
-    elif not isinstance(source, Path):
+    if not isinstance(source, Path):
+        if source.seek(0, io.SEEK_END) == 0:
+            raise AnomalyError(f"image {name} is empty (0 bytes)")
         source.seek(0)
     with _reading(name):
         try:

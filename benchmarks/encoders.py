@@ -39,13 +39,9 @@ def measure(surface: str, encoder: str, overrides: list[str], scratch: Path) -> 
     return row
 
 
-def row_file(scratch: Path, surface: str, encoder: str) -> Path:
-    return scratch / "encoders-rows" / f"{surface}-{encoder}.json"
-
-
 def measure_row(surface: str, encoder: str, quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
     """One surface with one encoder, kept in scratch/encoders-rows/ (measured only if not there yet)."""
-    record = row_file(scratch, surface, encoder)
+    record = scratch / "encoders-rows" / f"{surface}-{encoder}.json"
     if not record.is_file():
         data, settings = surfaces(datasets, quick)[surface], ENCODERS[encoder]
         overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-encoders.db'}", scratch / "runs", 1 if quick else None), *data, *settings]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import lightning as L
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from anomaly.config import DataConfig
 from anomaly.data.dataset import ImageSetDataset, build_augmentation
@@ -51,8 +51,9 @@ class AnomalyDataModule(L.LightningDataModule):
         if self.synthetic_set is None:
             return None
         pair = (self.val_set, self.synthetic_set)
+        masks = [np.zeros(part.images.shape[:3], dtype=bool) if part.masks is None else part.masks for part in pair]  # normals: empty
         return ImageSet(np.concatenate([part.images for part in pair]), np.concatenate([part.labels for part in pair]),
-                        [c for part in pair for c in part.categories], [n for part in pair for n in part.names])
+                        [c for part in pair for c in part.categories], [n for part in pair for n in part.names], np.concatenate(masks))
 
     def split_record(self) -> dict[str, object]:
         return self.split.record(self._normal_names)
@@ -89,4 +90,4 @@ class AnomalyDataModule(L.LightningDataModule):
         """Validation normals plus their synthetic anomalies, when `synthetic_validation` is on."""
         if self.synthetic_set is None:
             return None
-        return self._loader(ConcatDataset([ImageSetDataset(self.val_set), ImageSetDataset(self.synthetic_set)]))
+        return self._loader(ImageSetDataset(self.labelled_validation_set()))

@@ -17,8 +17,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from anomaly.calibration.fit import fit_calibration
 from anomaly.calibration.scored import ScoredSet
-from anomaly.export.onnx_export import write_metadata
 from anomaly.data.imageset import ImageSet
+from anomaly.export.onnx_export import write_metadata
 from anomaly.export.onnx_metrics import onnx_image_auroc
 from anomaly.runtime.bundle import (
     CALIBRATION_FILE,

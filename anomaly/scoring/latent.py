@@ -247,10 +247,9 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
     (`bank_centre`, (h * w, C)), so each position's candidates are one batched matrix product; the queries are
     shifted over the (2 * radius + 1)^2 offsets, not the much larger bank. The search expands
     |q - b|^2 = |q|^2 - 2 q.b + |b|^2, which in float32 loses the distance when it is small next to the norms:
-    centring per place keeps the norms at the size of the place's own spread (a global centre left them at the
-    spread between places, and near-duplicate images then got distances wrong by a fifth, which ONNX Runtime
-    and PyTorch rounded differently). The bank is stored in float16 and searched in float32: it is most of the
-    exported model. Position statistics, smoothing and the image's distance are the parent's.
+    centring per place keeps the norms at the size of the place's own spread, not the spread between places,
+    so distances between near-duplicate images survive (and ONNX Runtime and PyTorch agree on them). The bank is
+    stored in float16 and searched in float32: it is most of the exported model. Position statistics, smoothing and the image's distance are the parent's.
     """
 
     FAR = 1e30  # squared distance given to candidates outside the grid or left out: never among the nearest
