@@ -117,7 +117,8 @@ def export(
     result = publish(evaluation, output, collect_overrides(set_, overrides), run.get("mlflow_run_id"))
     typer.echo(f"model directory: {result.directory}")
     typer.echo("parity: " + json.dumps(result.parity))
-    test, validation = result.datamodule.test_set, result.datamodule.labelled_validation_set()
+    if int8 or register_as:
+        test, validation = result.datamodule.test_set, result.datamodule.labelled_validation_set()
     if int8:
         from anomaly.export.quantize import quantise_bundle
         from anomaly.runtime.bundle import OnnxDetector

@@ -8,24 +8,25 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from anomaly.errors import AnomalyError
 
 DataKind = Literal["folder", "mnist", "fashion_mnist", "cifar10", "elpv"]
 TORCHVISION_KINDS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10")
 AUTO_SIZE = "auto"
-# The encoder levels that scoring.patch_level=auto chooses between, in the order a tie is settled:
+# The encoder levels that scoring.latent.level=auto chooses between, in the order a tie is settled:
 # the project's own encoder, and a pretrained one (whose patches also read the next level, see PRETRAINED_FEATURE_LEVELS).
 AUTO_PATCH_LEVELS = (2, 1)
 PRETRAINED_AUTO_PATCH_LEVELS = (3, 2)
 # A pretrained encoder's feature levels (stride 2**level) that its autoencoder reconstructs.
 PRETRAINED_FEATURE_LEVELS = (2, 3, 4)
-# patch_line_length is given in positions of this level; other levels keep its length in pixels.
-LINE_LENGTH_LEVEL = 2
+# The patch bank's size when scoring.latent.bank_size is not set: per place (aligned parts) or in all.
+PER_PLACE_BANK = 96
+POOLED_BANK = 4096
 OWN_ENCODER = "own"
 PRETRAINED_ENCODERS = ("efficientnet_lite0", "resnet18", "wide_resnet50_2")
 DEFAULT_MAX_INPUT_PIXELS = 640 * 256
@@ -38,11 +39,17 @@ class StrictModel(BaseModel):
 class AugmentConfig(StrictModel):
     """Training-time augmentation, off by default: orientation can carry meaning (6 is not 9)."""
 
-    hflip: bool = False
-    vflip: bool = False
-    rotation_degrees: float = Field(0.0, ge=0.0, le=180.0)
-    brightness: float = Field(0.0, ge=0.0, le=1.0)
-    contrast: float = Field(0.0, ge=0.0, le=1.0)
+    hflip: bool = Field(False, description="Flip training images left-right at random.")
+    vflip: bool = Field(False, description="Flip training images upside down at random.")
+    rotation_degrees: float = Field(
+        0.0, ge=0.0, le=180.0,
+        description="Rotate training images by up to this many degrees either way.",
+    )
+    brightness: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Jitter training images' brightness by up to this fraction.",
+    )
+    contrast: float = Field(0.0, ge=0.0, le=1.0, description="Jitter training images' contrast by up to this fraction.")
 
     @property
     def enabled(self) -> bool:
@@ -52,13 +59,33 @@ class AugmentConfig(StrictModel):
 class DataConfig(StrictModel):
     """Where images come from and how they are split; fields not used by `kind` are ignored."""
 
-    kind: DataKind = "folder"
-    root: Path | None = None
-    normal_class: int | None = Field(None, ge=0)
-    download: bool = False
-    elpv_anomaly_min_probability: float = Field(2 / 3, gt=0.0, le=1.0)
-    elpv_module_type: Literal["mono", "poly"] | None = None
-    elpv_test_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    kind: DataKind = Field(
+        "folder",
+        description="folder (MVTec AD layout under root), elpv (the elpv-dataset package), or a torchvision set one-class"
+        " (mnist, fashion_mnist, cifar10: normal_class is normal).",
+    )
+    root: Path | None = Field(None, description="The folder (kind folder) or where torchvision's files are.")
+    normal_class: int | None = Field(
+        None, ge=0,
+        description="The class that is normal for the torchvision kinds; the others are anomalous.",
+    )
+    download: bool = Field(
+        False,
+        description="Let torchvision download its files into root (the torchvision kinds only).",
+    )
+    elpv_anomaly_min_probability: float = Field(
+        2 / 3, gt=0.0, le=1.0,
+        description="ELPV: cells with at least this defect probability are anomalous; probability 0 is normal, in between"
+        " is left out.",
+    )
+    elpv_module_type: Literal["mono", "poly"] | None = Field(
+        None,
+        description="ELPV: only mono or poly cells; null: both.",
+    )
+    elpv_test_fraction: float = Field(
+        0.25, gt=0.0, lt=1.0,
+        description="ELPV: the share of cells held out for the test split.",
+    )
     image_size: tuple[int, int] | Literal["auto"] = Field(
         (64, 64),
         description="Model input (height, width), or auto: the training images' median native size, scaled down "
@@ -69,16 +96,27 @@ class DataConfig(StrictModel):
     max_input_pixels: int = Field(
         DEFAULT_MAX_INPUT_PIXELS,
         ge=1,
-        description="Pixel budget of image_size auto. The default, 640 x 256, keeps KolektorSDD's thin cracks "
-        "(half its native 1259 x 500) and trains in about 10 minutes on 2 CPU cores.",
+        description="Pixel budget of image_size auto (640 x 256 by default): large enough to keep thin cracks in a "
+        "photo of a part, small enough to train on a CPU.",
     )
-    channels: Literal[1, 3] = 1
-    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    calibration_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    split_seed: int = 0
-    synthetic_validation: bool = False
-    batch_size: int = Field(32, ge=1)
-    num_workers: int = Field(0, ge=0)
+    channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB): what every image is converted to.")
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5,
+        description="Share of the normal training images held out for the validation loss (early stopping, checkpoints).",
+    )
+    calibration_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5,
+        description="Share of the normal training images held out, never trained on, for calibration (the threshold "
+        "distribution).",
+    )
+    split_seed: int = Field(0, description="Seed of the train / validation / calibration split.")
+    synthetic_validation: bool = Field(
+        False,
+        description="Give each validation image two synthetic anomalies with masks (a textured blob and a thin line), a "
+        "labelled validation set for choosing settings; needed by every auto choice.",
+    )
+    batch_size: int = Field(32, ge=1, description="Images per training and scoring batch.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     augment: AugmentConfig = AugmentConfig()
 
     @field_validator("image_size", mode="before")
@@ -109,7 +147,11 @@ class DataConfig(StrictModel):
 class ModelConfig(StrictModel):
     """Architecture of the autoencoder; channels double per block up to `max_channels`."""
 
-    architecture: Literal["ae", "vae", "unet"] = "ae"
+    architecture: Literal["ae", "vae", "unet"] = Field(
+        "ae",
+        description="ae, vae (beta-weighted KL, reparameterisation trick) or unet (skips; trained to repair synthetic "
+        "corruptions).",
+    )
     encoder: Literal["own", "efficientnet_lite0", "resnet18", "wide_resnet50_2"] = Field(
         OWN_ENCODER,
         description="own: the autoencoder's own Conv2d + BatchNorm + LeakyReLU encoder (depth, base_channels, "
@@ -126,13 +168,29 @@ class ModelConfig(StrictModel):
         description="The sha256 (or a prefix of at least 8 hex digits) that encoder_weights must have; None: that of "
         "the published ImageNet weights. A file with another checksum is refused.",
     )
-    depth: int = Field(4, ge=1, le=8)
-    base_channels: int = Field(32, ge=1)
-    max_channels: int = Field(256, ge=1)
-    latent_dim: int = Field(64, ge=1)
-    bottleneck: Literal["dense", "spatial"] = "dense"
-    downsample: Literal["stride", "pool"] = "stride"
-    upsample: Literal["bilinear", "transposed"] = "bilinear"
+    depth: int = Field(
+        4, ge=1, le=8,
+        description="Own encoder: blocks, each halving the resolution (the input must be a multiple of 2**depth).",
+    )
+    base_channels: int = Field(32, ge=1, description="Own encoder: channels of the first block; they double per block.")
+    max_channels: int = Field(256, ge=1, description="Own encoder: the most channels a block gets.")
+    latent_dim: int = Field(
+        64, ge=1,
+        description="Size of the bottleneck: a vector (dense) or that many channels (spatial, and the feature "
+        "autoencoder's).",
+    )
+    bottleneck: Literal["dense", "spatial"] = Field(
+        "dense",
+        description="dense: a vector of latent_dim; spatial: a map with latent_dim channels.",
+    )
+    downsample: Literal["stride", "pool"] = Field(
+        "stride",
+        description="Own encoder: halve the resolution by stride-2 convolution or by max-pooling.",
+    )
+    upsample: Literal["bilinear", "transposed"] = Field(
+        "bilinear",
+        description="Decoder: bilinear upsampling then convolution, or transposed convolution.",
+    )
 
     @property
     def pretrained(self) -> bool:
@@ -162,9 +220,15 @@ class ModelConfig(StrictModel):
 class LossConfig(StrictModel):
     """Reconstruction loss as a weighted sum of terms, plus the VAE's beta-weighted KL term."""
 
-    terms: dict[Literal["mse", "l1", "ssim"], float] = {"mse": 1.0}
-    kl_weight: float = Field(1.0, ge=0.0)
-    ssim_sigma: float = Field(1.5, gt=0.0, le=5.0)
+    terms: dict[Literal["mse", "l1", "ssim"], float] = Field(
+        {"mse": 1.0},
+        description="Weighted sum of reconstruction terms: mse, l1, ssim (1 - SSIM; own encoder only).",
+    )
+    kl_weight: float = Field(
+        1.0, ge=0.0,
+        description="VAE: beta, the weight of the KL term (divided by the number of pixel values).",
+    )
+    ssim_sigma: float = Field(1.5, gt=0.0, le=5.0, description="Width of the Gaussian window of the ssim loss term.")
 
     @field_validator("terms")
     @classmethod
@@ -179,157 +243,227 @@ class LossConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Optimisation. `corruption='auto'` corrupts inputs for the U-Net only (see training.corruption)."""
 
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"
-    step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.5, gt=0.0, le=1.0)
-    max_epochs: int = Field(20, ge=1)
-    min_epochs: int = Field(1, ge=0)
-    early_stopping_patience: int = Field(5, ge=0)
-    seed: int = 0
-    corruption: Literal["auto", "none", "synthetic"] = "auto"
-    corruption_probability: float = Field(0.75, ge=0.0, le=1.0)
-
-
-class ScoringConfig(StrictModel):
-    """How images are scored and calibrated (see anomaly.scoring and anomaly.calibration)."""
-
-    map: Literal["squared", "ssim"] = "squared"
-    smoothing_sigma: float = Field(2.0, ge=0.0, le=16.0)
-    reduction: Literal["mean", "max", "topk"] = "topk"
-    topk_fraction: float = Field(0.01, gt=0.0, le=1.0)
-    latent: Literal["mahalanobis", "knn", "patch_knn"] = Field(
-        "mahalanobis",
-        description="How far an image is from the training images in the model's latent space. mahalanobis / knn: "
-        "distance of the image's latent vector (see latent_vector) to the training vectors. patch_knn: distance per "
-        "location, PatchCore-style on the model's own encoder: each position of encoder block `patch_level`'s "
-        "feature map is compared with a bank of training positions, and the image's distance is the largest "
-        "(after 3x3 averaging; see patch_line_length). Local defects on textured surfaces move one patch, not the whole-image code.",
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="adam, adamw or sgd.")
+    lr: float = Field(1e-3, gt=0.0, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Weight decay.")
+    scheduler: Literal["none", "cosine", "step", "plateau"] = Field(
+        "none",
+        description="Learning-rate schedule: none, cosine, step (step_size, gamma) or plateau.",
     )
-    latent_vector: Literal["code", "code_and_round_trip"] = Field(
+    step_size: int = Field(10, ge=1, description="scheduler step: epochs between decays.")
+    gamma: float = Field(0.5, gt=0.0, le=1.0, description="scheduler step and plateau: the decay factor.")
+    max_epochs: int = Field(20, ge=1, description="Most epochs to train.")
+    min_epochs: int = Field(1, ge=0, description="Fewest epochs before early stopping may stop.")
+    early_stopping_patience: int = Field(
+        5, ge=0,
+        description="Epochs without a better validation loss before stopping; 0: never stop early.",
+    )
+    seed: int = Field(
+        0,
+        description="Seed of weights, shuffling and augmentation (bit-identical on CPU only with the same torch and "
+        "thread count).",
+    )
+    corruption: Literal["auto", "none", "synthetic"] = Field(
+        "auto",
+        description="auto: corrupt training inputs with synthetic anomalies for the U-Net only, so it learns to repair "
+        "them; none; synthetic: for every architecture (own encoder only).",
+    )
+    corruption_probability: float = Field(
+        0.75, ge=0.0, le=1.0,
+        description="Share of training images corrupted when corruption is on.",
+    )
+
+
+class ReconstructionSignal(StrictModel):
+    """The reconstruction error: a per-pixel map, and the image's score read from it."""
+
+    map: Literal["squared", "ssim"] = Field(
+        "squared",
+        description="The per-pixel error: squared (the squared difference, averaged over channels) or ssim (one minus "
+        "the structural similarity, for thin strokes whose squared error is small; own encoder only). A pretrained "
+        "encoder's reconstruction is measured in feature space, squared, and upsampled to the input size.",
+    )
+    smoothing_sigma: float = Field(
+        2.0, ge=0.0, le=16.0, description="Gaussian smoothing of the error map, in pixels (0: none): single noisy pixels "
+        "stop counting as defects.",
+    )
+    top_fraction: float = Field(
+        0.01, gt=0.0, le=1.0, description="The image's reconstruction score: the mean of this highest fraction of the "
+        "map's pixels (1: the mean of the whole map).",
+    )
+
+
+class CodeDistance(StrictModel):
+    """The latent distance on the whole image's code: Mahalanobis against the training images' codes."""
+
+    kind: Literal["code"] = Field(
         "code",
-        description="What the latent distance measures. code: the model's code E(x). code_and_round_trip: E(x) "
-        "concatenated with E(x) - E(D(E(x))), how far the code moves when the reconstruction is encoded again "
-        "(normal images survive the round trip, anomalies are pulled towards normal codes); Mahalanobis then "
-        "shrinks each half's covariance separately (block-diagonal).",
+        description="code: one vector per image (suits centred objects such as digits).",
     )
-    knn_k: int = Field(5, ge=1, description="Neighbours averaged by knn and patch_knn.")
-    knn_bank_size: int = Field(4096, ge=1, description="Training vectors (knn) or patch vectors (patch_knn) kept, a seeded subsample.")
-    patch_level: int | Literal["auto"] = Field(
+    round_trip: bool = Field(
+        False,
+        description="Measure E(x) together with E(x) - E(D(E(x))), how far the code moves when the reconstruction is "
+        "encoded again: normal images survive the round trip, anomalies are pulled towards normal codes. Each half "
+        "gets its own shrunk covariance. Own encoder only (it feeds reconstructed images back in).",
+    )
+
+
+class PatchDistance(StrictModel):
+    """The latent distance per location (PatchCore-style): each position of the encoder's feature map against training
+    features, on per-image standardised intensities; the heat map is this distance map."""
+
+    kind: Literal["patches"] = Field(
+        "patches",
+        description="patches: local defects on surfaces move one patch, not the whole-image code.",
+    )
+    level: int | Literal["auto"] = Field(
         2,
-        description="patch_knn: how many encoder blocks the patch features pass (stride 2**patch_level). auto (needs "
-        "data.synthetic_validation): levels 2 and 1 are both fitted at calibration and the one whose combined image "
-        "AUROC on the labelled validation set is higher is kept (2 on a tie: it is cheaper); the calibration file "
-        "records the choice. With auto, patch_line_length is given at level 2 and keeps its length in pixels at "
-        "level 1 (a run of L positions at stride 4 becomes 2L - 1 at stride 2).",
+        description="The encoder level the patches read (stride 2**level; a pretrained encoder's patches also read the "
+        "next level, so 2 or 3 there). auto (needs data.synthetic_validation): both candidate levels (own encoder 2 "
+        "and 1, pretrained 3 and 2) are fitted at calibration and the one whose combined image AUROC on the labelled "
+        "validation set is higher is kept (the first on a tie: it is cheaper).",
     )
-    patch_standardise: bool = Field(
-        False,
-        description="patch_knn: standardise each image's intensities (mean 0.5, std 0.15) before its patch features, "
-        "so that a brighter or darker normal image does not look unusual everywhere.",
+    aligned: bool = Field(
+        True,
+        description="Parts sit in the same place in every image. true: each position is compared with the training "
+        "features within two positions of the same place, and its distance is counted in units of how much training "
+        "images vary there, so glare along an edge does not outrank a crack. false: one bank sampled from every place.",
     )
-    patch_intensity_weight: float = Field(
-        0.0,
-        ge=0.0,
-        description="patch_knn with patch_position_normalise: append to each position's patch vector its mean input "
-        "intensity (after patch_standardise, so relative to the image) as a z-score against training images at the "
-        "same position, scaled so that its spread over the training bank is this fraction of the feature vectors' "
-        "total spread. The encoder's features describe texture; a large region that is only darker or brighter than "
-        "normal there (a dead solar-cell area, a stain) barely moves them. 0: off.",
+    bank_size: int | None = Field(
+        None,
+        ge=1,
+        description="Training features kept: per place when aligned (a greedy k-centre coreset of all training images' "
+        "features there, default 96), in all otherwise (a seeded sample, default 4096). The bank is most of model.onnx.",
     )
-    patch_position_normalise: bool = Field(
-        False,
-        description="patch_knn: standardise each position's distance by the mean and spread that training images "
-        "(their own patches left out of the bank) get there, so places where normal images vary, such as glare "
-        "along an edge, do not decide the image's distance. Needs aligned parts (the same place in every image).",
-    )
-    patch_bank: Literal["random", "position"] = Field(
-        "random",
-        description="patch_knn: what each position is compared with. random: a seeded sample of knn_bank_size training "
-        "positions from anywhere in the image. position (needs patch_position_normalise): the training features within "
-        "patch_bank_radius positions of the same place (patch_bank_per_position of them kept per place), so a "
-        "place is judged by what normal images show there; needs aligned parts.",
-    )
-    patch_bank_radius: int = Field(
-        2, ge=0, description="patch_bank=position: how many positions (of stride 2**patch_level) a part may shift.")
-    patch_bank_per_position: int = Field(
-        128, ge=1, description="patch_bank=position: training features kept per position, a greedy k-centre coreset "
-        "of all training images' features there (all of them with fewer training images).")
-    patch_line_length: int = Field(
+    line_length: int = Field(
         1,
         ge=1,
-        description="patch_knn: the image's distance is the largest mean of the (position-normalised) distance map "
-        "along a straight run of this many positions, at any of 8 orientations; 1 is the largest single position. "
-        "A crack or scratch lights up a long run of positions, each only a little, while a normal image's highest "
-        "positions are isolated. A defect much shorter than the run is diluted, so pinpoint defects want 1. "
-        "Odd, so the run is centred on a position.",
+        description="In pixels. The image's distance is the largest mean of the distance map along a straight run this "
+        "long, at any of 8 orientations: a crack or scratch raises a long run a little, a normal image only isolated "
+        "positions. Up to one position's stride: the largest single position, which pinpoint defects want.",
     )
-    patch_line_cap: float | None = Field(
+    line_cap: float | None = Field(
         None,
         gt=0.0,
-        description="patch_knn with patch_position_normalise and patch_line_length > 1: each position of the "
-        "normalised distance map above this many training spreads counts only as the cap plus the logarithm of its "
-        "excess in a run's mean, so one very bright spot, such as a rare but normal edge, cannot make a run alone; a "
-        "defect has to raise the run along its length. Soft, so strong defects still score higher than weak ones. "
-        "None: no cap. The heat map is not capped.",
+        description="Needs aligned. In a run's mean, a position above this many training spreads counts as the cap "
+        "plus the logarithm of its excess, so one rare but normal bright spot cannot make a run alone. None: no cap. "
+        "The heat map is not capped.",
     )
-    heatmap: Literal["reconstruction", "patch_distance"] = Field(
-        "reconstruction",
-        description="The per-pixel anomaly map that is served, calibrated and scored for pixel AUROC. reconstruction: "
-        "the smoothed reconstruction error (see map). patch_distance (needs patch_knn): the patch kNN distance map, "
-        "position-normalised when patch_position_normalise is on, upsampled bilinearly to the input size. The image's "
-        "reconstruction score is the reconstruction error map's either way.",
-    )
-    combine: Literal["fisher", "min_p", "latent", "auto"] = Field(
-        "fisher",
-        description="How the image's decision uses the two signals' p-values: fisher (Fisher's method) or min_p "
-        "(Bonferroni) combine both; latent uses the latent distance's alone, for where the reconstruction "
-        "error adds nothing on validation (see README). auto (needs data.synthetic_validation): whichever of fisher "
-        "and latent has the higher image AUROC on the labelled validation set, chosen at calibration; the "
-        "calibration file records the choice. The combination's own distribution is fitted either way.",
-    )
-    tail_fraction: float = Field(0.1, gt=0.0, le=0.5)
-    target_fpr: float = Field(0.01, gt=0.0, lt=0.5)
-    pixel_sample_size: int = Field(20_000, ge=100)
 
-    @field_validator("patch_level", mode="before")
+    @field_validator("level", mode="before")
     @classmethod
     def _level_or_auto(cls, value: Any) -> Any:
         if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ValueError(f"must be a positive integer or 'auto', got {value!r}")
         return value
 
-    def at_patch_level(self, level: int) -> ScoringConfig:
-        """patch_level=auto's candidate at `level`: the line run keeps the pixels it spans at LINE_LENGTH_LEVEL
-        (rounded to an odd number of positions, so it stays centred)."""
-        half_run = (self.patch_line_length - 1) / 2 * 2.0 ** (LINE_LENGTH_LEVEL - level)
-        return self.model_copy(update={"patch_level": level, "patch_line_length": 2 * max(0, round(half_run)) + 1})
+    @model_validator(mode="after")
+    def _cap_needs_aligned_parts(self) -> PatchDistance:
+        if self.line_cap is not None and not self.aligned:
+            raise ValueError("line_cap needs aligned=true: the cap is counted in training spreads per place")
+        return self
+
+    @property
+    def bank_vectors(self) -> int:
+        """bank_size, or its default for the bank kind."""
+        return self.bank_size or (PER_PLACE_BANK if self.aligned else POOLED_BANK)
+
+    def positions_in_run(self, level: int) -> int:
+        """line_length at `level`'s stride: an odd number of positions (the run centred on one) spanning about as many pixels."""
+        return 2 * max(0, round((self.line_length / 2**level - 1) / 2)) + 1
+
+
+LATENT_KINDS = ("code", "patches")
+
+
+def _latent_kind(value: Any) -> str:
+    return value.get("kind", "code") if isinstance(value, dict) else getattr(value, "kind", "code")
+
+
+LatentSignal = Annotated[
+    Annotated[CodeDistance, Tag("code")] | Annotated[PatchDistance, Tag("patches")],
+    Discriminator(_latent_kind, custom_error_type="latent_kind", custom_error_message="kind must be 'code' or 'patches'"),
+]
+
+
+class ScoringConfig(StrictModel):
+    """How images are scored and calibrated: two signals, each turned into a p-value on held-out normal images,
+    and their combination (see anomaly.scoring and anomaly.calibration)."""
+
+    reconstruction: ReconstructionSignal = ReconstructionSignal()
+    latent: LatentSignal = Field(default_factory=CodeDistance)
+    combine: Literal["fisher", "latent", "auto"] = Field(
+        "fisher",
+        description="What the image's decision reads: fisher (Fisher's combination of both signals' p-values) or latent "
+        "(the latent distance's alone, where the reconstruction error adds nothing). auto (needs "
+        "data.synthetic_validation): whichever ranks the labelled validation set better, chosen at calibration "
+        "(latent on a tie). The combination's own distribution is fitted on held-out normals either way.",
+    )
+    target_fpr: float = Field(
+        0.01, gt=0.0, lt=0.5, description="The false-positive rate the default decision threshold allows on normal "
+        "images; each request may ask for another.",
+    )
+
+    @property
+    def patches(self) -> PatchDistance | None:
+        return self.latent if isinstance(self.latent, PatchDistance) else None
+
+    @property
+    def serving_runs_autoencoder(self) -> bool:
+        """Whether the served graph needs the autoencoder: for the heat map (code distance: the reconstruction error
+        is the map) or for the decision (Fisher's combination reads the reconstruction score). Patches decided on the
+        latent p-value alone need neither the decoder nor a second backbone pass."""
+        return self.patches is None or self.combine != "latent"
+
+    @property
+    def served_outputs(self) -> tuple[str, ...]:
+        """The exported graph's outputs: what the decision and the heat map read, nothing more."""
+        return ("anomaly_map", "latent_distance", *(("reconstruction_score",) if self.serving_runs_autoencoder else ()))
+
+    def resolved(self, level: int | None = None, combine: str | None = None) -> ScoringConfig:
+        """The same settings with the auto choices that fitting and calibration made written in."""
+        update: dict[str, Any] = {}
+        if self.patches is not None:
+            update["latent"] = self.patches.model_copy(update={"level": level or self.patches.level, "bank_size": self.patches.bank_vectors})
+        if combine is not None:
+            update["combine"] = combine
+        return self.model_copy(update=update)
 
 
 class TrainerConfig(StrictModel):
     """Lightning Trainer settings, passed through; DDP runs use torchrun or SLURM with these."""
 
-    accelerator: str = "auto"
-    devices: int | str | list[int] = "auto"
-    num_nodes: int = Field(1, ge=1)
-    strategy: str = "auto"
-    precision: str = "32-true"
-    deterministic: bool | Literal["warn"] = "warn"
-    limit_train_batches: int | float = 1.0
-    limit_val_batches: int | float = 1.0
-    log_every_n_steps: int = Field(10, ge=1)
-    enable_progress_bar: bool = True
+    accelerator: str = Field("auto", description="Lightning's accelerator: auto, cpu, gpu, ...")
+    devices: int | str | list[int] = Field("auto", description="Devices per node (an int, a list of indices, or auto).")
+    num_nodes: int = Field(1, ge=1, description="Nodes for multi-node DDP (started with torchrun or SLURM).")
+    strategy: str = Field("auto", description="auto, ddp, ... (Lightning's strategies).")
+    precision: str = Field("32-true", description="Lightning's precision, such as 32-true or bf16-mixed.")
+    deterministic: bool | Literal["warn"] = Field("warn", description="Lightning's deterministic flag.")
+    limit_train_batches: int | float = Field(
+        1.0,
+        description="Train on this many batches (int) or this share (float) per epoch.",
+    )
+    limit_val_batches: int | float = Field(
+        1.0,
+        description="Validate on this many batches (int) or this share (float) per epoch.",
+    )
+    log_every_n_steps: int = Field(10, ge=1, description="How often Lightning logs step metrics.")
+    enable_progress_bar: bool = Field(True, description="Lightning's progress bar on stderr.")
 
 
 class TrackingConfig(StrictModel):
     """MLflow. `uri` None means: $MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
 
-    uri: str | None = None
-    experiment: str = "anomaly"
-    run_name: str | None = None
-    registered_model: str = Field("anomaly", min_length=1, description="Registry name that `anomaly pipeline run` registers and promotes under.")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.",
+    )
+    experiment: str = Field("anomaly", description="MLflow experiment name.")
+    run_name: str | None = Field(None, description="MLflow run name; null: MLflow's.")
+    registered_model: str = Field(
+        "anomaly", min_length=1,
+        description="Registry name that `anomaly pipeline run` registers and promotes under.",
+    )
 
 
 class Config(StrictModel):
@@ -356,77 +490,79 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _pretrained_reconstructs_features(self) -> Config:
-        if not self.model.pretrained:
-            return self
-        if self.loss.terms.get("ssim", 0) > 0 or self.scoring.map == "ssim":
+        if self.model.pretrained and (self.loss.terms.get("ssim", 0) > 0 or self.train.corruption == "synthetic"):
             raise ValueError(
                 f"model.encoder={self.model.encoder} reconstructs features, not images: loss.terms take mse and l1 "
-                "only and scoring.map must be squared (SSIM compares images)"
-            )
-        if self.train.corruption == "synthetic" or self.scoring.latent_vector == "code_and_round_trip":
-            raise ValueError(
-                f"train.corruption=synthetic and scoring.latent_vector=code_and_round_trip need model.encoder=own "
-                f"(they feed reconstructed images back in), got {self.model.encoder}"
+                "only, and train.corruption=synthetic needs model.encoder=own"
             )
         return self
 
     @model_validator(mode="after")
-    def _auto_combination_has_validation(self) -> Config:
-        if self.scoring.combine == "auto" and not self.data.synthetic_validation:
-            raise ValueError(
-                "scoring.combine=auto needs data.synthetic_validation=true (the combination is chosen on held-out "
-                "normals with synthetic anomalies)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _patch_settings_consistent(self) -> Config:
+    def _auto_choices_have_validation(self) -> Config:
         scoring = self.scoring
-        levels = self.model.auto_patch_levels if scoring.patch_level == "auto" else (scoring.patch_level,)
-        if scoring.latent == "patch_knn" and self.model.pretrained and not set(levels) <= set(PRETRAINED_AUTO_PATCH_LEVELS):
+        auto = [name for name, value in (("scoring.combine", scoring.combine),
+                                         ("scoring.latent.level", getattr(scoring.latent, "level", None))) if value == "auto"]
+        if auto and not self.data.synthetic_validation:
             raise ValueError(
-                f"scoring.patch_level with model.encoder={self.model.encoder} must be 2, 3 or auto (patches read that "
-                f"level and the next one), got {scoring.patch_level}"
-            )
-        if scoring.latent == "patch_knn" and not self.model.pretrained and max(levels) > self.model.depth:
-            raise ValueError(f"scoring.patch_level {scoring.patch_level} needs model.depth >= {max(levels)}, got {self.model.depth}")
-        if scoring.patch_level == "auto" and not (scoring.latent == "patch_knn" and self.data.synthetic_validation):
-            raise ValueError(
-                "scoring.patch_level=auto needs scoring.latent=patch_knn and data.synthetic_validation=true (the level "
-                "is chosen on held-out normals with synthetic anomalies)"
-            )
-        patch_only = (scoring.patch_position_normalise or scoring.patch_standardise or scoring.patch_line_length > 1
-                      or scoring.patch_intensity_weight > 0 or scoring.heatmap == "patch_distance"
-                      or scoring.patch_bank == "position")
-        if scoring.latent != "patch_knn" and patch_only:
-            raise ValueError(
-                "scoring.patch_position_normalise, scoring.patch_standardise, scoring.patch_intensity_weight > 0, "
-                "scoring.patch_line_length > 1, scoring.patch_bank=position and scoring.heatmap=patch_distance "
-                "need scoring.latent=patch_knn"
-            )
-        if scoring.patch_bank == "position" and not scoring.patch_position_normalise:
-            raise ValueError(
-                "scoring.patch_bank=position needs scoring.patch_position_normalise=true "
-                "(both compare each place with the same place in training images, so parts must be aligned)"
-            )
-        if scoring.patch_bank == "position" and scoring.patch_intensity_weight > 0:
-            raise ValueError(
-                "scoring.patch_intensity_weight > 0 needs scoring.patch_bank=random (the position bank has no "
-                "intensity channel; it already compares each place with the same place in training images)"
-            )
-        if scoring.patch_line_length % 2 == 0:
-            raise ValueError(f"scoring.patch_line_length must be odd (a run centred on a position), got {scoring.patch_line_length}")
-        if scoring.patch_intensity_weight > 0 and not scoring.patch_position_normalise:
-            raise ValueError(
-                "scoring.patch_intensity_weight needs scoring.patch_position_normalise=true "
-                "(intensity is compared with the same place in training images, so parts must be aligned)"
-            )
-        if scoring.patch_line_cap is not None and not (scoring.patch_position_normalise and scoring.patch_line_length > 1):
-            raise ValueError(
-                "scoring.patch_line_cap needs scoring.patch_position_normalise=true (the cap is in training spreads) "
-                "and scoring.patch_line_length > 1 (a cap on single positions would cap the image's distance itself)"
+                f"{' and '.join(auto)}=auto {'need' if len(auto) > 1 else 'needs'} data.synthetic_validation=true (they are chosen on held-out normals "
+                "with synthetic anomalies)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _scoring_fits_the_encoder(self) -> Config:
+        scoring, model = self.scoring, self.model
+        patches = scoring.patches
+        if model.pretrained and (scoring.reconstruction.map == "ssim" or getattr(scoring.latent, "round_trip", False)):
+            raise ValueError(
+                f"scoring.reconstruction.map=ssim and scoring.latent.round_trip compare and re-encode images: they need "
+                f"model.encoder=own, got {model.encoder}"
+            )
+        if patches is None:
+            return self
+        levels = model.auto_patch_levels if patches.level == "auto" else (patches.level,)
+        if model.pretrained and not set(levels) <= set(PRETRAINED_AUTO_PATCH_LEVELS):
+            raise ValueError(
+                f"scoring.latent.level with model.encoder={model.encoder} must be 2, 3 or auto (patches read that "
+                f"level and the next one), got {patches.level}"
+            )
+        if not model.pretrained and max(levels) > model.depth:
+            raise ValueError(f"scoring.latent.level {patches.level} needs model.depth >= {max(levels)}, got {model.depth}")
+        return self
+
+
+# Keys of the flat scoring section that checkpoints and detector files written before it was nested hold.
+FLAT_SCORING_KEYS = frozenset({"reduction", "topk_fraction", "latent_vector", "knn_k", "patch_level", "heatmap"})
+
+
+def upgrade_stored_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config stored in a checkpoint or detector file, in today's form: a flat scoring section from before the
+    nesting is translated where today's settings can express it (docs/history.md maps the names), else refused."""
+    old = raw.get("scoring")
+    if not isinstance(old, dict) or not FLAT_SCORING_KEYS & old.keys():
+        return raw
+
+    def refuse(what: str) -> AnomalyError:
+        return AnomalyError(f"this file was written by an older anomaly with {what}, which this version no longer has: "
+                            "evaluate a checkpoint again with today's scoring, or train again")
+
+    if old.get("reduction") == "max" or old.get("combine") == "min_p" or old.get("latent") == "knn":
+        raise refuse("scoring.reduction=max, scoring.combine=min_p or scoring.latent=knn")
+    reconstruction = {"map": old["map"], "smoothing_sigma": old["smoothing_sigma"],
+                      "top_fraction": 1.0 if old["reduction"] == "mean" else old["topk_fraction"]}
+    if old["latent"] == "mahalanobis":
+        latent: dict[str, Any] = {"kind": "code", "round_trip": old["latent_vector"] == "code_and_round_trip"}
+    else:
+        aligned = old["patch_bank"] == "position"
+        if (old["knn_k"] != 1 or not old["patch_standardise"] or old["heatmap"] != "patch_distance" or old["patch_intensity_weight"]
+                or aligned != old["patch_position_normalise"] or (aligned and old["patch_bank_radius"] != 2)):
+            raise refuse("patch settings outside today's (k = 1, standardised, the patch heat map, no intensity channel, "
+                         "the position bank with its normalisation and radius 2, or neither)")
+        stride = 2 ** (2 if old["patch_level"] == "auto" else old["patch_level"])  # auto's line length was given at level 2
+        latent = {"kind": "patches", "level": old["patch_level"], "aligned": aligned, "line_length": old["patch_line_length"] * stride,
+                  "bank_size": old["patch_bank_per_position"] if aligned else old["knn_bank_size"], "line_cap": old["patch_line_cap"]}
+    scoring = {"reconstruction": reconstruction, "latent": latent, "combine": old["combine"], "target_fpr": old["target_fpr"]}
+    return {**raw, "scoring": scoring}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -442,12 +578,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set one key. A new `kind` starts its section afresh: the old kind's settings mean nothing to the new one."""
     node = raw
     for i, part in enumerate(path[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise AnomalyError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
         node = child
+    if path[-1] == "kind" and node.get("kind", value) != value:
+        node.clear()
     node[path[-1]] = value
 
 
@@ -455,9 +594,12 @@ def format_validation_error(error: ValidationError) -> str:
     """One line per problem, joined: 'config: unknown key model.foo; data.batch_size: ...'."""
     problems = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"])
+        parts = [str(part) for part in item["loc"]]
+        kind = next((tag for previous, tag in zip(parts, parts[1:]) if previous == "latent" and tag in LATENT_KINDS), None)
+        location = ".".join(part for i, part in enumerate(parts) if not (part == kind and parts[i - 1] == "latent"))
         if item["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{location}'")
+            hint = " (not a setting of scoring.latent.kind=code; patch settings need kind: patches)" if kind == "code" else ""
+            problems.append(f"unknown key '{location}'{hint}")
         else:
             message = item["msg"].removeprefix("Value error, ")
             problems.append(f"{location}: {message}" if location else message)

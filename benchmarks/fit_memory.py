@@ -4,7 +4,7 @@
 
 Runs the product's own fitting path (anomaly.scoring.fit.training_latents, which streams the patch features into
 a memory-mapped file, then the bank's block-wise fit) on the folder default's detector, pretrained and own encoder,
-at each patch level that patch_level auto can choose, in a fresh process each, and records the process's peak
+at each patch level that scoring.latent.level=auto can choose, in a fresh process each, and records the process's peak
 resident memory. The images are synthetic textures made on the fly, so only the fitting holds memory. Quick mode:
 200 images.
 """
@@ -54,7 +54,7 @@ def measure(encoder: str, level: int, images: int) -> dict[str, Any]:
     overrides = [f"data.image_size=[{IMAGE_SIZE[0]}, {IMAGE_SIZE[1]}]", "data.root=unused"]
     overrides.append(f"model.encoder={encoder}")
     config = load_config(PIPELINES / "folder.yaml", overrides)
-    config = config.model_copy(update={"scoring": config.scoring.at_patch_level(level)})  # as patch_level auto fits it
+    config = config.model_copy(update={"scoring": config.scoring.resolved(level=level)})  # as level auto fits it
     detector = AnomalyDetector(config)
     loader = DataLoader(TextureImages(images), batch_size=config.data.batch_size)
     started = time.perf_counter()

@@ -21,7 +21,7 @@ import torch
 from anomaly.config import build_config
 from anomaly.export.onnx_export import export_onnx
 from anomaly.export.quantize import quantise_model
-from anomaly.runtime.bundle import INPUT_NAME, OUTPUT_NAMES, create_session
+from anomaly.runtime.bundle import INPUT_NAME, create_session
 from anomaly.runtime.cpus import available_cpus
 from anomaly.scoring.detector import AnomalyDetector, latent_size
 from benchmarks.compute import cpu_peak_gflops, flops_per_image
@@ -90,9 +90,9 @@ def run(quick: bool) -> dict[str, Any]:
                 images = sample[:batch]
                 array = images.numpy()
                 with torch.no_grad():
-                    eager = timings(lambda: detector(images), repeats, batch)
-                onnx_fp32 = timings(lambda: fp32.run(list(OUTPUT_NAMES), {INPUT_NAME: array}), repeats, batch)
-                onnx_int8 = timings(lambda: int8.run(list(OUTPUT_NAMES), {INPUT_NAME: array}), repeats, batch)
+                    eager = timings(lambda: detector.serve(images), repeats, batch)
+                onnx_fp32 = timings(lambda: fp32.run(None, {INPUT_NAME: array}), repeats, batch)
+                onnx_int8 = timings(lambda: int8.run(None, {INPUT_NAME: array}), repeats, batch)
                 case[f"batch_{batch}"] = {
                     "torch_eager": eager,
                     "onnxruntime_fp32": onnx_fp32,

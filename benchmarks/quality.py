@@ -67,7 +67,7 @@ def metrics_row(metrics: dict[str, Any]) -> dict[str, float]:
 
 def chosen_scoring(scoring: dict[str, Any]) -> dict[str, Any]:
     """What calibration chose for the settings that can be auto (from calibration.json's scoring)."""
-    return {"patch_level": scoring["patch_level"], "combine": scoring["combine"]}
+    return {"patch_level": scoring["latent"].get("level"), "combine": scoring["combine"]}
 
 
 def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = None) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from anomaly.runtime.resolve import ResolvedModel
 from serving.schemas import CalibrationSummary, ImageScore, InputSpec, ModelDescription, ModelIdentity
 from serving.settings import MAX_TARGET_FPR, MIN_TARGET_FPR, ServingSettings
 
-SCORE_COLUMNS = len(SCORE_NAMES)  # one column per score; the flattened anomaly map follows, if asked for
 HeatmapSize = Literal["input", "original"]
 
 
@@ -44,18 +43,22 @@ class DecodedUpload:
 
 
 def pack_outputs(outputs: dict[str, np.ndarray]) -> np.ndarray:
-    """One float32 row per image, so BentoML's batching can split a batch's answer by rows.
-    Maps travel only when the outputs hold them (heat-map requests): they are most of the bytes."""
-    columns = [np.stack([outputs[name] for name in SCORE_NAMES], axis=1)]
+    """One float32 row per image, so BentoML's batching can split a batch's answer by rows: the graph's scores in
+    SCORE_NAMES order, then the flattened anomaly map. Maps travel only when the outputs hold them (heat-map
+    requests): they are most of the bytes."""
+    columns = [np.stack([outputs[name] for name in SCORE_NAMES if name in outputs], axis=1)]
     if "anomaly_map" in outputs:
         columns.append(outputs["anomaly_map"].reshape(len(outputs["anomaly_map"]), -1))
     return np.concatenate(columns, axis=1).astype(np.float32)
 
 
-def unpack_outputs(packed: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """-> reconstruction scores (N,), latent distances (N,), anomaly maps (N, H, W) or None."""
-    maps = packed[:, SCORE_COLUMNS:].reshape(len(packed), *image_size) if packed.shape[1] > SCORE_COLUMNS else None
-    return packed[:, 0], packed[:, 1], maps
+def unpack_outputs(packed: np.ndarray, image_size: tuple[int, int], score_names: tuple[str, ...]
+                   ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """-> reconstruction scores (N,) or None (a graph without them), latent distances (N,), anomaly maps (N, H, W) or None."""
+    columns = len(score_names)
+    scores = {name: packed[:, i] for i, name in enumerate(score_names)}
+    maps = packed[:, columns:].reshape(len(packed), *image_size) if packed.shape[1] > columns else None
+    return scores.get("reconstruction_score"), scores["latent_distance"], maps
 
 
 def describe_loaded(resolved: ResolvedModel, detector: OnnxDetector) -> dict[str, Any]:
@@ -65,6 +68,7 @@ def describe_loaded(resolved: ResolvedModel, detector: OnnxDetector) -> dict[str
         "name": resolved.name,
         "version": resolved.version,
         "metadata": detector.metadata,
+        "score_names": list(detector.score_names),
         "calibration": detector.calibration.to_dict(),
     }
 
@@ -77,6 +81,7 @@ class ModelView:
     identity: ModelIdentity
     metadata: dict[str, str]
     calibration: Calibration
+    score_names: tuple[str, ...]  # the scores the graph computes, in the order the model server packs them
 
     @classmethod
     def from_description(cls, description: dict[str, Any]) -> ModelView:
@@ -84,7 +89,7 @@ class ModelView:
         checksum = metadata[META_MODEL_CHECKSUM]
         calibration = Calibration.from_dict(description["calibration"], "calibration from the model server", checksum)
         identity = ModelIdentity(name=description["name"], version=description["version"], model_checksum=checksum)
-        return cls(description["reference"], identity, metadata, calibration)
+        return cls(description["reference"], identity, metadata, calibration, tuple(description["score_names"]))
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -96,7 +101,7 @@ class ModelView:
         return int(self.calibration.preprocessing["channels"])
 
     def score(self, uploads: list[DecodedUpload], packed: np.ndarray, target_fpr: float | None, heatmap: HeatmapSize | None) -> list[ImageScore]:
-        reconstruction, latent, maps = unpack_outputs(packed, self.image_size)
+        reconstruction, latent, maps = unpack_outputs(packed, self.image_size, self.score_names)
         results = image_results(self.calibration, reconstruction, latent, target_fpr)
         heatmaps: list[str | None] = [None] * len(results)
         if heatmap is not None and maps is not None:

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from anomaly.errors import AnomalyError
 from anomaly.imageio import ImageTooLargeError, UnsupportedFormatError, decoding_bytes, finish_decoding, open_image
-from anomaly.runtime.bundle import SCORE_NAMES, OnnxDetector
+from anomaly.runtime.bundle import OnnxDetector
 from anomaly.runtime.cpus import threads_per_worker
 from anomaly.runtime.heatmap import MAX_ORIGINAL_PIXELS
 from anomaly.runtime.resolve import resolve_model
@@ -92,13 +92,13 @@ class AnomalyModel:
 
     @batched_api
     def infer(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, C) -> float32 rows of (reconstruction score, latent distance)."""
-        return pack_outputs(self.detector.run(images, SCORE_NAMES))
+        """uint8 (N, H, W, C) -> float32 rows of the graph's scores (pack_outputs)."""
+        return pack_outputs(self.detector.run(images, self.detector.score_names))
 
     @batched_api
     def infer_with_maps(self, images: np.ndarray) -> np.ndarray:
         """As `infer`, each row followed by the image's flattened anomaly map (for heat maps)."""
-        return pack_outputs(self.detector.run(images, (*SCORE_NAMES, "anomaly_map")))
+        return pack_outputs(self.detector.run(images, (*self.detector.score_names, "anomaly_map")))
 
     @bentoml.api
     def describe(self) -> dict[str, Any]:

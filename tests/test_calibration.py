@@ -69,12 +69,13 @@ def test_pvalues_below_the_sample_minimum_are_one():
 def test_fisher_statistic_matches_scipy():
     rng = np.random.default_rng(5)
     first, second = rng.uniform(size=50), rng.uniform(size=50)
-    ours = combination_statistic([first, second], "fisher")
+    ours = combination_statistic(first, second, "fisher")
     theirs = [stats.combine_pvalues([a, b], method="fisher").statistic for a, b in zip(first, second)]
     assert np.allclose(ours, theirs)
-    min_p = combination_statistic([first, second], "min_p")
-    assert np.allclose(min_p, -np.log(np.minimum(2 * np.minimum(first, second), 1.0)))
-    assert np.allclose(combination_statistic([first, second], "latent"), -np.log(second))
+    assert np.allclose(combination_statistic(first, second, "latent"), -np.log(second))
+    assert np.allclose(combination_statistic(None, second, "latent"), -np.log(second))  # a graph without the reconstruction
+    with pytest.raises(ValueError, match="needs the reconstruction p-values"):
+        combination_statistic(None, second, "fisher")
 
 
 def correlated_scores(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,9 +87,7 @@ def correlated_scores(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def make_calibration(seed: int = 6) -> Calibration:
     reconstruction, latent = correlated_scores(2000, seed)
     fitted = {"reconstruction": TailFittedDistribution.fit(reconstruction), "latent": TailFittedDistribution.fit(latent)}
-    statistic = combination_statistic(
-        [fitted["reconstruction"].pvalue(reconstruction), fitted["latent"].pvalue(latent)], "fisher"
-    )
+    statistic = combination_statistic(fitted["reconstruction"].pvalue(reconstruction), fitted["latent"].pvalue(latent), "fisher")
     return Calibration(
         model_checksum="a" * 64,
         preprocessing={"image_size": [32, 32], "channels": 1},

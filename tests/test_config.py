@@ -36,57 +36,78 @@ def test_bad_choice_names_the_key():
         build_config(BASE, ["model.architecture=gan"])
 
 
+PATCHES = ["scoring.latent.kind=patches"]
+
+
 def test_patch_level_must_be_within_the_encoder():
-    assert build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=3"]).scoring.patch_level == 3
-    with pytest.raises(AnomalyError, match=r"scoring\.patch_level 4 needs model\.depth >= 4, got 3"):
-        build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=4"])
-    for option in ("scoring.patch_position_normalise=true", "scoring.heatmap=patch_distance", "scoring.patch_line_length=3",
-                   "scoring.patch_intensity_weight=0.5", "scoring.patch_bank=position"):
-        with pytest.raises(AnomalyError, match=r"scoring\.heatmap=patch_distance need scoring\.latent=patch_knn"):
-            build_config(BASE, [option])
-    with pytest.raises(AnomalyError, match=r"scoring\.patch_line_length must be odd \(a run centred on a position\), got 4"):
-        build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_line_length=4"])
-    with pytest.raises(AnomalyError, match=r"scoring\.patch_intensity_weight needs scoring\.patch_position_normalise=true"):
-        build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_intensity_weight=0.5"])
-    position_bank = ["scoring.latent=patch_knn", "scoring.patch_bank=position"]
-    with pytest.raises(AnomalyError, match=r"scoring\.patch_bank=position needs scoring\.patch_position_normalise=true"):
-        build_config(BASE, position_bank)
-    position_bank.append("scoring.patch_position_normalise=true")
-    assert build_config(BASE, position_bank).scoring.patch_bank_radius == 2
-    with pytest.raises(AnomalyError, match=r"scoring\.patch_intensity_weight > 0 needs scoring\.patch_bank=random"):
-        build_config(BASE, [*position_bank, "scoring.patch_intensity_weight=0.5"])
-    capped = ["scoring.latent=patch_knn", "scoring.patch_line_length=5", "scoring.patch_line_cap=3.5"]
-    assert build_config(BASE, [*capped, "scoring.patch_position_normalise=true"]).scoring.patch_line_cap == 3.5
-    for missing in (capped, [*capped[:1], "scoring.patch_position_normalise=true", capped[2]]):
-        with pytest.raises(AnomalyError, match=r"scoring\.patch_line_cap needs scoring\.patch_position_normalise=true"):
-            build_config(BASE, missing)
+    assert build_config(BASE, [*PATCHES, "scoring.latent.level=3"]).scoring.latent.level == 3
+    with pytest.raises(AnomalyError, match=r"scoring\.latent\.level 4 needs model\.depth >= 4, got 3"):
+        build_config(BASE, [*PATCHES, "scoring.latent.level=4"])
+    for wrong in ("deep", "0"):
+        with pytest.raises(AnomalyError, match=rf"scoring\.latent\.level: .*must be a positive integer or 'auto', got '?{wrong}'?$"):
+            build_config(BASE, [*PATCHES, f"scoring.latent.level={wrong}"])
 
 
-def test_auto_combination_needs_synthetic_validation():
+def test_patch_settings_exist_only_for_patches():
+    for option in ("level=2", "aligned=false", "bank_size=10", "line_length=9", "line_cap=3.5"):
+        with pytest.raises(AnomalyError, match=rf"unknown key 'scoring\.latent\.{option.split('=')[0]}' \(not a setting of scoring\.latent\.kind=code"):
+            build_config(BASE, [f"scoring.latent.{option}"])
+    with pytest.raises(AnomalyError, match=r"unknown key 'scoring\.latent\.round_trip'$"):
+        build_config(BASE, [*PATCHES, "scoring.latent.round_trip=true"])
+    with pytest.raises(AnomalyError, match=r"scoring\.latent: kind must be 'code' or 'patches'"):
+        build_config(BASE, ["scoring.latent.kind=pixels"])
+
+
+def test_a_new_latent_kind_starts_its_section_afresh():
+    patches = build_config(BASE, [*PATCHES, "scoring.latent.bank_size=7"]).model_dump(mode="json")
+    assert build_config(patches, ["scoring.latent.kind=code", "scoring.latent.round_trip=true"]).scoring.latent.round_trip
+    assert build_config(patches, ["scoring.latent.kind=patches"]).scoring.latent.bank_size == 7  # the same kind keeps its settings
+
+
+def test_line_cap_needs_aligned_parts_and_banks_default_by_kind():
+    capped = [*PATCHES, "scoring.latent.line_length=20", "scoring.latent.line_cap=3.5"]
+    assert build_config(BASE, capped).scoring.latent.line_cap == 3.5
+    with pytest.raises(AnomalyError, match=r"scoring\.latent: line_cap needs aligned=true"):
+        build_config(BASE, [*capped, "scoring.latent.aligned=false"])
+    assert build_config(BASE, PATCHES).scoring.latent.bank_vectors == 96
+    assert build_config(BASE, [*PATCHES, "scoring.latent.aligned=false"]).scoring.latent.bank_vectors == 4096
+    assert build_config(BASE, [*PATCHES, "scoring.latent.bank_size=7"]).scoring.latent.bank_vectors == 7
+
+
+def test_auto_choices_need_synthetic_validation_and_two_encoder_blocks():
     assert build_config(BASE, ["scoring.combine=auto", "data.synthetic_validation=true"]).scoring.combine == "auto"
     with pytest.raises(AnomalyError, match=r"scoring\.combine=auto needs data\.synthetic_validation=true"):
         build_config(BASE, ["scoring.combine=auto"])
+    auto = [*PATCHES, "scoring.latent.level=auto"]
+    assert build_config(BASE, [*auto, "data.synthetic_validation=true"]).scoring.latent.level == "auto"
+    with pytest.raises(AnomalyError, match=r"scoring\.combine and scoring\.latent\.level=auto need data\.synthetic_validation=true"):
+        build_config(BASE, [*auto, "scoring.combine=auto"])
+    with pytest.raises(AnomalyError, match=r"scoring\.latent\.level auto needs model\.depth >= 2, got 1"):
+        build_config(BASE, [*auto, "data.synthetic_validation=true", "model.depth=1"])
 
 
-def test_auto_patch_level_needs_patch_knn_validation_and_two_encoder_blocks():
-    patch = ["scoring.latent=patch_knn", "scoring.patch_level=auto"]
-    assert build_config(BASE, [*patch, "data.synthetic_validation=true"]).scoring.patch_level == "auto"
-    for missing in (patch, ["scoring.patch_level=auto", "data.synthetic_validation=true"]):
-        with pytest.raises(AnomalyError, match=r"scoring\.patch_level=auto needs scoring\.latent=patch_knn and data\.synthetic_validation=true"):
-            build_config(BASE, missing)
-    with pytest.raises(AnomalyError, match=r"scoring\.patch_level auto needs model\.depth >= 2, got 1"):
-        build_config(BASE, [*patch, "data.synthetic_validation=true", "model.depth=1"])
-    for wrong in ("deep", "0"):
-        with pytest.raises(AnomalyError, match=rf"scoring\.patch_level: .*must be a positive integer or 'auto', got '?{wrong}'?$"):
-            build_config(BASE, [f"scoring.patch_level={wrong}"])
+def test_line_runs_keep_their_length_in_pixels_at_every_level():
+    patches = build_config(BASE, [*PATCHES, "scoring.latent.line_length=68"]).scoring.latent
+    assert [patches.positions_in_run(level) for level in (1, 2, 3)] == [33, 17, 9]  # odd: centred on a position
+    assert build_config(BASE, PATCHES).scoring.latent.positions_in_run(2) == 1
 
 
-def test_auto_patch_level_candidates_keep_the_line_run_in_pixels():
-    scoring = build_config(BASE, ["scoring.latent=patch_knn", "scoring.patch_level=auto", "scoring.patch_line_length=17",
-                                  "data.synthetic_validation=true"]).scoring
-    assert (scoring.at_patch_level(2).patch_level, scoring.at_patch_level(2).patch_line_length) == (2, 17)
-    assert (scoring.at_patch_level(1).patch_level, scoring.at_patch_level(1).patch_line_length) == (1, 33)
-    assert scoring.patch_level == "auto"  # the candidates are copies
+def test_resolved_scoring_writes_in_what_fitting_chose():
+    scoring = build_config(BASE, [*PATCHES, "scoring.latent.level=auto", "scoring.combine=auto", "data.synthetic_validation=true"]).scoring
+    resolved = scoring.resolved(level=2).resolved(combine="latent")
+    assert resolved.model_dump(mode="json")["latent"] == {"kind": "patches", "level": 2, "aligned": True, "bank_size": 96, "line_length": 1,
+                                                          "line_cap": None}
+    assert resolved.combine == "latent" and scoring.latent.level == "auto"  # a copy
+
+
+def test_scoring_has_at_most_twelve_settings():
+    from anomaly.config import CodeDistance, PatchDistance, ReconstructionSignal, ScoringConfig
+
+    nested = {"reconstruction", "latent"}
+    settings = [*ReconstructionSignal.model_fields, *CodeDistance.model_fields,
+                *(name for name in PatchDistance.model_fields if name != "kind"),
+                *(name for name in ScoringConfig.model_fields if name not in nested)]
+    assert len(settings) <= 12, settings
 
 
 def test_image_size_must_be_divisible_by_depth():
@@ -136,3 +157,36 @@ def test_flatten_gives_scalar_params_only():
     assert flat["data.image_size"] == "[32, 32]"
     assert flat["loss.terms.mse"] == 1.0
     assert all(isinstance(value, (str, int, float, bool)) for value in flat.values())
+
+
+def test_configuration_reference_in_docs_is_current():
+    """docs/configuration.md is generated from the pydantic descriptions; regenerate it when a field changes."""
+    from anomaly.config_reference import render_reference
+
+    documented = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert documented == render_reference(), "run: uv run python -m anomaly.config_reference > docs/configuration.md"
+
+
+# The folder default's resolved scoring on KolektorSDD as a detector file before the nesting stored it.
+FLAT_SCORING = {"map": "squared", "smoothing_sigma": 2.0, "reduction": "topk", "topk_fraction": 0.01, "latent": "patch_knn",
+                "latent_vector": "code", "knn_k": 1, "knn_bank_size": 4096, "patch_level": 3, "patch_standardise": True,
+                "patch_intensity_weight": 0.0, "patch_position_normalise": True, "patch_bank": "position", "patch_bank_radius": 2,
+                "patch_bank_per_position": 96, "patch_line_length": 9, "patch_line_cap": 3.5, "heatmap": "patch_distance",
+                "combine": "latent", "tail_fraction": 0.1, "target_fpr": 0.01, "pixel_sample_size": 20000}
+
+
+def test_stored_flat_scoring_is_upgraded_to_the_same_detector_or_refused():
+    from anomaly.config import Config, upgrade_stored_config
+
+    stored = {**BASE, "model": {"encoder": "efficientnet_lite0"}, "scoring": FLAT_SCORING}
+    upgraded = Config.model_validate(upgrade_stored_config(stored)).scoring
+    assert upgraded.latent.model_dump() == {"kind": "patches", "level": 3, "aligned": True, "bank_size": 96, "line_length": 72,
+                                            "line_cap": 3.5}
+    assert upgraded.latent.positions_in_run(3) == 9 and upgraded.combine == "latent"  # the same 9 positions at stride 8
+    code = {**FLAT_SCORING, "latent": "mahalanobis", "latent_vector": "code_and_round_trip", "reduction": "mean"}
+    upgraded = Config.model_validate(upgrade_stored_config({**BASE, "scoring": code})).scoring
+    assert upgraded.latent.round_trip and upgraded.reconstruction.top_fraction == 1.0
+    assert upgrade_stored_config(build_config(BASE).model_dump(mode="json"))["scoring"]["latent"] == {"kind": "code", "round_trip": False}
+    for removed in ({"latent": "knn"}, {"combine": "min_p"}, {"patch_intensity_weight": 0.5}, {"heatmap": "reconstruction"}):
+        with pytest.raises(AnomalyError, match="written by an older anomaly with"):
+            upgrade_stored_config({**BASE, "scoring": {**FLAT_SCORING, **removed}})

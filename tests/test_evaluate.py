@@ -77,23 +77,23 @@ def test_auto_combination_is_chosen_at_calibration_and_recorded(trained, tmp_pat
     assert evaluation.metrics["test_fpr"] == fixed.metrics["test_fpr"]
 
 
-PATCH_SCORING = ["scoring.latent=patch_knn", "scoring.patch_position_normalise=true", "scoring.patch_bank=position",
-                 "scoring.patch_bank_per_position=16", "scoring.heatmap=patch_distance", "scoring.knn_k=1"]
+PATCH_SCORING = ["scoring.latent.kind=patches", "scoring.latent.bank_size=16", "scoring.latent.line_length=12"]
 
 
-def test_auto_patch_level_keeps_the_level_that_ranks_validation_best(trained, tmp_path):
+def test_auto_choices_are_resolved_once_for_detector_and_calibration(trained, tmp_path):
     result, _, _ = trained
-    evaluation = evaluate_checkpoint(result.checkpoint, [*PATCH_SCORING, "scoring.patch_level=auto", "scoring.patch_line_length=3"], tmp_path)
+    evaluation = evaluate_checkpoint(result.checkpoint, [*PATCH_SCORING, "scoring.latent.level=auto", "scoring.combine=auto"], tmp_path)
     saved = json.loads((tmp_path / "calibration.json").read_text())
-    validation, chosen = saved["validation_auroc"], saved["scoring"]["patch_level"]
+    validation, chosen = saved["validation_auroc"], saved["scoring"]["latent"]["level"]
     assert chosen == max((2, 1), key=lambda level: validation[f"patch_level_{level}"])
     assert validation["combined"] == validation[f"patch_level_{chosen}"]
-    line_length = {2: 3, 1: 5}[chosen]  # the same pixels at either stride
-    assert saved["scoring"]["patch_line_length"] == line_length
-    assert load_detector(tmp_path / "detector.pt").config.scoring.patch_level == chosen  # what export and serving see
-    # from then on the model decides exactly as one configured with the chosen level
+    assert saved["scoring"]["combine"] in ("fisher", "latent")
+    detector = load_detector(tmp_path / "detector.pt")  # what export and serving see: the same resolved choices
+    assert detector.config.scoring.model_dump(mode="json") == saved["scoring"]
+    assert detector.latent_distance.image_distance.length == {2: 3, 1: 5}[chosen]  # 12 pixels at either stride
+    # from then on the model decides exactly as one configured with the chosen level and combination
     fixed = evaluate_checkpoint(
-        result.checkpoint, [*PATCH_SCORING, f"scoring.patch_level={chosen}", f"scoring.patch_line_length={line_length}"], tmp_path / "fixed"
+        result.checkpoint, [*PATCH_SCORING, f"scoring.latent.level={chosen}", f"scoring.combine={saved['scoring']['combine']}"], tmp_path / "fixed"
     )
     assert evaluation.metrics["image"] == fixed.metrics["image"]
     assert evaluation.metrics["pixel_auroc"] == fixed.metrics["pixel_auroc"]
@@ -101,9 +101,9 @@ def test_auto_patch_level_keeps_the_level_that_ranks_validation_best(trained, tm
 
 def test_evaluation_scoring_can_change_but_the_model_cannot(trained, tmp_path):
     result, _, _ = trained
-    evaluation = evaluate_checkpoint(result.checkpoint, ["scoring.latent=knn", "scoring.map=ssim", "scoring.target_fpr=0.05"], tmp_path)
+    evaluation = evaluate_checkpoint(result.checkpoint, [*PATCH_SCORING, "scoring.reconstruction.map=ssim", "scoring.target_fpr=0.05"], tmp_path)
     assert evaluation.metrics["target_fpr"] == 0.05
-    assert json.loads((tmp_path / "calibration.json").read_text())["scoring"]["latent"] == "knn"
+    assert json.loads((tmp_path / "calibration.json").read_text())["scoring"]["latent"]["kind"] == "patches"
     with pytest.raises(AnomalyError, match="only data, scoring, tracking, output_dir can change after training"):
         evaluate_checkpoint(result.checkpoint, ["model.depth=2"], tmp_path)
     with pytest.raises(AnomalyError, match=r"data.image_size is fixed by the trained model \(\(32, 32\)\); it cannot change to \(64, 64\)"):
@@ -112,7 +112,7 @@ def test_evaluation_scoring_can_change_but_the_model_cannot(trained, tmp_path):
 
 def test_round_trip_latent_is_fitted_on_the_vectors_it_measures(trained, tmp_path):
     result, _, _ = trained
-    evaluate_checkpoint(result.checkpoint, ["scoring.latent_vector=code_and_round_trip"], tmp_path)
+    evaluate_checkpoint(result.checkpoint, ["scoring.latent.round_trip=true"], tmp_path)
     detector = load_detector(tmp_path / "detector.pt")
     datamodule = AnomalyDataModule(detector.config.data)
     datamodule.setup()

@@ -1,6 +1,7 @@
 """ONNX export with the scoring head, parity, the registry, and torch-free `anomaly score`."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from anomaly.config import build_config
+from anomaly.config import build_config, flatten_mapping
 from anomaly.errors import AnomalyError
 from anomaly.evaluation.run import evaluate_checkpoint
 from anomaly.export import onnx_export
@@ -86,34 +87,40 @@ def capped_fraction(detector: AnomalyDetector, batch: torch.Tensor) -> float:
     """The share of map positions above the line-run cap: parity covers the cap only where it acts."""
     _, _, features = detector.embed(batch)
     patch_map = detector.latent_distance.score_map(features)
-    return float((patch_map > detector.config.scoring.patch_line_cap).float().mean())
+    return float((patch_map > detector.config.scoring.latent.line_cap).float().mean())
 
 
 @pytest.mark.parametrize(("architecture", "scoring"), [
-    ("ae", {}), ("vae", {"map": "ssim", "latent_vector": "code_and_round_trip"}), ("unet", {"latent": "knn"}),
-    # patch level 1: a 16x16 grid of 56 training images gives 14k patch vectors, a 5000-vector bank in 2 chunks
-    # with the folder default's per-image standardisation, per-position normalisation, capped line runs and patch-distance
-    # heat map, plus the optional mean-intensity channel
-    ("ae", {"latent": "patch_knn", "patch_level": 1, "knn_k": 2, "knn_bank_size": 5000, "patch_standardise": True,
-            "patch_position_normalise": True, "heatmap": "patch_distance", "patch_line_length": 5,
-            "patch_line_cap": 2.0, "patch_intensity_weight": 0.5}),
-    # the position bank: 16 training features per place (a coreset of 56 images), searched within 2 positions;
-    # the decision on the latent p-value alone
-    ("ae", {"latent": "patch_knn", "patch_level": 1, "knn_k": 2, "patch_standardise": True, "patch_position_normalise": True,
-            "patch_bank": "position", "patch_bank_per_position": 16, "heatmap": "patch_distance", "patch_line_length": 5,
-            "combine": "latent"}),
+    ("ae", {}), ("vae", {"reconstruction": {"map": "ssim"}, "latent": {"round_trip": True}}),
+    # patch level 1: a 16x16 grid of 56 training images gives 14k patch vectors, a pooled 5000-vector bank in 2 chunks
+    ("unet", {"latent": {"kind": "patches", "level": 1, "aligned": False, "bank_size": 5000}}),
+    # the folder default's kind: 16 training features per place (a coreset of 56 images) searched within 2 positions,
+    # position-normalised, capped line runs; the decision on the latent p-value alone
+    ("ae", {"latent": {"kind": "patches", "level": 1, "bank_size": 16, "line_length": 10, "line_cap": 2.0}, "combine": "latent"}),
 ])
 def test_export_register_and_score_match_pytorch(architecture, scoring, folder, tracking, tmp_path, monkeypatch, capsys):
     evaluation = evaluated(folder, tmp_path, tracking, architecture, **scoring)
     run_id = json.loads((evaluation / "run.json").read_text())["mlflow_run_id"]
     exported = publish(evaluation, tmp_path / "model", [], run_id)
     assert {path.name for path in exported.directory.iterdir()} == {"model.onnx", "calibration.json", "model_card.md"}
-    assert exported.parity["reconstruction_score_max_rel_diff"] <= 1e-4
+    assert exported.parity["latent_distance_max_rel_diff"] <= 1e-4
+    # the graph computes what the decision and the heat map read: on the latent p-value alone, no autoencoder
+    latent_only = scoring.get("combine") == "latent"
+    graph = onnx.load(exported.directory / "model.onnx").graph
+    assert [output.name for output in graph.output] == ["anomaly_map", "latent_distance", *([] if latent_only else ["reconstruction_score"])]
+    if latent_only:  # the first encoder block's convolution and the line runs' fixed kernels: no more encoder, no decoder
+        assert sum(node.op_type == "Conv" for node in graph.node) == 2
     card = (exported.directory / "model_card.md").read_text()
     assert "image_auroc" in card
-    assert f"- scoring: latent distance {scoring.get('latent', 'mahalanobis')}" in card
-    assert ("on encoder level 1 (stride 2)" in card) == (scoring.get("latent") == "patch_knn")  # which features the graph measures
-    name = f"textures-{architecture}-{scoring.get('latent', 'mahalanobis')}-{scoring.get('patch_bank', 'random')}"
+    latent = scoring.get("latent", {})
+    patches = latent.get("kind") == "patches"
+    assert ("encoder level 1 (stride 2)" in card) == patches and ("heat map: patch distance" in card) == patches
+    # detector.pt, calibration.json and the card hold the same resolved scoring, setting by setting
+    resolved = json.loads((exported.directory / "calibration.json").read_text())["scoring"]
+    assert load_detector(evaluation / "detector.pt").config.scoring.model_dump(mode="json") == resolved
+    assert [line for line in card.splitlines() if line.startswith("- `scoring.")] == [
+        f"- `scoring.{key}`: {value}" for key, value in flatten_mapping(resolved).items()]
+    name = f"textures-{architecture}-{latent.get('kind', 'code')}-{latent.get('aligned', True)}"
     registration = register(exported.directory, name, run_id, exported.datamodule.test_set, exported.datamodule.test_set)
     assert registration.promoted and registration.champion_auroc is None and registration.champion_version is None
     images = sorted((folder / "test" / "scratch").glob("*.png"))[:3] + sorted((folder / "test" / "good").glob("*.png"))[:2]
@@ -124,15 +131,17 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
     assert [line["image"] for line in lines] == [str(path) for path in images]
     detector, batch = loaded_with_batch(evaluation, images)
     reference = torch_scores(detector, batch)
-    if "patch_line_cap" in scoring:
+    if "line_cap" in latent:
         assert capped_fraction(detector, batch) > 0  # the cap acts on these images (about 70% of positions)
-    for key in ("reconstruction_score", "latent_distance"):
+    for key in ("latent_distance",) if latent_only else ("reconstruction_score", "latent_distance"):
         assert np.allclose([line[key] for line in lines], reference[key], rtol=0, atol=1e-4 * np.abs(reference[key]).max())
+    if latent_only:
+        assert all(line["reconstruction_score"] is None and line["p_reconstruction"] is None for line in lines)
     assert all(0 <= line["anomaly_score"] <= 1 and line["threshold"] == pytest.approx(0.99) for line in lines)
     if scoring.get("combine") == "latent":  # the served decision follows the latent p-value alone
         by_latent = sorted(lines, key=lambda line: line["p_latent"])
         assert all(a["p_combined"] <= b["p_combined"] for a, b in zip(by_latent, by_latent[1:]))
-    if scoring.get("patch_bank") == "position":  # int8 quantises the network's layers, never the bank's search
+    if patches and latent.get("aligned", True):  # int8 quantises the network's layers, never the bank's search
         quantise_model(exported.directory / "model.onnx", tmp_path / "int8.onnx", batch.numpy())
         nodes = onnx.load(tmp_path / "int8.onnx").graph.node
         dequantised = {output for node in nodes if node.op_type == "DequantizeLinear" for output in node.output}
@@ -168,7 +177,7 @@ def test_promotion_follows_validation_when_validation_and_test_disagree(publishe
     test set is the validation set with its labels flipped, so whichever ranks validation better ranks test worse.
     The challenger that wins on validation is promoted although it loses on test."""
     _, champion = published_ae
-    challenger = publish(evaluated(folder, tmp_path, tracking, "ae", latent="knn"), tmp_path / "model", [], None)
+    challenger = publish(evaluated(folder, tmp_path, tracking, "ae", latent={"kind": "patches", "level": 1, "bank_size": 16}), tmp_path / "model", [], None)
     real = champion.datamodule.test_set
     images = ImageSet(real.images, np.random.default_rng(3).permutation(real.labels), real.categories, real.names)
     aurocs = [onnx_image_auroc(OnnxDetector(model.directory), images.images, images.labels) for model in (champion, challenger)]
@@ -263,7 +272,7 @@ def test_score_errors_are_one_line(published_ae, folder, tracking, tmp_path, mon
         assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, (message, err)
 
 
-@pytest.mark.parametrize(("override", "refused"), [("scoring.patch_standardise=false", True), ("data.image_size=[64,64]", True),
+@pytest.mark.parametrize(("override", "refused"), [("scoring.latent.aligned=false", True), ("data.image_size=[64,64]", True),
                                                   ("model.depth=4", True), ("data.batch_size=4", False)])
 def test_export_takes_where_the_data_is_never_how_scores_are_made(published_ae, override, refused, tmp_path, monkeypatch, capsys):
     """Changing scoring after fitting would export a graph that measures one thing against a bank fitted on another."""
@@ -276,6 +285,19 @@ def test_export_takes_where_the_data_is_never_how_scores_are_made(published_ae, 
         assert not (tmp_path / "model").exists()
     else:
         assert code == 0 and (tmp_path / "model" / "model.onnx").is_file(), err
+
+
+def test_export_needs_only_the_evaluation_folder_not_the_data(folder, tracking, tmp_path, monkeypatch, capsys):
+    """Export traces and checks parity on the sample of images that evaluation stored: the data can be gone."""
+    data = shutil.copytree(folder, tmp_path / "data")
+    evaluation = evaluated(data, tmp_path, tracking, "ae")
+    shutil.rmtree(data)
+    code, out, err = run_cli(monkeypatch, capsys, "export", "--evaluation", str(evaluation), "--output", str(tmp_path / "model"))
+    assert code == 0, err
+    parity = json.loads(out.split("parity: ", 1)[1].splitlines()[0])
+    assert parity["images"] == 16 + 12 and parity["reconstruction_score_max_rel_diff"] <= 1e-4  # every held-out normal and test image
+    code, _, err = run_cli(monkeypatch, capsys, "export", "--evaluation", str(evaluation), "--output", str(tmp_path / "int8"), "--int8")
+    assert code == 2 and err.strip().splitlines()[-1] == f"error: data folder not found: {data}"  # int8 is decided on validation images, which are gone
 
 
 def test_score_does_not_import_torch(published_ae, folder):
@@ -315,7 +337,7 @@ def test_export_refuses_a_detector_too_large_for_one_onnx_file(tmp_path, monkeyp
     detector = AnomalyDetector(config).eval()
     size = sum(tensor.numel() * tensor.element_size() for tensor in detector.state_dict().values())
     monkeypatch.setattr(onnx_export, "ONE_FILE_LIMIT_BYTES", size)  # a detector exactly at the limit, as a 2 GiB bank would be
-    with pytest.raises(AnomalyError, match=r"over the 2 GiB that one ONNX file holds: lower scoring\.patch_bank_per_position"):
+    with pytest.raises(AnomalyError, match=r"over the 2 GiB that one ONNX file holds: lower scoring\.latent\.bank_size"):
         export_onnx(detector, tmp_path / "model.onnx", "sha", torch.rand(2, 1, 16, 16))
     assert not (tmp_path / "model.onnx").exists()
     monkeypatch.setattr(onnx_export, "ONE_FILE_LIMIT_BYTES", size + 1)

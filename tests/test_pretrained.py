@@ -33,8 +33,7 @@ def pretrained_config(root: Path, tmp_path: Path, tracking_uri: str, **model) ->
     return tiny_config(
         root, data={"calibration_fraction": 0.2},
         model={"encoder": "efficientnet_lite0", "latent_dim": 16, **model},
-        scoring={"latent": "patch_knn", "patch_level": 3, "knn_k": 1, "patch_position_normalise": True,
-                 "patch_bank": "position", "patch_bank_per_position": 8, "heatmap": "patch_distance"},
+        scoring={"latent": {"kind": "patches", "level": 3, "bank_size": 8}},
         tracking={"uri": tracking_uri}, output_dir=str(tmp_path / "runs"),
     )
 
@@ -116,18 +115,15 @@ def test_feature_autoencoder_contract_and_frozen_backbone():
     assert torch.allclose(model.eval().latent(torch.ones(1, 1, 32, 48)), model(torch.ones(1, 1, 32, 48)).latent)
     images = torch.rand(2, 1, 32, 48)
     assert model.patch_features(images, 2).shape == (2, 24 + 40, 8, 12)
-    for level in (2, 3):  # one backbone pass gives what the two separate calls give
-        shared, patches = model.forward_with_patch_features(images, level)
-        assert torch.equal(patches, model.patch_features(images, level))
-        assert torch.equal(shared.reconstruction, model(images).reconstruction) and torch.equal(shared.target, model(images).target)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"model": {"encoder": "efficientnet_lite0", "architecture": "vae"}}, "needs model.architecture=ae"),
     ({"model": {"encoder": "resnet18"}, "loss": {"terms": {"mse": 1.0, "ssim": 0.5}}}, "reconstructs features, not images"),
     ({"model": {"encoder": "resnet18"}, "data": {"image_size": [40, 48]}}, "not divisible by the encoder's stride 16"),
-    ({"model": {"encoder": "resnet18"}, "scoring": {"latent": "patch_knn", "patch_level": 1}}, "must be 2, 3 or auto"),
-    ({"model": {"encoder": "resnet18"}, "scoring": {"latent_vector": "code_and_round_trip"}}, "need model.encoder=own"),
+    ({"model": {"encoder": "resnet18"}, "scoring": {"latent": {"kind": "patches", "level": 1}}}, "must be 2, 3 or auto"),
+    ({"model": {"encoder": "resnet18"}, "scoring": {"latent": {"round_trip": True}}}, "need model.encoder=own"),
+    ({"model": {"encoder": "resnet18"}, "scoring": {"reconstruction": {"map": "ssim"}}}, "need model.encoder=own"),
     ({"model": {"encoder_weights_sha256": "57934424"}}, "needs model.encoder_weights"),
     ({"model": {"encoder": "efficientnet_lite0", "encoder_weights": "w.pth", "encoder_weights_sha256": "xyz"}}, "encoder_weights_sha256"),
 ])
@@ -146,7 +142,7 @@ def test_pretrained_detector_exports_with_parity_and_int8_covers_the_backbone(tm
     result = train(build_config(pretrained_config(folder, tmp_path, tracking_uri)))
     evaluate_checkpoint(result.checkpoint, [], tmp_path / "evaluation")
     exported = publish(tmp_path / "evaluation", tmp_path / "model", [], result.run_id)
-    for name in ("reconstruction_score", "latent_distance", "reconstruction", "anomaly_map"):
+    for name in ("reconstruction_score", "latent_distance", "anomaly_map"):  # Fisher's combination reads both scores
         assert exported.parity[f"{name}_max_rel_diff"] <= (1e-4 if name.endswith(("score", "distance")) else 1e-3), name
     checksum = exported.detector.model.backbone.weights_checksum()
     assert checksum.startswith(LITE0_SHA256_PREFIX)
@@ -166,4 +162,4 @@ def test_pretrained_detector_exports_with_parity_and_int8_covers_the_backbone(tm
     assert len(quantised_convs) > 20  # the AE has 4 convolutions; Lite0 up to stride 16 has 30
     int8 = run_session(create_session(tmp_path / "int8.onnx"), images)
     assert np.isfinite(int8["latent_distance"]).all()
-    assert json.loads((exported.directory / "calibration.json").read_text())["scoring"]["patch_level"] == 3
+    assert json.loads((exported.directory / "calibration.json").read_text())["scoring"]["latent"]["level"] == 3

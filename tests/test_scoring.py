@@ -8,12 +8,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from anomaly.config import ScoringConfig, build_config
+from anomaly.config import ReconstructionSignal, build_config
 from anomaly.errors import AnomalyError
 from anomaly.scoring.detector import AnomalyDetector, load_detector, save_detector, weights_checksum
 from anomaly.scoring.latent import (
     MahalanobisDistance,
-    NearestNeighbourDistance,
     PatchNearestNeighbourDistance,
     PositionBankDistance,
     greedy_k_centres,
@@ -46,15 +45,6 @@ def test_block_mahalanobis_adds_the_squared_distances_of_its_halves():
     assert np.allclose(whole(torch.from_numpy(probes).float()).numpy(), expected, rtol=1e-4)
     with pytest.raises(ValueError, match="does not split into 2 equal blocks"):
         MahalanobisDistance(5, blocks=2)
-
-
-def test_knn_distance_is_mean_distance_to_nearest_codes():
-    bank = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0]])
-    distance = NearestNeighbourDistance(2, k=2, bank_size=10).fit(bank)
-    assert distance.bank.shape == (3, 2)
-    assert distance(torch.tensor([[0.0, 0.0]])).item() == pytest.approx((0 + 5) / 2)
-    nearest_only = NearestNeighbourDistance(2, k=1, bank_size=10).fit(bank)  # k = 1 searches by a minimum
-    assert nearest_only(torch.tensor([[3.0, 3.0], [9.0, 0.0]])).tolist() == pytest.approx([1.0, 1.0])
 
 
 def test_patch_knn_marks_the_one_unseen_patch_and_scores_its_neighbourhood():
@@ -97,40 +87,6 @@ def test_position_normalisation_stops_a_varying_place_from_outranking_a_defect()
     features = torch.from_numpy(probes)
     assert roc_auc_score(labels, plain(features).numpy()) < 0.8
     assert roc_auc_score(labels, normalised(features).numpy()) > 0.95
-
-
-def test_intensity_channel_finds_a_region_darker_than_the_same_place_in_normal_images():
-    """Texture channels vary as usual inside the darker region; only the appended mean-intensity channel moves,
-    to values that are normal further left (intensity falls from left to right), so only a per-position
-    comparison sees them. Unweighted, the channel is tiny next to the texture channels."""
-    rng = np.random.default_rng(3)
-    gradient = np.linspace(0.8, 0.2, 8)[None, :]
-
-    def normals(count: int) -> np.ndarray:
-        texture = rng.normal(0, 1.0, size=(count, 4, 8, 8))
-        intensity = gradient + rng.normal(0, 0.02, size=(count, 1, 8, 8))
-        return np.concatenate((texture, intensity), axis=1).astype(np.float32)
-
-    training, probes = normals(60), normals(40)
-    probes[20:, 4, 2:6, 2:6] -= 0.1  # five training spreads darker, texture unchanged
-    labels = np.repeat([0, 1], 20)
-    weighted = PatchNearestNeighbourDistance(5, k=1, bank_size=3000, grid=(8, 8), intensity_weight=0.5).fit(training)
-    spreads = weighted.bank.std(dim=0)
-    assert float(spreads[4]) == pytest.approx(0.5 * float(spreads[:4].square().sum().sqrt()), rel=1e-3)
-    assert torch.allclose(weighted.intensity_mean[0, 0], torch.from_numpy(gradient).float().expand(8, 8), atol=0.01)
-    plain = PatchNearestNeighbourDistance(5, k=1, bank_size=3000, grid=(8, 8)).fit(training)
-    features = torch.from_numpy(probes)
-    assert roc_auc_score(labels, plain(features).numpy()) < 0.75
-    assert roc_auc_score(labels, weighted(features).numpy()) > 0.95
-    with pytest.raises(ValueError, match="needs the grid"):
-        PatchNearestNeighbourDistance(5, k=1, bank_size=10, intensity_weight=0.5)
-    training[:, 4] = 0.5  # flat intensity everywhere: no spread to divide by, and any change is then anomalous
-    flat = PatchNearestNeighbourDistance(5, k=1, bank_size=3000, grid=(8, 8), intensity_weight=0.5).fit(training)
-    assert bool(torch.isfinite(flat.bank).all())
-    flat_probes = probes.copy()
-    flat_probes[:, 4] = 0.5
-    flat_probes[20:, 4, 2:6, 2:6] -= 0.1
-    assert roc_auc_score(labels, flat(torch.from_numpy(flat_probes)).numpy()) == 1.0
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -245,7 +201,7 @@ def test_banks_fitted_block_by_block_from_a_memory_map_equal_the_in_memory_fit(b
     def fitted(features: np.ndarray) -> torch.nn.Module:
         if bank == "position":
             return PositionBankDistance(3, k=1, per_position=6, grid=(5, 7), radius=1).fit(features)
-        return PatchNearestNeighbourDistance(3, k=1, bank_size=200, grid=(5, 7), intensity_weight=0.5).fit(features)
+        return PatchNearestNeighbourDistance(3, k=1, bank_size=200, grid=(5, 7)).fit(features)
 
     whole = fitted(training)
     monkeypatch.setattr(PositionBankDistance, "FIT_VALUES", 12 * 3 * 7)  # blocks of 7 positions, and of 2 images for the centre
@@ -283,33 +239,31 @@ def test_position_bank_finds_a_normal_pattern_in_the_wrong_place():
     assert roc_auc_score(labels, same_place(features).numpy()) > 0.95
 
 
-@pytest.mark.parametrize("line_length", [1, 3])
-def test_patch_distance_heat_map_finds_the_defect_and_leaves_the_image_scores_alone(line_length):
-    def detector(heatmap: str) -> AnomalyDetector:
-        config = build_config({
-            "data": {"kind": "folder", "root": "x", "image_size": 32},
-            "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
-            "scoring": {"latent": "patch_knn", "patch_level": 2, "knn_k": 1, "knn_bank_size": 10_000, "heatmap": heatmap,
-                        "patch_line_length": line_length},
-        })
-        torch.manual_seed(0)
-        return AnomalyDetector(config).eval()
-
-    reconstruction_map, patch_map = detector("reconstruction"), detector("patch_distance")
+@pytest.mark.parametrize("line_length", [1, 12])  # pixels: 1 and 3 positions at stride 4
+def test_patch_heat_map_finds_the_defect_and_leaves_the_reconstruction_score_alone(line_length):
+    config = build_config({
+        "data": {"kind": "folder", "root": "x", "image_size": 32},
+        "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
+        "scoring": {"latent": {"kind": "patches", "level": 2, "aligned": False, "bank_size": 10_000, "line_length": line_length}},
+    })
+    torch.manual_seed(0)
+    detector = AnomalyDetector(config).eval()
     normals = torch.rand(20, 1, 32, 32) * 0.1 + 0.45  # a flat, slightly noisy surface
     with torch.no_grad():
-        features = reconstruction_map.embed(normals)[2].numpy()
-        for head in (reconstruction_map, patch_map):
-            head.latent_distance.fit(features)
+        detector.latent_distance.fit(detector.measured_features(normals).numpy())
         probe = normals[:2].clone()
         probe[:, :, 20:26, 4:10] = 1.0  # a bright blob, lower left
-        served, plain = patch_map(probe), reconstruction_map(probe)
+        served = detector(probe)
+        output = detector.model(probe)
+        error_map = detector.anomaly_map(probe, output.reconstruction, output.target)
     assert served.anomaly_map.shape == (2, 1, 32, 32)
-    assert torch.equal(served.latent_distance, plain.latent_distance)
-    assert torch.equal(served.reconstruction_score, plain.reconstruction_score)  # still the reconstruction error's
-    assert not torch.equal(served.anomaly_map, plain.anomaly_map)
+    assert torch.equal(served.reconstruction_score, detector.reduce(error_map))  # still the reconstruction error's
+    assert not torch.equal(served.anomaly_map, error_map)
     blob, elsewhere = served.anomaly_map[:, 0, 20:26, 4:10], served.anomaly_map[:, 0, :12, 16:]
-    assert blob.mean() > 5 * elsewhere.mean()
+    assert blob.mean() > 3 * elsewhere.mean()  # the images are standardised first, which dims the blob a little
+    peaks = served.anomaly_map.flatten(1).argmax(dim=1)
+    assert all(16 <= row < 30 and col < 14 for row, col in zip((peaks // 32).tolist(), (peaks % 32).tolist()))
+    assert detector.latent_distance.image_distance.length == (1 if line_length == 1 else 3)
     if line_length == 1:  # the image's distance is the patch map's largest position; upsampling adds no peaks
         assert torch.all(served.anomaly_map.amax(dim=(1, 2, 3)) <= served.latent_distance + 1e-6)
 
@@ -318,9 +272,9 @@ def test_map_reductions():
     maps = torch.zeros(1, 1, 10, 10)
     maps[0, 0, 0, :5] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
     size = (10, 10)
-    assert MapReduction(ScoringConfig(reduction="mean"), size)(maps).item() == pytest.approx(15 / 100)
-    assert MapReduction(ScoringConfig(reduction="max"), size)(maps).item() == 5.0
-    assert MapReduction(ScoringConfig(reduction="topk", topk_fraction=0.03), size)(maps).item() == pytest.approx(4.0)
+    assert MapReduction(ReconstructionSignal(top_fraction=1.0), size)(maps).item() == pytest.approx(15 / 100)
+    assert MapReduction(ReconstructionSignal(top_fraction=0.01), size)(maps).item() == 5.0
+    assert MapReduction(ReconstructionSignal(top_fraction=0.03), size)(maps).item() == pytest.approx(4.0)
 
 
 def test_gaussian_blur_keeps_constants_and_mass():
@@ -335,7 +289,7 @@ def test_gaussian_blur_keeps_constants_and_mass():
 
 @pytest.mark.parametrize("kind", ["squared", "ssim"])
 def test_anomaly_map_is_zero_for_perfect_reconstruction_and_marks_differences(kind):
-    anomaly_map = AnomalyMap(ScoringConfig(map=kind, smoothing_sigma=1.0))
+    anomaly_map = AnomalyMap(ReconstructionSignal(map=kind, smoothing_sigma=1.0))
     images = torch.rand(2, 3, 32, 32)
     assert anomaly_map(images, images).abs().max() < 1e-5
     damaged = images.clone()
@@ -358,12 +312,12 @@ def fitted_tiny_detector(scoring: dict, fitted_shape: tuple[int, ...]) -> Anomal
 
 
 @pytest.mark.parametrize(("scoring", "fitted_shape"), [
-    ({"latent": "knn"}, (30, 6)),
-    ({"latent": "patch_knn"}, (3, 8, 4, 4)),
-    ({"latent": "patch_knn", "patch_position_normalise": True, "patch_bank": "position"}, (3, 8, 4, 4)),  # all 3 images' features per place
+    ({}, (30, 6)),
+    ({"latent": {"kind": "patches", "aligned": False, "bank_size": 50}}, (3, 8, 4, 4)),
+    ({"latent": {"kind": "patches"}}, (3, 8, 4, 4)),  # all 3 images' features per place
 ])
 def test_detector_file_round_trip_and_checksum(scoring, fitted_shape, tmp_path: Path):
-    detector = fitted_tiny_detector({**scoring, "knn_bank_size": 50}, fitted_shape)
+    detector = fitted_tiny_detector(scoring, fitted_shape)
     save_detector(detector, tmp_path / "detector.pt")
     loaded = load_detector(tmp_path / "detector.pt")
     assert weights_checksum(loaded) == weights_checksum(detector)
@@ -377,7 +331,7 @@ def test_detector_file_round_trip_and_checksum(scoring, fitted_shape, tmp_path: 
         load_detector(tmp_path / "broken.pt")
     saved = torch.load(tmp_path / "detector.pt", weights_only=True)
     newest_buffer = [key for key in saved["state_dict"] if key.startswith("latent_distance.")][-1]
-    del saved["state_dict"][newest_buffer]  # as in a file from before that buffer existed (patch_knn's position statistics)
+    del saved["state_dict"][newest_buffer]  # as in a file from before that buffer existed (the patches' position statistics)
     torch.save(saved, tmp_path / "older.pt")
     with pytest.raises(AnomalyError, match="written by another version of anomaly; re-run `anomaly evaluate`"):
         load_detector(tmp_path / "older.pt")
@@ -385,7 +339,7 @@ def test_detector_file_round_trip_and_checksum(scoring, fitted_shape, tmp_path: 
 
 def test_detector_file_with_a_float32_position_bank_still_scores(tmp_path: Path):
     """Detector files written before the position bank was stored in float16 hold it in float32."""
-    detector = fitted_tiny_detector({"latent": "patch_knn", "patch_position_normalise": True, "patch_bank": "position"}, (3, 8, 4, 4))
+    detector = fitted_tiny_detector({"latent": {"kind": "patches"}}, (3, 8, 4, 4))
     save_detector(detector, tmp_path / "detector.pt")
     saved = torch.load(tmp_path / "detector.pt", weights_only=True)
     saved["state_dict"]["latent_distance.bank"] = saved["state_dict"]["latent_distance.bank"].float()

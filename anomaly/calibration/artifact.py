@@ -28,7 +28,7 @@ SIGNALS = ("reconstruction", "latent")
 
 @dataclass(frozen=True)
 class ScorePValues:
-    reconstruction: np.ndarray
+    reconstruction: np.ndarray | None  # None where the graph does not compute the reconstruction (combine: latent)
     latent: np.ndarray
     combined: np.ndarray
     statistic: np.ndarray  # the combination statistic: ranks like `combined`, without ties at p = 0
@@ -66,10 +66,12 @@ class Calibration:
     def combine_method(self) -> CombineMethod:
         return self.scoring["combine"]
 
-    def pvalues(self, reconstruction_scores: np.ndarray, latent_distances: np.ndarray) -> ScorePValues:
-        reconstruction = self.distributions["reconstruction"].pvalue(reconstruction_scores)
+    def pvalues(self, reconstruction_scores: np.ndarray | None, latent_distances: np.ndarray) -> ScorePValues:
+        """p-values of each signal and of their combination; without reconstruction scores (a graph whose decision reads
+        the latent distance alone) the reconstruction p-values are None."""
+        reconstruction = None if reconstruction_scores is None else self.distributions["reconstruction"].pvalue(reconstruction_scores)
         latent = self.distributions["latent"].pvalue(latent_distances)
-        statistic = combination_statistic([reconstruction, latent], self.combine_method)
+        statistic = combination_statistic(reconstruction, latent, self.combine_method)
         return ScorePValues(reconstruction, latent, self.distributions["combined"].pvalue(statistic), statistic)
 
     def is_anomaly(self, pvalues: ScorePValues, target_fpr: float | None = None) -> np.ndarray:
@@ -88,8 +90,7 @@ class Calibration:
 
     def sample_size_warning(self, target_fpr: float | None = None) -> str | None:
         """Why the decision may miss its target: with fewer than 1 / target held-out normals, the
-        threshold lies beyond every calibration score and only the fitted tail places it. On
-        KolektorSDD (28 normals, 1% target) the realised rate on test normals was 4 to 6%."""
+        threshold lies beyond every calibration score and only the fitted tail places it."""
         alpha = self.target_fpr if target_fpr is None else target_fpr
         count = len(self.distributions["combined"].sample)
         if count * alpha >= 1:

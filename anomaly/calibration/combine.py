@@ -12,20 +12,20 @@ from typing import Literal
 
 import numpy as np
 
-CombineMethod = Literal["fisher", "min_p", "latent"]
+CombineMethod = Literal["fisher", "latent"]
 # In order of preference on a tie: the one signal before the combination of two (simpler, and its graph need not
 # run the decoder to decide).
 AUTO_CANDIDATES: tuple[CombineMethod, ...] = ("latent", "fisher")
 SMALLEST_P = 1e-300
 
 
-def combination_statistic(pvalues: list[np.ndarray], method: CombineMethod) -> np.ndarray:
-    """Larger means more anomalous: Fisher's -2 sum(log p), -log of Bonferroni's k * min(p), or for `latent`
-    -log of the last p-value alone (callers pass [reconstruction, latent]): the decision then rests on the
-    latent distance, and the reconstruction p-value is only reported."""
-    stacked = np.clip(np.stack([np.asarray(p, dtype=np.float64) for p in pvalues]), SMALLEST_P, 1.0)
-    if method == "fisher":
-        return -2.0 * np.log(stacked).sum(axis=0)
+def combination_statistic(reconstruction: np.ndarray | None, latent: np.ndarray, method: CombineMethod) -> np.ndarray:
+    """Larger means more anomalous: Fisher's -2 (log p_reconstruction + log p_latent), or for `latent` -log p_latent
+    alone: the decision then rests on the latent distance, and the exported graph need not compute the reconstruction
+    at all (`reconstruction` may then be None)."""
+    latent_log = np.log(np.clip(np.asarray(latent, dtype=np.float64), SMALLEST_P, 1.0))
     if method == "latent":
-        return -np.log(stacked[-1])
-    return -np.log(np.minimum(stacked.min(axis=0) * len(pvalues), 1.0))
+        return -latent_log
+    if reconstruction is None:
+        raise ValueError("Fisher's combination needs the reconstruction p-values")
+    return -2.0 * (np.log(np.clip(np.asarray(reconstruction, dtype=np.float64), SMALLEST_P, 1.0)) + latent_log)

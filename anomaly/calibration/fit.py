@@ -60,8 +60,8 @@ def combination_aurocs(
     reconstruction: TailFittedDistribution, latent: TailFittedDistribution, labelled: ScoredSet
 ) -> dict[CombineMethod, float]:
     """Image AUROC on the labelled validation set of each combination that scoring.combine=auto chooses from."""
-    pvalues = [reconstruction.pvalue(labelled.reconstruction_scores), latent.pvalue(labelled.latent_distances)]
-    return {method: float(roc_auc_score(labelled.labels, combination_statistic(pvalues, method))) for method in AUTO_CANDIDATES}
+    pvalues = (reconstruction.pvalue(labelled.reconstruction_scores), latent.pvalue(labelled.latent_distances))
+    return {method: float(roc_auc_score(labelled.labels, combination_statistic(*pvalues, method))) for method in AUTO_CANDIDATES}
 
 
 AUROC_TIE = 1e-9  # AUROCs closer than this are equal: they differ only in how the sums were rounded
@@ -74,6 +74,12 @@ def best_on_validation(aurocs: dict[Any, float]) -> Any:
     return next(candidate for candidate, value in aurocs.items() if value >= best - AUROC_TIE)
 
 
+# The upper share of held-out scores each distribution's tail is fitted on, and the heat-map pixels sampled for
+# the pixel distribution.
+TAIL_FRACTION = 0.1
+PIXEL_SAMPLE_SIZE = 20_000
+
+
 def fit_calibration(
     held_out: ScoredSet,
     scoring: dict[str, Any],
@@ -82,10 +88,18 @@ def fit_calibration(
     seed: int,
     labelled: ScoredSet | None = None,
     sample_sizes: dict[str, int] | None = None,
+    kept_reconstruction: TailFittedDistribution | None = None,
 ) -> Calibration:
-    """Fit each signal's distribution, the combination's, and the pixels', on held-out normals."""
-    tail_fraction = scoring["tail_fraction"]
-    reconstruction = TailFittedDistribution.fit(held_out.reconstruction_scores, tail_fraction)
+    """Fit each signal's distribution, the combination's, and the pixels', on held-out normals. Scores from a graph
+    without the reconstruction (its decision reads the latent distance alone) keep `kept_reconstruction`, the float
+    model's distribution, so the calibration file keeps one shape."""
+    tail_fraction = TAIL_FRACTION
+    if held_out.reconstruction_scores is None:
+        if kept_reconstruction is None or scoring["combine"] != "latent":
+            raise AnomalyError("scores without the reconstruction score calibrate only a decision on the latent distance")
+        reconstruction = kept_reconstruction
+    else:
+        reconstruction = TailFittedDistribution.fit(held_out.reconstruction_scores, tail_fraction)
     latent = TailFittedDistribution.fit(held_out.latent_distances, tail_fraction)
     candidates: dict[CombineMethod, float] = {}
     if scoring["combine"] == "auto":
@@ -93,11 +107,9 @@ def fit_calibration(
             raise AnomalyError("scoring.combine=auto needs a labelled validation set: set data.synthetic_validation=true")
         candidates = combination_aurocs(reconstruction, latent, labelled)
         scoring = {**scoring, "combine": best_on_validation(candidates)}
-    statistic = combination_statistic(
-        [reconstruction.pvalue(held_out.reconstruction_scores), latent.pvalue(held_out.latent_distances)],
-        scoring["combine"],
-    )
-    pixels = _pixel_sample(held_out.maps, scoring["pixel_sample_size"], seed)
+    held_out_reconstruction = None if held_out.reconstruction_scores is None else reconstruction.pvalue(held_out.reconstruction_scores)
+    statistic = combination_statistic(held_out_reconstruction, latent.pvalue(held_out.latent_distances), scoring["combine"])
+    pixels = _pixel_sample(held_out.maps, PIXEL_SAMPLE_SIZE, seed)
     calibration = Calibration(
         model_checksum=model_checksum,
         preprocessing=preprocessing,

@@ -11,7 +11,7 @@ import numpy as np
 class ScoredSet:
     """Detector outputs over a set of images, as NumPy arrays."""
 
-    reconstruction_scores: np.ndarray
+    reconstruction_scores: np.ndarray | None  # None from a graph that does not compute the reconstruction
     latent_distances: np.ndarray
     latents: np.ndarray
     maps: np.ndarray  # (N, H, W)

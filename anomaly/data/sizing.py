@@ -1,11 +1,9 @@
 """`data.image_size: auto`: one default input size rule for folders of any native size.
 
-Thin defects vanish when a large photo is shrunk too far (KolektorSDD: image AUROC 0.806 at
-320 x 128, 0.846 at 640 x 256), while training and patch scoring cost grow with the pixel count.
-The native 1248 x 512 did not help: on held-out normals plus synthetic anomalies it scored worse
-(seed 0, latent signal: 0.754 against 0.807; blobs 0.806 against 0.851, lines 0.702 against 0.764)
-and evaluation took an hour.
-So the input is the native size scaled down to a pixel budget, aspect kept and never enlarged.
+Thin defects vanish when a large photo is shrunk too far, while training and patch scoring cost grow
+with the pixel count, and a much larger input did not score better on validation (BENCHMARKS.md and
+docs/configuration.md keep the measurements). So the input is the native size scaled down to a pixel
+budget, aspect kept and never enlarged.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.entities import Metric
 
 from anomaly.calibration.artifact import Calibration, signal_scores
@@ -44,6 +45,8 @@ def load_trained(checkpoint: Path, overrides: list[str]) -> tuple[AutoencoderMod
             raise AnomalyError(f"override {override}: only {', '.join(EVALUATION_SECTIONS)} can change after training")
     try:
         module = AutoencoderModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    except AnomalyError:
+        raise
     except Exception as error:  # a damaged or foreign file raises many types
         raise AnomalyError(f"cannot load checkpoint {checkpoint}: {type(error).__name__}") from None
     config = build_config(module.config.model_dump(mode="json"), overrides)
@@ -79,12 +82,30 @@ def log_evaluation(
         client.log_artifact(run_id, str(path), "evaluation" if path.suffix == ".json" else "evaluation/plots")
 
 
-@dataclass(frozen=True)
+SAMPLE_FILE = "sample_images.npz"
+SAMPLE_IMAGES = 64  # half held-out normals, half test images (anomalies included): export's tracing and parity sample
+
+
+@dataclass
 class Calibrated:
     detector: AnomalyDetector
     calibration: Calibration
-    datamodule: AnomalyDataModule
     training_run: dict[str, str | None]  # run.json: the MLflow run and tracking URI training logged to
+    sample_images: np.ndarray  # (N, H, W, C) uint8 at the model's size: what export traces and checks parity on
+    loaded_data: AnomalyDataModule | None = None
+
+    @property
+    def datamodule(self) -> AnomalyDataModule:
+        """The data the detector was fitted on, read only when asked for: export needs the stored sample alone."""
+        if self.loaded_data is None:
+            self.loaded_data = AnomalyDataModule(self.detector.config.data)
+            self.loaded_data.setup()
+        return self.loaded_data
+
+
+def stored_sample(datamodule: AnomalyDataModule) -> np.ndarray:
+    half = SAMPLE_IMAGES // 2
+    return np.concatenate([datamodule.calibration_set.images[:half], datamodule.test_set.images[:half]])
 
 
 def calibrate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Path) -> Calibrated:
@@ -101,13 +122,15 @@ def calibrate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Pat
     calibration.save(output_dir / "calibration.json")
     run = {"mlflow_run_id": module.hparams.get("mlflow_run_id"), "tracking_uri": module.hparams.get("tracking_uri")}
     (output_dir / "run.json").write_text(json.dumps(run, indent=1))
-    return Calibrated(detector, calibration, datamodule, run)
+    sample = stored_sample(datamodule)
+    np.savez_compressed(output_dir / SAMPLE_FILE, images=sample)
+    return Calibrated(detector, calibration, run, sample, datamodule)
 
 
 def load_calibrated(folder: Path, data_overrides: list[str] | None = None) -> Calibrated:
-    """detector.pt and calibration.json as calibrate_checkpoint wrote them, with the data they need
-    (`data_overrides` point at the data where it is now, if it moved)."""
-    for name in ("detector.pt", "calibration.json"):
+    """detector.pt, calibration.json and the stored sample as calibrate_checkpoint wrote them; the data behind them is
+    read only if asked for (`data_overrides` point at it where it is now, if it moved)."""
+    for name in ("detector.pt", "calibration.json", SAMPLE_FILE):
         if not (folder / name).is_file():
             raise AnomalyError(f"{folder} has no {name}: run `anomaly evaluate` first and pass its output folder")
     for override in data_overrides or []:
@@ -121,10 +144,10 @@ def load_calibrated(folder: Path, data_overrides: list[str] | None = None) -> Ca
     calibration = Calibration.load(folder / "calibration.json", expected_model_checksum=weights_checksum(detector))
     if data_overrides:
         detector.config = build_config(detector.config.model_dump(mode="json"), data_overrides)
-    datamodule = AnomalyDataModule(detector.config.data)
-    datamodule.setup()
     run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
-    return Calibrated(detector, calibration, datamodule, run)
+    with np.load(folder / SAMPLE_FILE) as stored:
+        sample = stored["images"]
+    return Calibrated(detector, calibration, run, sample)
 
 
 def evaluate_calibrated(calibrated: Calibrated, output_dir: Path, log_run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from anomaly.calibration.artifact import Calibration
-from anomaly.config import Config
+from anomaly.config import Config, flatten_mapping
 
 
 def data_source(config: Config) -> str:
@@ -19,12 +19,20 @@ def data_source(config: Config) -> str:
 
 
 def scoring_summary(config: Config) -> str:
-    """The scoring head in the graph; for patch kNN, the encoder level that calibration chose when it was auto."""
+    """The scoring head in the graph, in words, as fitting and calibration resolved it."""
     scoring = config.scoring
-    latent = scoring.latent
-    if latent == "patch_knn":
-        latent += f" on encoder level {scoring.patch_level} (stride {2**scoring.patch_level}), {scoring.patch_bank} bank"
-    return f"latent distance {latent}; heat map {scoring.heatmap}"
+    patches = scoring.patches
+    if patches is None:
+        shift = " and its round-trip shift" if scoring.latent.round_trip else ""
+        return f"latent distance: Mahalanobis on the code{shift}; heat map: reconstruction error"
+    bank = f"a bank of {patches.bank_vectors} per place" if patches.aligned else f"a pooled bank of {patches.bank_vectors}"
+    return f"latent distance: patches at encoder level {patches.level} (stride {2**patches.level}), {bank}; heat map: patch distance"
+
+
+def scoring_settings(config: Config) -> list[str]:
+    """Every scoring setting with its resolved value, one card line each: the same values as detector.pt and
+    calibration.json hold."""
+    return [f"- `scoring.{key}`: {value}" for key, value in flatten_mapping(config.scoring.model_dump(mode="json")).items()]
 
 
 def encoder_summary(config: Config, encoder_sha256: str | None) -> str:
@@ -52,7 +60,7 @@ def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any]
         f"- training run: {run_id or 'unknown'} (MLflow experiment `{config.tracking.experiment}`)",
         f"- input: float32 NCHW [batch, {data.channels}, {data.image_size[0]}, {data.image_size[1]}] in [0, 1];"
         " decode, convert and resize (bilinear) with anomaly.imageio, then divide by 255",
-        "- outputs: reconstruction, latent, anomaly_map, reconstruction_score, latent_distance",
+        f"- outputs: {', '.join(config.scoring.served_outputs)}",
         f"- scoring: {scoring_summary(config)}",
         f"- calibration: {calibration.sample_sizes.get('calibration_images')} held-out normal images,"
         f" target FPR {calibration.target_fpr}, combine {calibration.combine_method}",
@@ -63,5 +71,6 @@ def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any]
         "| --- | --- |",
     ]
     lines += [f"| {key} | {value:.4f} |" for key, value in test_metrics(metrics).items()]
+    lines += ["", "## Scoring settings", "", *scoring_settings(config)]
     lines += ["", "## ONNX parity", "", "```json", json.dumps(parity, indent=1), "```", ""]
     return "\n".join(lines)

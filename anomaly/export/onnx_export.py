@@ -26,7 +26,6 @@ from anomaly.runtime.bundle import (
     META_MODEL_CHECKSUM,
     META_TEST_METRICS,
     META_TRAINING_RUN,
-    OUTPUT_NAMES,
 )
 from anomaly.scoring.detector import AnomalyDetector, encoder_checksum, weights_checksum
 
@@ -35,15 +34,14 @@ ONE_FILE_LIMIT_BYTES = 2**31  # protobuf's limit on one message: model.onnx hold
 
 
 class ExportWrapper(nn.Module):
-    """The detector with a flat tuple output, in OUTPUT_NAMES order."""
+    """The detector's served outputs as a flat tuple, in served_outputs order."""
 
     def __init__(self, detector: AnomalyDetector) -> None:
         super().__init__()
         self.detector = detector
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        output = self.detector(image)
-        return tuple(getattr(output, name) for name in OUTPUT_NAMES)
+        return self.detector.serve(image)
 
 
 def export_onnx(
@@ -58,7 +56,7 @@ def export_onnx(
     if tensor_bytes >= ONE_FILE_LIMIT_BYTES:
         raise AnomalyError(
             f"the detector's weights and banks take {tensor_bytes / 2**30:.1f} GiB, over the 2 GiB that one ONNX file "
-            "holds: lower scoring.patch_bank_per_position or scoring.knn_bank_size, or data.image_size"
+            "holds: lower scoring.latent.bank_size or data.image_size"
         )
     wrapper = ExportWrapper(detector.eval()).eval()
     with warnings.catch_warnings():
@@ -68,7 +66,7 @@ def export_onnx(
             (sample,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(detector.served_outputs),
             dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}},
             opset_version=OPSET,
             dynamo=True,

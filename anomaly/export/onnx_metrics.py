@@ -13,6 +13,6 @@ def onnx_image_auroc(detector: OnnxDetector, images: np.ndarray, labels: np.ndar
     """Rank by the model's own calibrated combination statistic; images are brought to its input spec."""
     if images.shape[1:3] != detector.image_size or images.shape[3] != detector.channels:
         images = np.stack([conform_array(image, detector.channels, detector.image_size) for image in images])
-    outputs = detector.run(images)
-    statistic = detector.calibration.pvalues(outputs["reconstruction_score"], outputs["latent_distance"]).statistic
+    outputs = detector.run(images, detector.score_names)
+    statistic = detector.calibration.pvalues(outputs.get("reconstruction_score"), outputs["latent_distance"]).statistic
     return ranking_metrics(labels, statistic)["auroc"]

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from anomaly.data.datamodule import AnomalyDataModule
@@ -20,16 +19,21 @@ from anomaly.export.parity import check_parity, parity_report
 from anomaly.runtime.bundle import CALIBRATION_FILE, CARD_FILE, MODEL_FILE, OnnxDetector, sha256_file
 from anomaly.scoring.detector import AnomalyDetector, encoder_checksum
 
-PARITY_IMAGES = 64
-
-
 @dataclass(frozen=True)
 class ExportResult:
     directory: Path
     parity: dict[str, float]
     metrics: dict[str, Any]
-    detector: AnomalyDetector
-    datamodule: AnomalyDataModule
+    calibrated: Calibrated
+
+    @property
+    def detector(self) -> AnomalyDetector:
+        return self.calibrated.detector
+
+    @property
+    def datamodule(self) -> AnomalyDataModule:
+        """The evaluation's data, read on first use: only int8 and registration decisions score more images."""
+        return self.calibrated.datamodule
 
 
 def read_metrics(folder: Path) -> dict[str, Any]:
@@ -38,27 +42,21 @@ def read_metrics(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def parity_images(datamodule: AnomalyDataModule) -> np.ndarray:
-    """Real images for the parity check: held-out normals and test images (anomalies included)."""
-    half = PARITY_IMAGES // 2
-    return np.concatenate([datamodule.calibration_set.images[:half], datamodule.test_set.images[:half]])
-
-
 def export_bundle(calibrated: Calibrated, evaluation_dir: Path, output_dir: Path, run_id: str | None) -> None:
     """model.onnx (with the scoring head) and the calibration it belongs to, in a fresh `output_dir`."""
     if output_dir.exists():
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True)
     shutil.copyfile(evaluation_dir / CALIBRATION_FILE, output_dir / CALIBRATION_FILE)
-    images = calibrated.datamodule.calibration_set.images[:2]
-    sample = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    sample = torch.from_numpy(calibrated.sample_images[:2]).permute(0, 3, 1, 2).float() / 255.0
     export_onnx(calibrated.detector, output_dir / MODEL_FILE, sha256_file(output_dir / CALIBRATION_FILE), sample, run_id,
                 test_metrics(read_metrics(evaluation_dir)))
 
 
 def verify_parity(calibrated: Calibrated, output_dir: Path) -> dict[str, float]:
-    """Compare ONNX Runtime with PyTorch on real images; raise if they disagree."""
-    report = parity_report(calibrated.detector, OnnxDetector(output_dir), parity_images(calibrated.datamodule))
+    """Compare ONNX Runtime with PyTorch on the stored sample of real images (held-out normals and test images,
+    anomalies included); raise if they disagree."""
+    report = parity_report(calibrated.detector, OnnxDetector(output_dir), calibrated.sample_images)
     check_parity(report)
     return report
 
@@ -80,4 +78,4 @@ def publish(evaluation_dir: Path, output_dir: Path, data_overrides: list[str], r
         shutil.rmtree(output_dir, ignore_errors=True)
         raise
     write_card(calibrated, metrics, report, output_dir, run_id)
-    return ExportResult(output_dir, report, metrics, calibrated.detector, calibrated.datamodule)
+    return ExportResult(output_dir, report, metrics, calibrated)

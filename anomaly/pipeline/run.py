@@ -101,7 +101,7 @@ def step_parity(context: PipelineContext, run_id: str) -> dict[str, Any]:
 
 
 def step_register(context: PipelineContext, run_id: str) -> dict[str, Any]:
-    example = context.calibrated().datamodule.calibration_set.images
+    example = context.calibrated().sample_images
     name = context.config.tracking.registered_model
     version = register_version(context.model_dir, name, run_id, example)
     return {"name": name, "version": version, "model_uri": f"models:/{name}/{version}"}

@@ -22,7 +22,6 @@ MODEL_FILE = "model.onnx"
 CALIBRATION_FILE = "calibration.json"
 CARD_FILE = "model_card.md"
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("reconstruction", "latent", "anomaly_map", "reconstruction_score", "latent_distance")
 META_CALIBRATION_SHA256 = "anomaly.calibration_sha256"
 META_MODEL_CHECKSUM = "anomaly.model_checksum"
 META_ARCHITECTURE = "anomaly.architecture"
@@ -76,10 +75,16 @@ def batch_size_for(height: int, width: int) -> int:
     return max(1, min(MAX_BATCH, PIXELS_PER_BATCH // (height * width)))
 
 
+def output_names(session: Any) -> tuple[str, ...]:
+    """The graph's outputs: anomaly_map and latent_distance, and reconstruction_score where the decision reads it."""
+    return tuple(output.name for output in session.get_outputs())
+
+
 def run_session(
-    session: Any, images: np.ndarray, batch_size: int | None = None, names: tuple[str, ...] = OUTPUT_NAMES
+    session: Any, images: np.ndarray, batch_size: int | None = None, names: tuple[str, ...] | None = None
 ) -> dict[str, np.ndarray]:
-    """uint8 (N, H, W, C) at the model's size -> the graph's outputs `names`, in batches."""
+    """uint8 (N, H, W, C) at the model's size -> the graph's outputs `names` (default: all), in batches."""
+    names = names or output_names(session)
     batch_size = batch_size or batch_size_for(*images.shape[1:3])
     parts = []
     for start in range(0, len(images), batch_size):
@@ -91,9 +96,9 @@ def run_session(
 
 @dataclass(frozen=True)
 class ImageResult:
-    reconstruction_score: float
+    reconstruction_score: float | None  # None from a graph whose decision reads the latent distance alone
     latent_distance: float
-    p_reconstruction: float
+    p_reconstruction: float | None
     p_latent: float
     p_combined: float
     anomaly_score: float
@@ -125,6 +130,8 @@ class OnnxDetector:
                 f"{calibration_path} is not the calibration this model was exported with (checksum differs); export the model again"
             )
         self.calibration = Calibration.load(calibration_path, expected_model_checksum=self.metadata.get(META_MODEL_CHECKSUM))
+        self.outputs = output_names(self.session)
+        self.score_names = tuple(name for name in SCORE_NAMES if name in self.outputs)
         spec = self.calibration.preprocessing
         self.image_size: tuple[int, int] = (int(spec["image_size"][0]), int(spec["image_size"][1]))
         self.channels: int = int(spec["channels"])
@@ -133,16 +140,16 @@ class OnnxDetector:
         """Decode and resize exactly as training data was (anomaly.imageio)."""
         return decode_image(source, self.channels, self.image_size, name=name, max_pixels=max_pixels)
 
-    def run(self, images: np.ndarray, names: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, np.ndarray]:
+    def run(self, images: np.ndarray, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """uint8 (N, H, W, C) at the model's size -> the graph's outputs `names` (default: all)."""
-        return run_session(self.session, images, names=names)
+        return run_session(self.session, images, names=names or self.outputs)
 
     def results(self, outputs: dict[str, np.ndarray], target_fpr: float | None = None) -> list[ImageResult]:
-        return image_results(self.calibration, outputs["reconstruction_score"], outputs["latent_distance"], target_fpr)
+        return image_results(self.calibration, outputs.get("reconstruction_score"), outputs["latent_distance"], target_fpr)
 
 
 def image_results(
-    calibration: Calibration, reconstruction_scores: np.ndarray, latent_distances: np.ndarray, target_fpr: float | None = None
+    calibration: Calibration, reconstruction_scores: np.ndarray | None, latent_distances: np.ndarray, target_fpr: float | None = None
 ) -> list[ImageResult]:
     """p-values and decisions for the graph's two scores; `target_fpr` defaults to the calibrated one."""
     alpha = calibration.target_fpr if target_fpr is None else target_fpr
@@ -150,9 +157,9 @@ def image_results(
     decisions = calibration.is_anomaly(pvalues, alpha)
     return [
         ImageResult(
-            reconstruction_score=float(reconstruction_scores[i]),
+            reconstruction_score=None if reconstruction_scores is None else float(reconstruction_scores[i]),
             latent_distance=float(latent_distances[i]),
-            p_reconstruction=float(pvalues.reconstruction[i]),
+            p_reconstruction=None if pvalues.reconstruction is None else float(pvalues.reconstruction[i]),
             p_latent=float(pvalues.latent[i]),
             p_combined=float(pvalues.combined[i]),
             anomaly_score=float(pvalues.anomaly_score[i]),

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
-from anomaly.config import Config, ModelConfig
+from anomaly.config import Config, ModelConfig, upgrade_stored_config
 from anomaly.errors import AnomalyError
 from anomaly.models import build_model
 from anomaly.models.blocks import encoder_channels
@@ -28,8 +29,8 @@ from anomaly.scoring.maps import AnomalyMap, MapReduction
 @dataclass
 class DetectorOutput:
     reconstruction: torch.Tensor  # (B, C, H, W)
-    latent: torch.Tensor  # (B, D): the image's latent vector (scoring.latent_vector)
-    anomaly_map: torch.Tensor  # (B, 1, H, W): the heat map that scoring.heatmap names
+    latent: torch.Tensor  # (B, D): the image's latent vector (with its round-trip shift when configured)
+    anomaly_map: torch.Tensor  # (B, 1, H, W): the patch distance map with patches, else the reconstruction error
     reconstruction_score: torch.Tensor  # (B,)
     latent_distance: torch.Tensor  # (B,)
 
@@ -53,9 +54,9 @@ def patch_channels(config: ModelConfig, level: int) -> int:
 
 
 def _image_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean over (C, H, W), one axis at a time. ONNX Runtime sums a single reduction over a
-    640 x 256 image in one float32 accumulator, which was off by 5e-5 against PyTorch and failed
-    export parity; row-by-row partial means keep every sum short."""
+    """Mean over (C, H, W), one axis at a time. ONNX Runtime sums a single reduction over a large
+    image in one float32 accumulator, far enough from PyTorch to fail export parity; row-by-row
+    partial means keep every sum short."""
     return values.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
 
 
@@ -71,70 +72,63 @@ class AnomalyDetector(nn.Module):
     def __init__(self, config: Config, model: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
-        data = config.data
+        data, scoring = config.data, config.scoring
         self.model = model if model is not None else build_model(config.model, data.channels, data.image_size)
-        self.anomaly_map = AnomalyMap(config.scoring)
-        self.reduce = MapReduction(config.scoring, data.image_size)
-        scoring = config.scoring
+        self.anomaly_map = AnomalyMap(scoring.reconstruction)
+        self.reduce = MapReduction(scoring.reconstruction, data.image_size)
+        self.patches = scoring.patches
         self.latent_distance = build_latent_distance(
             scoring,
             code_size=latent_size(self.model, data.channels, data.image_size),
-            patch_channels=patch_channels(config.model, scoring.patch_level) if scoring.latent == "patch_knn" else 0,
+            patch_channels=patch_channels(config.model, self.patches.level) if self.patches else 0,
             image_size=data.image_size,
         )
 
     def embed(self, images: torch.Tensor) -> tuple[AutoencoderOutput, torch.Tensor, torch.Tensor]:
         """The model's output, the image's latent vector, and what the latent distance is fitted on
-        and measures: that vector, or for patch_knn the encoder's feature map at patch_level."""
-        scoring = self.config.scoring
-        if self.shares_backbone_pass:
-            output, features = self.model.forward_with_patch_features(images, scoring.patch_level)
-            return output, output.latent, self._with_intensity(features, images)
+        and measures: that vector, or for patches the encoder's feature map at the patch level."""
         output = self.model(images)
         latent = output.latent
-        if scoring.latent_vector == "code_and_round_trip":
+        if getattr(self.config.scoring.latent, "round_trip", False):
             latent = torch.cat((latent, latent - self.model.latent(output.reconstruction)), dim=1)
-        if scoring.latent != "patch_knn":
+        if self.patches is None:
             return output, latent, latent
         return output, latent, self.patch_features(images)
 
-    @property
-    def shares_backbone_pass(self) -> bool:
-        """A pretrained encoder's patches read the same image as its autoencoder (no per-image standardisation
-        first), so one backbone pass serves both: the backbone is most of the detector's cost."""
-        scoring = self.config.scoring
-        return self.config.model.pretrained and scoring.latent == "patch_knn" and not scoring.patch_standardise
-
     def measured_features(self, images: torch.Tensor) -> torch.Tensor:
-        """embed's third part alone: for patch_knn only the encoder's first patch_level blocks run, not the
-        whole autoencoder, which is all that fitting the latent distance on the training images needs."""
-        return self.patch_features(images) if self.config.scoring.latent == "patch_knn" else self.embed(images)[2]
+        """embed's third part alone: for patches only the encoder's first blocks run, not the whole
+        autoencoder, which is all that fitting the latent distance on the training images needs."""
+        return self.patch_features(images) if self.patches else self.embed(images)[2]
 
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> the encoder's feature map at patch_level (plus the intensity channel if configured)."""
-        scoring = self.config.scoring
-        encoder_input = standardise_intensity(images) if scoring.patch_standardise else images
+        """(B, C, H, W) -> the encoder's feature map at the patch level, read from intensity-standardised images
+        so that a brighter or darker normal image does not look unusual everywhere."""
+        encoder_input = standardise_intensity(images)
         if self.config.model.pretrained:
-            features = self.model.patch_features(encoder_input, scoring.patch_level)
-        else:
-            features = encoder_input
-            for block in self.model.encoder[: scoring.patch_level]:
-                features = block(features)
-        return self._with_intensity(features, encoder_input)
+            return self.model.patch_features(encoder_input, self.patches.level)
+        features = encoder_input
+        for block in self.model.encoder[: self.patches.level]:
+            features = block(features)
+        return features
 
-    def _with_intensity(self, features: torch.Tensor, encoder_input: torch.Tensor) -> torch.Tensor:
-        """The patch features plus, if configured, each position's mean input intensity as one more channel."""
-        scoring = self.config.scoring
-        if scoring.patch_intensity_weight <= 0:
-            return features
-        intensity = F.avg_pool2d(encoder_input.mean(dim=1, keepdim=True), 2**scoring.patch_level)
-        return torch.cat((features, intensity), dim=1)
+    @property
+    def served_outputs(self) -> tuple[str, ...]:
+        return self.config.scoring.served_outputs
+
+    def serve(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The served_outputs (see ScoringConfig.served_outputs), computing only what they need: the exported graph."""
+        if self.config.scoring.serving_runs_autoencoder:
+            output = self(images)
+            return tuple(getattr(output, name) for name in self.served_outputs)
+        patch_map = self.latent_distance.score_map(self.patch_features(images))
+        heatmap = F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return heatmap, self.latent_distance.image_distance(patch_map)
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
         output, latent, measured = self.embed(images)
         error_map = self.anomaly_map(images, output.reconstruction, output.target)
-        if self.config.scoring.heatmap == "patch_distance":
-            patch_map = self.latent_distance.score_map(measured)  # computed once: the kNN search is the costly part
+        if self.patches:  # the heat map is the patch distance map, computed once: the kNN search is the costly part
+            patch_map = self.latent_distance.score_map(measured)
             latent_distance = self.latent_distance.image_distance(patch_map)
             heatmap = F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
         else:
@@ -174,7 +168,13 @@ def load_detector(path: Path) -> AnomalyDetector:
         saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
         raise AnomalyError(f"cannot read detector file {path}: {type(error).__name__}") from None
-    detector = AnomalyDetector(Config.model_validate(saved["config"]))
+    try:
+        config = Config.model_validate(upgrade_stored_config(saved["config"]))
+    except ValidationError:
+        raise AnomalyError(
+            f"detector file {path} was written by another version of anomaly; re-run `anomaly evaluate` to rewrite it"
+        ) from None
+    detector = AnomalyDetector(config)
     if "latent_distance.bank" in saved["state_dict"]:  # the bank's size is the training set's
         detector.latent_distance.bank = torch.zeros_like(saved["state_dict"]["latent_distance.bank"])
     try:

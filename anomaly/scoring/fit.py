@@ -70,7 +70,7 @@ def training_latents(detector: AnomalyDetector, loader: DataLoader, folder: Path
     into a float32 file in `folder`, memory-mapped: 2,000 images at 640 x 256 are several GB of features, which the
     fit then reads position by position instead of holding at once."""
     detector.eval()
-    if detector.config.scoring.latent != "patch_knn":
+    if detector.patches is None:
         return np.concatenate([detector.measured_features(batch["image"]).numpy() for batch in loader])
     features: np.ndarray | None = None
     start = 0
@@ -113,17 +113,22 @@ def fit_detector(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> Ca
 
 
 def fit_chosen_detector(config: Config, model: nn.Module, datamodule: AnomalyDataModule) -> tuple[AnomalyDetector, Calibration]:
-    """A detector for `model`, fitted and calibrated. With scoring.patch_level=auto, one per candidate
-    level; the one whose combined image score ranks the labelled validation set best is kept, and its
-    calibration records every candidate's AUROC (validation_auroc["patch_level_L"])."""
-    if config.scoring.patch_level != "auto":
-        detector = AnomalyDetector(config, model)
-        return detector, fit_detector(detector, datamodule)
-    fitted: dict[int, tuple[AnomalyDetector, Calibration]] = {}
-    for level in config.model.auto_patch_levels:
-        detector = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.at_patch_level(level)}), model)
+    """A detector for `model`, fitted and calibrated, with every auto choice resolved. With scoring.latent.level=auto,
+    one per candidate level; the one whose combined image score ranks the labelled validation set best is kept, and
+    its calibration records every candidate's AUROC (validation_auroc["patch_level_L"]). The choices end up once in
+    the detector's config, which calibration.json and the model card then copy."""
+    patches = config.scoring.patches
+    levels = config.model.auto_patch_levels if patches is not None and patches.level == "auto" else (None,)
+    fitted: dict[int | None, tuple[AnomalyDetector, Calibration]] = {}
+    for level in levels:
+        detector = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.resolved(level=level)}), model)
         fitted[level] = (detector, fit_detector(detector, datamodule))
-    aurocs = {level: calibration.validation_auroc["combined"] for level, (_, calibration) in fitted.items()}
-    detector, calibration = fitted[best_on_validation(aurocs)]
-    recorded = {**calibration.validation_auroc, **{f"patch_level_{level}": value for level, value in aurocs.items()}}
-    return detector, replace(calibration, validation_auroc=recorded)
+    detector, calibration = next(iter(fitted.values()))
+    if len(fitted) > 1:
+        aurocs = {level: calibration.validation_auroc["combined"] for level, (_, calibration) in fitted.items()}
+        detector, calibration = fitted[best_on_validation(aurocs)]
+        recorded = {**calibration.validation_auroc, **{f"patch_level_{level}": value for level, value in aurocs.items()}}
+        calibration = replace(calibration, validation_auroc=recorded)
+    scoring = detector.config.scoring.resolved(combine=calibration.combine_method)
+    detector.config = detector.config.model_copy(update={"scoring": scoring})
+    return detector, replace(calibration, scoring=scoring.model_dump(mode="json"))

@@ -1,5 +1,5 @@
-"""Distance of an image to the training images in latent space: Mahalanobis or k-nearest
-neighbours on the image's latent vector, or k-nearest neighbours per location (patches)."""
+"""Distance of an image to the training images in latent space: Mahalanobis on the image's latent
+vector, or nearest neighbours per location (patches)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from torch import nn
 
-from anomaly.config import ScoringConfig
+from anomaly.config import PatchDistance, ScoringConfig
 from anomaly.scoring.line_runs import LineRunMaximum
 
 
@@ -38,8 +38,8 @@ class MahalanobisDistance(nn.Module):
     """sqrt((z - mean)^T P (z - mean)) with P the inverse of a Ledoit-Wolf shrunk covariance.
 
     With `blocks` > 1 the vector is that many equal parts, each with its own shrunk covariance
-    (P block-diagonal): on MNIST the code plus its round-trip shift scored better this way than
-    with one joint covariance, whose cross terms the training images do not pin down.
+    (P block-diagonal): the code and its round-trip shift each get a covariance the training images
+    pin down, without the cross terms between them, which they do not.
     """
 
     def __init__(self, dim: int, blocks: int = 1) -> None:
@@ -65,24 +65,6 @@ class MahalanobisDistance(nn.Module):
         return ((centred @ self.precision) * centred).sum(dim=1).clamp_min(0).sqrt()
 
 
-class NearestNeighbourDistance(nn.Module):
-    """Mean Euclidean distance to the k nearest training codes (a seeded subsample of them)."""
-
-    def __init__(self, dim: int, k: int, bank_size: int) -> None:
-        super().__init__()
-        self.k = k
-        self.register_buffer("bank", torch.zeros(bank_size, dim))
-
-    def fit(self, codes: np.ndarray, seed: int = 0) -> NearestNeighbourDistance:
-        self.bank = torch.from_numpy(_seeded_rows(codes, self.bank.shape[0], seed)).float()
-        return self
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        distances = torch.cdist(codes, self.bank)
-        k = min(self.k, self.bank.shape[0])
-        return _smallest(distances, k, dim=1).mean(dim=1)
-
-
 class PatchNearestNeighbourDistance(nn.Module):
     """Per-location distance: each position of an encoder feature map (B, C, h, w) against a bank
     of training positions; mean distance to the k nearest, averaged over 3x3 neighbouring
@@ -92,20 +74,12 @@ class PatchNearestNeighbourDistance(nn.Module):
 
     With `grid` (the feature map's (h, w)), each position's distance is also standardised by the
     mean and spread that training images get there when their own patches are left out of the
-    bank. Places where normal images vary (KolektorSDD's glare at the edges) then stop dominating
-    the maximum; on KolektorSDD this lifted the latent signal's AUROC on held-out normals plus
-    synthetic anomalies from 0.838 to 0.869 (test: 0.824 to 0.861).
-
-    With `intensity_weight` > 0 (and a grid) the features' last channel is the position's mean input intensity,
-    which the detector appends (scoring.patch_intensity_weight). It is compared as a z-score against training
-    images at the same position, scaled to that share of the other channels' total spread over the bank.
+    bank, so places where normal images vary (glare at an edge) stop dominating the maximum.
 
     The bank is compared in chunks, so a batch never holds its full distance matrix (10240
     positions x 30k bank vectors is 1.2 GB per image). A chunk holds at most CHUNK_ELEMENTS
-    distances per image: with a fixed CHUNK of 4096, a batch of 16 images at 1248 x 512 needed
-    10 GB per temporary and evaluation was killed for memory; now its distance map peaks at
-    13 GB, while 640 x 256 keeps chunks of 4096. The chunks depend only on the bank and the grid, not on the
-    batch, so the loop unrolls into the exported graph.
+    distances per image, so large inputs get smaller chunks. The chunks depend only on the bank and the
+    grid, not on the batch, so the loop unrolls into the exported graph.
     """
 
     CHUNK = 4096  # at most this many bank vectors per chunk
@@ -113,18 +87,11 @@ class PatchNearestNeighbourDistance(nn.Module):
     POSITION_IMAGES = 64  # training images whose leave-own-image-out maps give the position statistics
 
     def __init__(self, channels: int, k: int, bank_size: int, grid: tuple[int, int] | None = None, line_length: int = 1,
-                 line_cap: float | None = None, intensity_weight: float = 0.0) -> None:
+                 line_cap: float | None = None) -> None:
         super().__init__()
         self.k = k
-        self.intensity_weight = intensity_weight
         self.image_distance = LineRunMaximum(line_length, line_cap)
         self.normalise_positions = grid is not None
-        if intensity_weight > 0:  # only then, so detector files written without the option still load
-            if grid is None:
-                raise ValueError("the intensity channel is compared per position: it needs the grid")
-            self.register_buffer("intensity_mean", torch.zeros(1, 1, *grid))
-            self.register_buffer("intensity_spread", torch.ones(1, 1, *grid))
-            self.register_buffer("intensity_scale", torch.ones(()))
         self.register_buffer("bank", torch.zeros(bank_size, channels))
         self.register_buffer("bank_centre", torch.zeros(channels))
         statistics_shape = (1, 1, *grid) if grid is not None else (1, 1, 1, 1)
@@ -133,36 +100,17 @@ class PatchNearestNeighbourDistance(nn.Module):
 
     def fit(self, features: np.ndarray, seed: int = 0) -> PatchNearestNeighbourDistance:
         """Fit on the training images' feature maps (N, C, h, w), which may be a memory map: only the sampled bank
-        rows, the intensity channel and POSITION_IMAGES images are read into memory."""
+        rows and POSITION_IMAGES images are read into memory."""
         images, channels, height, width = features.shape
         positions = height * width
         rows = _seeded_indices(images * positions, self.bank.shape[0], seed)  # row r: image r // positions, place r % positions
         flat = features.reshape(images, channels, positions)
         bank = torch.from_numpy(np.ascontiguousarray(flat[rows // positions, :, rows % positions])).double()
-        if self.intensity_weight > 0:
-            intensity = torch.from_numpy(np.ascontiguousarray(features[:, -1:]))
-            self._fit_intensity(bank, intensity, torch.from_numpy(rows % positions))
         self.bank_centre = bank.mean(dim=0).float()
         self.bank = (bank - self.bank_centre.double()).float()
         if self.normalise_positions:
             self._fit_positions(features, rows // positions, seed)
         return self
-
-    def _fit_intensity(self, bank: torch.Tensor, intensity: torch.Tensor, bank_positions: torch.Tensor) -> None:
-        """Mean and floored spread of the training images' intensity (N, 1, h, w) per position; the bank's last
-        column (its rows at `bank_positions` of the flattened grid) becomes that per-position z-score, in place,
-        scaled to intensity_weight times the other columns' total spread. A region darker than the same place in
-        normal images then stands out, even where other places are that dark normally."""
-        mean, spread = _mean_and_floored_spread(intensity.double())
-        self.intensity_mean, self.intensity_spread = mean.float(), spread.clamp_min(1e-6).float()  # 1e-6: flat images
-        bank[:, -1] = (bank[:, -1] - self.intensity_mean.flatten()[bank_positions]) / self.intensity_spread.flatten()[bank_positions]
-        self.intensity_scale = self.intensity_weight * bank[:, :-1].var(dim=0).sum().sqrt().float() / bank[:, -1].std().float().clamp_min(1e-6)
-        bank[:, -1] *= self.intensity_scale.double()
-
-    def _with_intensity_deviation(self, features: torch.Tensor) -> torch.Tensor:
-        """The queries' counterpart of _fit_intensity: the last channel as its scaled per-position z-score."""
-        deviation = (features[:, -1:] - self.intensity_mean) / self.intensity_spread * self.intensity_scale
-        return torch.cat((features[:, :-1], deviation), dim=1)
 
     @torch.no_grad()
     def _fit_positions(self, features: np.ndarray, bank_owners: np.ndarray, seed: int) -> None:
@@ -180,8 +128,6 @@ class PatchNearestNeighbourDistance(nn.Module):
         ignoring the bank vectors that `excluded` (bool, one per bank vector) marks. As in the position bank's
         search, a query's own squared norm is the same for all its candidates and is added after the search."""
         batch, channels, height, width = features.shape
-        if self.intensity_weight > 0:
-            features = self._with_intensity_deviation(features)
         queries = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels) - self.bank_centre
         query_norms = (queries * queries).sum(dim=2, keepdim=True)
         k = min(self.k, self.bank.shape[0])
@@ -233,15 +179,10 @@ def greedy_k_centres(vectors: torch.Tensor, count: int, first: int) -> torch.Ten
 
 
 class PositionBankDistance(PatchNearestNeighbourDistance):
-    """Patch kNN against a bank kept per position (scoring.patch_bank=position): each position of a query is
+    """Patch kNN against a bank kept per position (scoring.latent.aligned): each position of a query is
     compared only with training features within `radius` positions of the same place. Each place keeps
-    `per_position` of the training images' features there, a greedy k-centre coreset of all of them.
-
-    Parts sit in the same place in every image (which position normalisation already assumes), so the
-    training images' features at that place describe normal there better than a 1% sample of all places.
-    On ELPV validation (normals plus synthetic blobs, lines and shades) the latent signal's AUROC rose from
-    0.851 to 0.905 with 128 per position, every kind up; a random subset of 128 whole images instead reached
-    only 0.871 (thin lines 0.919, below the random bank's 0.954): it misses the rarer normal looks of each place.
+    `per_position` of the training images' features there, a greedy k-centre coreset of all of them, so the
+    bank covers the rarer normal looks of each place, not only its densest part.
 
     The bank is stored as (h * w, C, per_position), each place's vectors centred on that place's training mean
     (`bank_centre`, (h * w, C)), so each position's candidates are one batched matrix product; the queries are
@@ -291,9 +232,7 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
 
         A query's own squared norm is the same for all its candidates, so it is added after the search, and the
         candidates' norms ride in the matrix product as one extra row ([q, 1] . [-2 b; |b|^2]): one pass over the
-        (h * w, B, per_position) products instead of three. For k = 1 the search is a minimum, not a top-k. At
-        level 1 on KolektorSDD (320 x 128 positions, batch 8, 2 cores) the head alone went from 1.25 to 0.75 s
-        per image in PyTorch, and the whole exported detector from 2.3 to 3.2 images/s in ONNX Runtime."""
+        (h * w, B, per_position) products instead of three. For k = 1 the search is a minimum, not a top-k."""
         batch, channels, height, width = features.shape
         r = self.radius
         k = min(self.k, self.bank.shape[2])
@@ -319,19 +258,27 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         return squared.clamp_min(0).sqrt().mean(dim=1, keepdim=True)
 
 
+# Patches: the nearest training feature decides (k = 1), and a part may shift this many positions between images.
+PATCH_NEIGHBOURS = 1
+BANK_RADIUS = 2
+
+
 def build_latent_distance(config: ScoringConfig, code_size: int, patch_channels: int, image_size: tuple[int, int]) -> nn.Module:
     """The distance that `config.latent` names, sized for the model's latent vector or its `patch_channels`-channel
-    patch features at config.patch_level."""
-    if config.latent == "patch_knn":
-        stride = 2**config.patch_level
-        grid = (image_size[0] // stride, image_size[1] // stride) if config.patch_position_normalise else None  # also the intensity's
-        channels = patch_channels + (1 if config.patch_intensity_weight > 0 else 0)
-        if config.patch_bank == "position":
-            return PositionBankDistance(channels, config.knn_k, config.patch_bank_per_position, grid, config.patch_bank_radius,
-                                        config.patch_line_length, config.patch_line_cap)
-        return PatchNearestNeighbourDistance(channels, config.knn_k, config.knn_bank_size, grid, config.patch_line_length,
-                                             config.patch_line_cap, config.patch_intensity_weight)
-    blocks = 1 if config.latent_vector == "code" else 2
-    if config.latent == "mahalanobis":
+    patch features at the (resolved) patch level."""
+    patches = config.patches
+    if patches is None:
+        blocks = 2 if config.latent.round_trip else 1
         return MahalanobisDistance(code_size * blocks, blocks)
-    return NearestNeighbourDistance(code_size * blocks, config.knn_k, config.knn_bank_size)
+    return build_patch_distance(patches, patch_channels, image_size)
+
+
+def build_patch_distance(patches: PatchDistance, channels: int, image_size: tuple[int, int]) -> PatchNearestNeighbourDistance:
+    if patches.level == "auto":
+        raise ValueError("scoring.latent.level=auto is resolved at calibration: build a detector per candidate level")
+    stride = 2**patches.level
+    run = patches.positions_in_run(patches.level)
+    if not patches.aligned:
+        return PatchNearestNeighbourDistance(channels, PATCH_NEIGHBOURS, patches.bank_vectors, None, run, patches.line_cap)
+    grid = (image_size[0] // stride, image_size[1] // stride)
+    return PositionBankDistance(channels, PATCH_NEIGHBOURS, patches.bank_vectors, grid, BANK_RADIUS, run, patches.line_cap)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly.config import ScoringConfig
+from anomaly.config import ReconstructionSignal
 
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
@@ -51,7 +51,7 @@ class AnomalyMap(nn.Module):
     feature space, averaged over channels and upsampled bilinearly to the input's size before smoothing.
     """
 
-    def __init__(self, config: ScoringConfig) -> None:
+    def __init__(self, config: ReconstructionSignal) -> None:
         super().__init__()
         self.kind = config.map
         self.ssim_window = GaussianBlur(SSIM_SIGMA)
@@ -80,17 +80,15 @@ class AnomalyMap(nn.Module):
 
 
 class MapReduction(nn.Module):
-    """Anomaly map -> image score: mean, max, or the mean of the top k% of pixels."""
+    """Anomaly map -> image score: the mean of its highest `top_fraction` of pixels (all of them: the mean)."""
 
-    def __init__(self, config: ScoringConfig, image_size: tuple[int, int]) -> None:
+    def __init__(self, config: ReconstructionSignal, image_size: tuple[int, int]) -> None:
         super().__init__()
-        self.kind = config.reduction
-        self.k = max(1, int(round(config.topk_fraction * image_size[0] * image_size[1])))
+        self.k = max(1, int(round(config.top_fraction * image_size[0] * image_size[1])))
+        self.all_pixels = self.k == image_size[0] * image_size[1]
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         flat = maps.flatten(1)
-        if self.kind == "mean":
+        if self.all_pixels:
             return flat.mean(dim=1)
-        if self.kind == "max":
-            return flat.amax(dim=1)
         return flat.topk(self.k, dim=1).values.mean(dim=1)

@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from anomaly.config import Config
+from anomaly.config import Config, upgrade_stored_config
 from anomaly.data.synthetic import synthesize_anomalies
 from anomaly.models import AutoencoderOutput, build_model
 from anomaly.training.losses import AutoencoderLoss
@@ -30,7 +30,7 @@ class AutoencoderModule(L.LightningModule):
     def __init__(self, config: dict[str, Any], mlflow_run_id: str | None = None, tracking_uri: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.config = Config.model_validate(config)
+        self.config = Config.model_validate(upgrade_stored_config(config))
         data = self.config.data
         self.model = build_model(self.config.model, data.channels, data.image_size)
         self.loss = AutoencoderLoss(self.config.loss)

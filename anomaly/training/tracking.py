@@ -61,8 +61,7 @@ class ResumableMLFlowLogger(MLFlowLogger):
 
 def reproducibility_tags() -> dict[str, str]:
     """What besides the seed fixes the trained weights: on CPU the same seed gives bit-identical weights only with
-    the same torch and the same intra-op thread count (a KolektorSDD run at 1 thread and at 2 differed by a median
-    5% per weight tensor after 2 epochs), so a run records both. Tags, not params: a resume may run on other threads,
+    the same torch and the same intra-op thread count, so a run records both. Tags, not params: a resume may run on other threads,
     and its tags then say what the last attempt ran on."""
     return {"torch.version": torch.__version__, "torch.threads": str(torch.get_num_threads())}
 

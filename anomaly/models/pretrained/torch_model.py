@@ -78,8 +78,3 @@ class FeatureAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> AutoencoderOutput:
         return self._autoencode(self.features(x))
-
-    def forward_with_patch_features(self, x: torch.Tensor, level: int) -> tuple[AutoencoderOutput, torch.Tensor]:
-        """forward() and patch_features(x, level) from one backbone pass."""
-        maps = self.backbone(x, tuple(sorted({*PRETRAINED_FEATURE_LEVELS, level, level + 1})))
-        return self._autoencode(self._target(maps)), self._patches(maps, level)
