@@ -73,3 +73,36 @@ def test_elpv_pipeline_is_the_folder_default_on_elpv():
         assert getattr(elpv, section) == getattr(folder, section), section
     different = {key for key in folder.data.model_fields if getattr(folder.data, key) != getattr(elpv.data, key)}
     assert {key for key in different if not key.startswith("elpv_")} == {"kind", "root"}
+
+
+def test_readme_is_short_and_its_links_resolve():
+    """The README is for a new user (at most 200 lines); the rest lives in docs/, and every relative link there and
+    in the README points at a file that exists."""
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 200
+    for page in [readme, *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+
+
+@pytest.mark.slow
+def test_readme_own_folder_quickstart_trains_and_scores(tmp_path):
+    """The README's own-images commands, as written, on a small texture folder (one epoch at 64 x 64): the pipeline
+    leaves a model directory that `anomaly score` answers from."""
+    from tests.conftest import write_texture_folder
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## On your own images"):readme.index("## What the answer means")]
+    pipeline, serve = re.findall(r"```bash\n(.+?)\n(.+?)\n```", section)[0]
+    assert pipeline.startswith("uv run anomaly ") and serve == "uv run anomaly serve --model runs/parts/model"
+    write_texture_folder(tmp_path / "parts", train=120, test_good=6, test_defect=6)  # 12 held-out normals at the default 10%
+    arguments = pipeline.removeprefix("uv run anomaly ").replace("data.root=parts", f"data.root={tmp_path / 'parts'}")
+    arguments = arguments.replace("--output runs/parts", f"--output {tmp_path / 'runs' / 'parts'}")
+    small = ["train.max_epochs=1", "data.image_size=[64,64]", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    result = run_cli_process(*arguments.split(), *small)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = tmp_path / "runs" / "parts" / "model"
+    scored = run_cli_process("score", "--model", str(model), str(next((tmp_path / "parts" / "test" / "good").iterdir())))
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    answer = json.loads(scored.stdout.splitlines()[0])
+    assert 0 <= answer["anomaly_score"] <= 1 and answer["target_fpr"] == 0.01
