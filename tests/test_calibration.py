@@ -228,3 +228,22 @@ def test_a_validation_tie_goes_to_the_candidate_listed_first_not_to_float_roundi
     assert best_on_validation({"latent": 0.9026360544217686, "fisher": 0.9026360544217688}) == "latent"
     assert best_on_validation({"latent": 0.90, "fisher": 0.91}) == "fisher"
     assert best_on_validation({3: 0.8, 2: 0.8 + 1e-12}) == 3 and best_on_validation({3: 0.8, 2: 0.801}) == 2
+
+
+def test_scores_without_the_reconstruction_calibrate_a_latent_decision_only():
+    """A graph that decides on the latent distance alone outputs no reconstruction score (int8 recalibrates such a
+    graph): the float model's reconstruction distribution is kept, and the p-values read the latent distance alone."""
+    reconstruction, latent = correlated_scores(300, seed=12)
+    with_both = scored_set(reconstruction, latent, np.zeros(300, dtype=np.int64))
+    latent_only = scored_set(reconstruction, latent, np.zeros(300, dtype=np.int64))
+    latent_only.reconstruction_scores = None
+    scoring = ScoringConfig(combine="latent").model_dump(mode="json")
+    reference = fit_calibration(with_both, scoring, {}, "a" * 64, seed=0)
+    kept = reference.distributions["reconstruction"]
+    calibration = fit_calibration(latent_only, scoring, {}, "a" * 64, seed=0, kept_reconstruction=kept)
+    assert calibration.distributions["reconstruction"] is kept
+    pvalues = calibration.pvalues(None, latent[:20])
+    assert pvalues.reconstruction is None
+    assert np.array_equal(pvalues.combined, reference.pvalues(reconstruction[:20], latent[:20]).combined)
+    with pytest.raises(AnomalyError, match="calibrate only a decision on the latent distance"):
+        fit_calibration(latent_only, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0, kept_reconstruction=kept)
