@@ -18,6 +18,7 @@ from typing import Any
 
 from anomaly.config import load_config
 from anomaly.runtime.bundle import CALIBRATION_FILE, MODEL_FILE
+from benchmarks.kept import kept_row
 from benchmarks.quality import PIPELINES, overrides_for, train_and_evaluate
 
 OWN_ENCODER = ["model.encoder=own", "loss.terms={mse: 1.0, ssim: 0.5}", "train.max_epochs=4"]
@@ -40,22 +41,16 @@ def measure(surface: str, encoder: str, overrides: list[str], scratch: Path) -> 
 
 
 def measure_row(surface: str, encoder: str, quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
-    """One surface with one encoder, kept in scratch/encoders-rows/ (measured only if not there yet)."""
-    record = scratch / "encoders-rows" / f"{surface}-{encoder}.json"
-    if not record.is_file():
-        data, settings = surfaces(datasets, quick)[surface], ENCODERS[encoder]
-        overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-encoders.db'}", scratch / "runs", 1 if quick else None), *data, *settings]
-        row = {**measure(surface, encoder, overrides, scratch), "overrides": [*data, *settings]}
-        record.parent.mkdir(exist_ok=True)
-        record.write_text(json.dumps(row, indent=1))
-        print(surface, encoder, {key: row[key] for key in ("combined_auroc", "validation_auroc", "model_onnx_mb")}, flush=True)
-    return json.loads(record.read_text())
+    """One surface with one encoder, kept as it finishes (benchmarks.kept)."""
+    data, settings = surfaces(datasets, quick)[surface], ENCODERS[encoder]
+    overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-encoders.db'}", scratch / "runs", 1 if quick else None), *data, *settings]
+    return kept_row(scratch, f"encoders-{surface}-{encoder}",
+                    lambda: {**measure(surface, encoder, overrides, scratch), "overrides": [*data, *settings]})
 
 
 def run(quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
     """Surface by surface, the pretrained encoder and then the own one, so an unfinished run still holds whole pairs.
-    Each finished row is kept in scratch/encoders-rows/, so an interrupted section resumes with the rows it lacks
-    (delete the folder to start over; `measure_row` measures one row alone)."""
+    An interrupted section resumes with the rows it lacks (`measure_row` measures one row alone)."""
     rows: dict[str, dict[str, Any]] = {}
     for surface in surfaces(datasets, quick):
         for encoder in ENCODERS:

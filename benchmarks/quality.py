@@ -24,6 +24,7 @@ from anomaly.runtime.bundle import OnnxDetector
 from anomaly.training.train import train
 from benchmarks.baselines import baseline_aurocs
 from benchmarks.inference_speed import timings
+from benchmarks.kept import kept_row
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -115,7 +116,7 @@ def mnist(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path) -> dict[
                 *overrides_for(tracking_uri, scratch / "runs", epochs),
                 f"data.root={datasets}", f"data.normal_class={digit}", f"model.architecture={architecture}",
             ])
-            rows[str(digit)] = train_and_evaluate(config, scratch)
+            rows[str(digit)] = kept_row(scratch, f"mnist-{architecture}-{digit}", lambda: train_and_evaluate(config, scratch))
         results[architecture] = rows
     return results
 
@@ -127,18 +128,19 @@ def kolektorsdd_config(mode: Mode, datasets: Path, tracking_uri: str, scratch: P
 
 def elpv(mode: Mode, tracking_uri: str, scratch: Path, export_to: Path) -> dict[str, Any]:
     config = load_config(PIPELINES / "elpv.yaml", overrides_for(tracking_uri, scratch / "runs", mode.elpv_epochs))
-    return train_and_evaluate(config, scratch, export_to)
+    return kept_row(scratch, "elpv", lambda: train_and_evaluate(config, scratch, export_to))
 
 
 def run(quick: bool, datasets: Path, scratch: Path, elpv_model: Path) -> dict[str, Any]:
-    """All quality measurements; the ELPV model is exported to `elpv_model` for the HTTP benchmark."""
+    """All quality measurements; the ELPV model is exported to `elpv_model` for the HTTP benchmark. Each data set's
+    rows are kept as they finish (benchmarks.kept): the real surfaces first, MNIST's thirty models last."""
     mode = QUICK if quick else FULL
     tracking_uri = f"sqlite:///{scratch / 'mlflow.db'}"
     kolektorsdd = kolektorsdd_config(mode, datasets, tracking_uri, scratch)
-    return {
-        "mode": "quick" if quick else "full",
-        "epochs": {"mnist": mode.mnist_epochs, "kolektorsdd": kolektorsdd.train.max_epochs, "elpv": mode.elpv_epochs},
-        "mnist": mnist(mode, datasets, tracking_uri, scratch),
-        "kolektorsdd": train_and_evaluate(kolektorsdd, scratch),
+    measured = {
+        "kolektorsdd": kept_row(scratch, "kolektorsdd", lambda: train_and_evaluate(kolektorsdd, scratch)),
         "elpv": elpv(mode, tracking_uri, scratch, elpv_model),
+        "mnist": mnist(mode, datasets, tracking_uri, scratch),
     }
+    epochs = {"mnist": mode.mnist_epochs, "kolektorsdd": kolektorsdd.train.max_epochs, "elpv": mode.elpv_epochs}
+    return {"mode": "quick" if quick else "full", "epochs": epochs, **measured}

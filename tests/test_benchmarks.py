@@ -39,3 +39,18 @@ def test_environment_records_the_cpus_a_cgroup_quota_leaves(tmp_path, monkeypatc
     recorded = environment()
     assert recorded["cpus_usable"] == 1
     assert recorded["cpus_affinity"] == len(cpus.os.sched_getaffinity(0))
+
+
+def test_benchmark_rows_are_measured_once_per_commit(tmp_path, monkeypatch):
+    from benchmarks import kept
+
+    calls = []
+
+    def measure() -> dict:
+        calls.append(1)
+        return {"auroc": 0.5 + len(calls) / 10}
+
+    assert kept.kept_row(tmp_path, "row", measure) == {"auroc": 0.6}
+    assert kept.kept_row(tmp_path, "row", measure) == {"auroc": 0.6} and len(calls) == 1  # resumed, not measured again
+    monkeypatch.setattr(kept, "commit", lambda: "another")
+    assert kept.kept_row(tmp_path, "row", measure) == {"auroc": 0.7}  # another version of the code measures afresh
