@@ -1,11 +1,13 @@
 """Rows of the long benchmark sections, kept as each finishes, so an interrupted section resumes with the rows it lacks.
 
-Rows are kept per commit (benchmarks/.work/<mode>/rows/<commit>/), so a row is never reused by another version of the
-code; uncommitted changes are not seen, so commit before a run whose numbers will be quoted.
+Rows are kept per version of the measured code (benchmarks/.work/<mode>/rows/<version>/: the committed trees of
+anomaly/, pipelines/ and benchmarks/), so a row is never reused by another version of it, while commits elsewhere (docs,
+tests) keep the rows. Uncommitted changes are not seen: commit before a run whose numbers will be quoted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Callable
@@ -15,15 +17,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def commit() -> str:
-    """The checked-out commit, or "uncommitted" outside a git checkout."""
-    result = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return result.stdout.strip() if result.returncode == 0 else "uncommitted"
+MEASURED_CODE = ("anomaly", "pipelines", "benchmarks")
+
+
+def code_version() -> str:
+    """A short hash of the committed trees of MEASURED_CODE, or "uncommitted" outside a git checkout."""
+    result = subprocess.run(["git", "rev-parse", *(f"HEAD:{folder}" for folder in MEASURED_CODE)], capture_output=True, text=True, cwd=ROOT)
+    return hashlib.sha256(result.stdout.encode()).hexdigest()[:12] if result.returncode == 0 else "uncommitted"
 
 
 def kept_row(scratch: Path, name: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """scratch/rows/<commit>/<name>.json, measured by `measure` only if it is not there yet."""
-    record = scratch / "rows" / commit() / f"{name}.json"
+    """scratch/rows/<code version>/<name>.json, measured by `measure` only if it is not there yet."""
+    record = scratch / "rows" / code_version() / f"{name}.json"
     if not record.is_file():
         row = measure()
         record.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def test_environment_records_the_cpus_a_cgroup_quota_leaves(tmp_path, monkeypatc
     assert recorded["cpus_affinity"] == len(cpus.os.sched_getaffinity(0))
 
 
-def test_benchmark_rows_are_measured_once_per_commit(tmp_path, monkeypatch):
+def test_benchmark_rows_are_measured_once_per_code_version(tmp_path, monkeypatch):
     from benchmarks import kept
 
     calls = []
@@ -52,5 +52,5 @@ def test_benchmark_rows_are_measured_once_per_commit(tmp_path, monkeypatch):
 
     assert kept.kept_row(tmp_path, "row", measure) == {"auroc": 0.6}
     assert kept.kept_row(tmp_path, "row", measure) == {"auroc": 0.6} and len(calls) == 1  # resumed, not measured again
-    monkeypatch.setattr(kept, "commit", lambda: "another")
+    monkeypatch.setattr(kept, "code_version", lambda: "another")
     assert kept.kept_row(tmp_path, "row", measure) == {"auroc": 0.7}  # another version of the code measures afresh
