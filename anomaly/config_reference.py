@@ -6,6 +6,7 @@ so the documentation cannot drift from the code:
 
 from __future__ import annotations
 
+import types
 import typing
 from typing import Any
 
@@ -30,7 +31,7 @@ def type_text(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Literal:
         return " \\| ".join(repr(arg) for arg in args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return " \\| ".join(type_text(arg) for arg in args)
     if origin is tuple:
         return "[" + ", ".join(type_text(arg) for arg in args) + "]"

@@ -74,9 +74,7 @@ def best_on_validation(aurocs: dict[Any, float]) -> Any:
     return next(candidate for candidate, value in aurocs.items() if value >= best - AUROC_TIE)
 
 
-# The upper share of held-out scores each distribution's tail is fitted on, and the heat-map pixels sampled for
-# the pixel distribution.
-TAIL_FRACTION = 0.1
+# Heat-map pixels sampled for the pixel distribution.
 PIXEL_SAMPLE_SIZE = 20_000
 
 
@@ -93,14 +91,13 @@ def fit_calibration(
     """Fit each signal's distribution, the combination's, and the pixels', on held-out normals. Scores from a graph
     without the reconstruction (its decision reads the latent distance alone) keep `kept_reconstruction`, the float
     model's distribution, so the calibration file keeps one shape."""
-    tail_fraction = TAIL_FRACTION
     if held_out.reconstruction_scores is None:
         if kept_reconstruction is None or scoring["combine"] != "latent":
             raise AnomalyError("scores without the reconstruction score calibrate only a decision on the latent distance")
         reconstruction = kept_reconstruction
     else:
-        reconstruction = TailFittedDistribution.fit(held_out.reconstruction_scores, tail_fraction)
-    latent = TailFittedDistribution.fit(held_out.latent_distances, tail_fraction)
+        reconstruction = TailFittedDistribution.fit(held_out.reconstruction_scores)
+    latent = TailFittedDistribution.fit(held_out.latent_distances)
     candidates: dict[CombineMethod, float] = {}
     if scoring["combine"] == "auto":
         if labelled is None:
@@ -117,8 +114,8 @@ def fit_calibration(
         distributions={
             "reconstruction": reconstruction,
             "latent": latent,
-            "combined": TailFittedDistribution.fit(statistic, tail_fraction),
-            "pixel": TailFittedDistribution.fit(pixels, tail_fraction),
+            "combined": TailFittedDistribution.fit(statistic),
+            "pixel": TailFittedDistribution.fit(pixels),
         },
         target_fpr=scoring["target_fpr"],
         sample_sizes={**(sample_sizes or {}), "calibration_images": len(held_out.labels), "calibration_pixels": int(pixels.size)},

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from anomaly.config import Config, ModelConfig, upgrade_stored_config
+from anomaly.config import Config, ModelConfig, PatchDistance, upgrade_stored_config
 from anomaly.errors import AnomalyError
 from anomaly.models import build_model
 from anomaly.models.blocks import encoder_channels
@@ -76,11 +76,10 @@ class AnomalyDetector(nn.Module):
         self.model = model if model is not None else build_model(config.model, data.channels, data.image_size)
         self.anomaly_map = AnomalyMap(scoring.reconstruction)
         self.reduce = MapReduction(scoring.reconstruction, data.image_size)
-        self.patches = scoring.patches
         self.latent_distance = build_latent_distance(
             scoring,
             code_size=latent_size(self.model, data.channels, data.image_size),
-            patch_channels=patch_channels(config.model, self.patches.level) if self.patches else 0,
+            patch_channels=patch_channels(config.model, scoring.patches.level) if scoring.patches else 0,
             image_size=data.image_size,
         )
 
@@ -110,6 +109,11 @@ class AnomalyDetector(nn.Module):
         for block in self.model.encoder[: self.patches.level]:
             features = block(features)
         return features
+
+    @property
+    def patches(self) -> PatchDistance | None:
+        """The patch distance's settings, read from the config, which fitting rewrites with its resolved choices."""
+        return self.config.scoring.patches
 
     @property
     def served_outputs(self) -> tuple[str, ...]:

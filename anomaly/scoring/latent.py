@@ -18,10 +18,6 @@ def _seeded_indices(total: int, count: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(total, size=min(total, count), replace=False))
 
 
-def _seeded_rows(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
-    return rows[_seeded_indices(len(rows), count, seed)]
-
-
 def _mean_and_floored_spread(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation over images (dim 0) per position, the deviation floored at a tenth of its
     average, so a position where normal images never vary cannot blow up what is divided by it."""

@@ -50,19 +50,14 @@ class FeatureAutoencoder(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The reconstructed features: the backbone's levels 2-4 on the stride-8 grid, concatenated, standardised."""
-        return self._target(self.backbone(images, PRETRAINED_FEATURE_LEVELS))
-
-    def _target(self, maps: dict[int, torch.Tensor]) -> torch.Tensor:
+        maps = self.backbone(images, PRETRAINED_FEATURE_LEVELS)
         grid = maps[RECONSTRUCTED_GRID_LEVEL].shape[-2:]
         return self.standardise(torch.cat([resize_to(maps[level], grid) for level in PRETRAINED_FEATURE_LEVELS], dim=1))
 
     def patch_features(self, images: torch.Tensor, level: int) -> torch.Tensor:
         """PatchCore-style patch features at stride 2**level: that level and the next one upsampled to its grid,
         each averaged over 3x3 neighbouring positions so a patch sees a little context."""
-        return self._patches(self.backbone(images, (level, level + 1)), level)
-
-    @staticmethod
-    def _patches(maps: dict[int, torch.Tensor], level: int) -> torch.Tensor:
+        maps = self.backbone(images, (level, level + 1))
         grid = maps[level].shape[-2:]
         pooled = [F.avg_pool2d(resize_to(maps[lvl], grid), 3, stride=1, padding=1, count_include_pad=False)
                   for lvl in (level, level + 1)]
@@ -72,9 +67,7 @@ class FeatureAutoencoder(nn.Module):
         """The `latent` of forward() (the pooled code) without decoding."""
         return self.encoder(self.features(x)).mean(dim=(2, 3))
 
-    def _autoencode(self, target: torch.Tensor) -> AutoencoderOutput:
+    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
+        target = self.features(x)
         code = self.encoder(target)
         return AutoencoderOutput(reconstruction=self.decoder(code), latent=code.mean(dim=(2, 3)), target=target)
-
-    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
-        return self._autoencode(self.features(x))
