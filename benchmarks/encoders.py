@@ -40,19 +40,19 @@ def measure(surface: str, encoder: str, overrides: list[str], scratch: Path) -> 
     return row
 
 
-def measure_row(surface: str, encoder: str, quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
-    """One surface with one encoder, kept as it finishes (benchmarks.kept)."""
+def measure_row(surface: str, encoder: str, quick: bool, datasets: Path, scratch: Path, kept: Path) -> dict[str, Any]:
+    """One surface with one encoder, kept in `kept` as it finishes (benchmarks.kept)."""
     data, settings = surfaces(datasets, quick)[surface], ENCODERS[encoder]
     overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-encoders.db'}", scratch / "runs", 1 if quick else None), *data, *settings]
-    return kept_row(scratch, f"encoders-{surface}-{encoder}",
+    return kept_row(kept, f"encoders-{surface}-{encoder}",
                     lambda: {**measure(surface, encoder, overrides, scratch), "overrides": [*data, *settings]})
 
 
-def run(quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
+def run(quick: bool, datasets: Path, scratch: Path, kept: Path) -> dict[str, Any]:
     """Surface by surface, the pretrained encoder and then the own one, so an unfinished run still holds whole pairs.
     An interrupted section resumes with the rows it lacks (`measure_row` measures one row alone)."""
     rows: dict[str, dict[str, Any]] = {}
     for surface in surfaces(datasets, quick):
         for encoder in ENCODERS:
-            rows.setdefault(surface, {})[encoder] = measure_row(surface, encoder, quick, datasets, scratch)
+            rows.setdefault(surface, {})[encoder] = measure_row(surface, encoder, quick, datasets, scratch, kept)
     return {"pipeline": "pipelines/folder.yaml", "own_encoder_overrides": OWN_ENCODER, "surfaces": rows}

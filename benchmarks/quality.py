@@ -107,7 +107,7 @@ def overrides_for(tracking_uri: str, output: Path, epochs: int | None) -> list[s
     return [f"tracking.uri={tracking_uri}", f"output_dir={output}", *epochs_override, "trainer.enable_progress_bar=false"]
 
 
-def mnist(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path) -> dict[str, Any]:
+def mnist(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path, kept: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for architecture, epochs in mode.mnist_epochs.items():
         rows = {}
@@ -116,7 +116,7 @@ def mnist(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path) -> dict[
                 *overrides_for(tracking_uri, scratch / "runs", epochs),
                 f"data.root={datasets}", f"data.normal_class={digit}", f"model.architecture={architecture}",
             ])
-            rows[str(digit)] = kept_row(scratch, f"mnist-{architecture}-{digit}", lambda: train_and_evaluate(config, scratch))
+            rows[str(digit)] = kept_row(kept, f"mnist-{architecture}-{digit}", lambda: train_and_evaluate(config, scratch))
         results[architecture] = rows
     return results
 
@@ -126,21 +126,21 @@ def kolektorsdd_config(mode: Mode, datasets: Path, tracking_uri: str, scratch: P
     return load_config(PIPELINES / "folder.yaml", overrides)
 
 
-def elpv(mode: Mode, tracking_uri: str, scratch: Path, export_to: Path) -> dict[str, Any]:
+def elpv(mode: Mode, tracking_uri: str, scratch: Path, export_to: Path, kept: Path) -> dict[str, Any]:
     config = load_config(PIPELINES / "elpv.yaml", overrides_for(tracking_uri, scratch / "runs", mode.elpv_epochs))
-    return kept_row(scratch, "elpv", lambda: train_and_evaluate(config, scratch, export_to))
+    return kept_row(kept, "elpv", lambda: train_and_evaluate(config, scratch, export_to), leaves=export_to)
 
 
-def run(quick: bool, datasets: Path, scratch: Path, elpv_model: Path) -> dict[str, Any]:
+def run(quick: bool, datasets: Path, scratch: Path, elpv_model: Path, kept: Path) -> dict[str, Any]:
     """All quality measurements; the ELPV model is exported to `elpv_model` for the HTTP benchmark. Each data set's
-    rows are kept as they finish (benchmarks.kept): the real surfaces first, MNIST's thirty models last."""
+    rows are kept in `kept` as they finish (benchmarks.kept): the real surfaces first, MNIST's thirty models last."""
     mode = QUICK if quick else FULL
     tracking_uri = f"sqlite:///{scratch / 'mlflow.db'}"
     kolektorsdd = kolektorsdd_config(mode, datasets, tracking_uri, scratch)
     measured = {
-        "kolektorsdd": kept_row(scratch, "kolektorsdd", lambda: train_and_evaluate(kolektorsdd, scratch)),
-        "elpv": elpv(mode, tracking_uri, scratch, elpv_model),
-        "mnist": mnist(mode, datasets, tracking_uri, scratch),
+        "kolektorsdd": kept_row(kept, "kolektorsdd", lambda: train_and_evaluate(kolektorsdd, scratch)),
+        "elpv": elpv(mode, tracking_uri, scratch, elpv_model, kept),
+        "mnist": mnist(mode, datasets, tracking_uri, scratch, kept),
     }
     epochs = {"mnist": mode.mnist_epochs, "kolektorsdd": kolektorsdd.train.max_epochs, "elpv": mode.elpv_epochs}
     return {"mode": "quick" if quick else "full", "epochs": epochs, **measured}

@@ -35,7 +35,7 @@ OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds", "encoders", "fit
 
 def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path) -> Any:
     if name == "quality":
-        return quality.run(quick, datasets, work, work / "elpv-model")
+        return quality.run(quick, datasets, work, work / "elpv-model", output / "rows")
     if name == "speed":
         if not (work / "elpv-model").is_dir():
             raise SystemExit(f"the speed section serves the ELPV model exported by the quality section: run that first ({work})")
@@ -49,7 +49,7 @@ def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path
     if name == "fit_memory":
         return fit_memory.run(quick)
     if name == "encoders":
-        return encoders.run(quick, datasets, work)
+        return encoders.run(quick, datasets, work, output / "rows")
     return scaling.run(quick)
 
 

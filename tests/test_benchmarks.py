@@ -54,3 +54,7 @@ def test_benchmark_rows_are_measured_once_per_code_version(tmp_path, monkeypatch
     assert kept.kept_row(tmp_path, "row", measure) == {"auroc": 0.6} and len(calls) == 1  # resumed, not measured again
     monkeypatch.setattr(kept, "code_version", lambda: "another")
     assert kept.kept_row(tmp_path, "row", measure) == {"auroc": 0.7}  # another version of the code measures afresh
+    model = tmp_path / "model"
+    assert kept.kept_row(tmp_path, "row", measure, leaves=model) == {"auroc": 0.8}  # what it left is gone: measured again
+    model.mkdir()
+    assert kept.kept_row(tmp_path, "row", measure, leaves=model) == {"auroc": 0.8} and len(calls) == 3
