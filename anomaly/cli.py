@@ -145,10 +145,38 @@ def export(
 @app.command()
 def score(
     model: Annotated[str, typer.Option("--model", "-m", help="Model directory or models:/NAME@ALIAS.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    images: Annotated[Optional[list[Path]], typer.Argument(help="Image files: one JSON line each on stdout.")] = None,
+    input_: Annotated[Optional[str], typer.Option("--input", help="Archive: a folder or URI (s3://, gs://, any fsspec URI) of images, scored into --output.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Archive: folder (or URI) of Parquet results; a rerun skips the images already in it.")] = None,
+    local: Annotated[bool, typer.Option("--local", help="Archive: score in this process instead of on Ray.")] = False,
+    actors: Annotated[Optional[int], typer.Option(min=1, help="Archive on Ray: ONNX Runtime actors (default: one per CPU of the cluster).")] = None,
+    heatmaps: Annotated[bool, typer.Option("--heatmaps", help="Archive: also write each heat map as a PNG in OUTPUT-heatmaps/.")] = False,
+    rows_per_file: Annotated[Optional[int], typer.Option(min=1, help="Archive: rows per Parquet part at most (default 256), the most a killed job re-scores per writer.")] = None,
     target_fpr: Annotated[Optional[float], typer.Option(help="Override the calibrated target false-positive rate.")] = None,
 ) -> None:
-    """Score image files with ONNX Runtime (no torch); one JSON line per image."""
+    """Score image files (JSON lines) or a whole archive (--input, --output: Parquet, on Ray when installed), with
+    ONNX Runtime and no torch."""
+    import json
+
+    from anomaly.runtime.bundle import check_target_fpr
+
+    check_target_fpr(target_fpr)
+    if input_ is not None or output is not None:
+        if images or input_ is None or output is None:
+            raise AnomalyError("archive scoring takes --input and --output together, and no image arguments")
+        from anomaly.archive.job import score_archive
+
+        options = {} if rows_per_file is None else {"rows_per_file": rows_per_file}
+        summary = score_archive(model, input_, output, local, actors, target_fpr, heatmaps, **options)
+        typer.echo(json.dumps(summary.to_dict()))
+        return
+    if not images:
+        raise AnomalyError("give image files, or --input FOLDER --output RESULTS for an archive")
+    score_files(model, images, target_fpr)
+
+
+def score_files(model: str, images: list[Path], target_fpr: float | None) -> None:
+    """One JSON line per image; exit 2 after the others are scored when any file cannot be decoded."""
     import json
 
     import numpy as np
@@ -156,8 +184,6 @@ def score(
     from anomaly.runtime.bundle import OnnxDetector
     from anomaly.runtime.resolve import resolve_model
 
-    if target_fpr is not None and not 0 < target_fpr < 0.5:
-        raise AnomalyError(f"--target-fpr must be in (0, 0.5), got {target_fpr}")
     detector = OnnxDetector(resolve_model(model).directory)
     decoded, failures = {}, 0
     for path in images:

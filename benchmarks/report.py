@@ -186,6 +186,20 @@ def fit_memory_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def archive_lines(record: dict[str, Any]) -> list[str]:
+    run = record["archive"]
+    names = {"one_process": "one process (`--local`)", "ray_1_actor": "Ray, 1 actor", "ray_2_actors": "Ray, 2 actors"}
+    return [
+        f"`anomaly score --input --output` over {run['images']} ELPV cell images (PNG files) with the quality section's ELPV "
+        f"model, on {run['cpus']} CPUs; the whole job, Ray already started. Two actors against one: "
+        f"**{run['two_to_one_actor_ratio']}x**.",
+        "",
+        "| engine | images/s | seconds | errors |",
+        "| --- | --- | --- | --- |",
+        *(f"| {names[name]} | {case['images_per_s']} | {case['seconds']} | {case['errors']} |" for name, case in run["cases"].items()),
+    ]
+
+
 def render(records: dict[str, dict[str, Any]]) -> str:
     """`records`: each section's JSON (quality, speed, scaling, and seeds when run) as benchmarks.run wrote it."""
     quality, speed, scaling = (records[name][name] for name in ("quality", "speed", "scaling"))
@@ -223,6 +237,7 @@ def render(records: dict[str, dict[str, Any]]) -> str:
           if "rescored_seeds" in records else []),
         *(["## Own and pretrained encoders", "", *encoders_lines(records["encoders"]), ""] if "encoders" in records else []),
         *(["## Fitting memory", "", *fit_memory_lines(records["fit_memory"]), ""] if "fit_memory" in records else []),
+        *(["## Archive scoring", "", *archive_lines(records["archive"]), ""] if "archive" in records else []),
         "## Speed",
         "",
         *speed_lines(speed),

@@ -8,6 +8,7 @@
     uv run python -m benchmarks.run --sections rescored_seeds   # the seeds' models with folder.yaml's current scoring
     uv run python -m benchmarks.run --sections encoders   # own and pretrained encoders on KolektorSDD, BSData, ELPV
     uv run python -m benchmarks.run --sections fit_memory   # peak memory of fitting on 2,000 images at 640 x 256
+    uv run python -m benchmarks.run --sections archive   # archive scoring images/s: one process, Ray with 1 and 2 actors
 
 Each section's JSON is written as soon as it finishes. Quality needs MNIST and KolektorSDD under
 --datasets (default ../shared/datasets); ELPV comes with the elpv-dataset package. The HTTP
@@ -24,22 +25,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import default_elpv, encoders, fit_memory, quality, report, rescored_seeds, scaling, seeds, speed
+from benchmarks import archive, default_elpv, encoders, fit_memory, quality, report, rescored_seeds, scaling, seeds, speed
 from benchmarks.environment import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("quality", "speed", "scaling")
 # Reported when present; not in a default run (each takes from several minutes to about two hours on 2 cores).
-OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds", "encoders", "fit_memory")
+OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds", "encoders", "fit_memory", "archive")
 
 
 def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path) -> Any:
     if name == "quality":
         return quality.run(quick, datasets, work, work / "elpv-model", output / "rows")
-    if name == "speed":
+    if name in ("speed", "archive"):
         if not (work / "elpv-model").is_dir():
-            raise SystemExit(f"the speed section serves the ELPV model exported by the quality section: run that first ({work})")
-        return speed.run(quick, work / "elpv-model", work)
+            raise SystemExit(f"the {name} section scores with the ELPV model exported by the quality section: run that first ({work})")
+        return speed.run(quick, work / "elpv-model", work) if name == "speed" else archive.run(quick, work / "elpv-model", work)
     if name == "seeds":
         return seeds.run(quick, datasets, work)
     if name == "default_elpv":

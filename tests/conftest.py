@@ -26,6 +26,21 @@ def run_cli_process(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cli_command(*args), capture_output=True, text=True, cwd=PROJECT_ROOT)
 
 
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run `anomaly ARGS` in this process, as its entry point does: (exit code, stdout, stderr)."""
+    from anomaly.cli import main
+
+    monkeypatch.setattr("sys.argv", ["anomaly", *args])
+    capsys.readouterr()  # drop what the test printed before: only the command's output counts
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def stripes(count: int, height: int, width: int, seed: int) -> np.ndarray:
     """Normal texture: horizontal stripes of random phase and period, with sensor-like noise."""
     rng = np.random.default_rng(seed)

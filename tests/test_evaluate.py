@@ -13,8 +13,7 @@ from anomaly.errors import AnomalyError
 from anomaly.evaluation.run import evaluate_checkpoint
 from anomaly.scoring.detector import load_detector, weights_checksum
 from anomaly.training.train import train
-from tests.conftest import tiny_config, write_texture_folder
-from tests.test_training import run_cli
+from tests.conftest import run_cli, tiny_config, write_texture_folder
 
 
 @pytest.fixture(scope="module")

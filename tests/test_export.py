@@ -29,9 +29,8 @@ from anomaly.runtime.bundle import OnnxDetector, batch_size_for, create_session,
 from anomaly.scoring.detector import AnomalyDetector, load_detector, standardise_intensity
 from anomaly.scoring.latent import PositionBankDistance
 from anomaly.training.train import train
-from tests.conftest import PROJECT_ROOT, tiny_config, write_texture_folder
+from tests.conftest import PROJECT_ROOT, run_cli, tiny_config, write_texture_folder
 from tests.test_scoring import near_duplicate_features
-from tests.test_training import run_cli
 
 pytestmark = pytest.mark.slow  # real servers, browsers or trained pipelines: `-m "not slow"` skips them
 

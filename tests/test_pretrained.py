@@ -22,8 +22,8 @@ from anomaly.models.pretrained.backbones import PretrainedBackbone
 from anomaly.runtime.bundle import META_ENCODER, sha256_file, OnnxDetector, create_session, run_session
 from anomaly.training.module import AutoencoderModule
 from anomaly.training.train import train
-from tests.conftest import tiny_config, write_texture_folder
-from tests.test_training import run_cli, write_config
+from tests.conftest import run_cli, tiny_config, write_texture_folder
+from tests.test_training import write_config
 
 LITE0_SHA256_PREFIX = "57934424"
 

@@ -9,21 +9,8 @@ import pytest
 import torch
 import yaml
 
-from anomaly.cli import main
 from anomaly.training.module import AutoencoderModule
-from tests.conftest import tiny_config
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.argv", ["anomaly", *args])
-    capsys.readouterr()  # drop what the test printed before: only the command's output counts
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.conftest import run_cli, tiny_config
 
 
 def write_config(path: Path, config: dict) -> Path:

@@ -148,6 +148,11 @@ class OnnxDetector:
         return image_results(self.calibration, outputs.get("reconstruction_score"), outputs["latent_distance"], target_fpr)
 
 
+def check_target_fpr(target_fpr: float | None) -> None:
+    if target_fpr is not None and not 0 < target_fpr < 0.5:
+        raise AnomalyError(f"--target-fpr must be in (0, 0.5), got {target_fpr}")
+
+
 def image_results(
     calibration: Calibration, reconstruction_scores: np.ndarray | None, latent_distances: np.ndarray, target_fpr: float | None = None
 ) -> list[ImageResult]:

@@ -52,10 +52,14 @@ def map_layer(anomaly_map: np.ndarray, pixel_threshold: float, size: tuple[int, 
     return np.round(np.concatenate([colour, alpha * 255.0], axis=-1)).astype(np.uint8)
 
 
-def png_base64(pixels: np.ndarray) -> str:
+def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(pixels)).decode("ascii")
 
 
 def overlay_png_base64(image: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float) -> str:

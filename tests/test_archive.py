@@ -1,0 +1,164 @@
+"""Archive scoring (`anomaly score --input --output`): Ray Data on a local 2-CPU cluster, one process without Ray,
+resumption after a real kill, corrupt files recorded, and the rows equal to `anomaly score`'s answers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from anomaly.archive.job import connect_ray, import_ray, part_files, read_parts, score_archive
+from anomaly.archive.location import ArchiveLocation
+from anomaly.runtime.bundle import META_MODEL_CHECKSUM, OnnxDetector
+from tests.conftest import cli_command, run_cli, run_cli_process
+
+CORRUPT = ("broken/cut.png", "broken/empty.png")
+
+
+def write_archive(root: Path, data: Path, copies: int = 1) -> dict[str, Path]:
+    """Good and scratched test images (each `copies` times under new names), a truncated PNG, an empty file and a text
+    file that is not an image. Returns the images by their path relative to `root`."""
+    images = {}
+    for category in ("good", "scratch"):
+        for source in sorted((data / "test" / category).glob("*.png")):
+            for copy in range(copies):
+                relative = f"{category}/{source.stem}-{copy:03d}.png"
+                (root / category).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, root / relative)
+                images[relative] = root / relative
+    (root / "broken").mkdir()
+    whole = (data / "test" / "good" / "000.png").read_bytes()
+    (root / CORRUPT[0]).write_bytes(whole[: len(whole) // 2])
+    (root / CORRUPT[1]).write_bytes(b"")
+    (root / "notes.txt").write_text("not an image")
+    return images
+
+
+def anomaly_score_lines(model: Path, files: list[Path]) -> dict[str, dict]:
+    """What `anomaly score MODEL FILES` prints, by file."""
+    completed = run_cli_process("score", "--model", str(model), *map(str, files))
+    assert completed.returncode == 0, completed.stderr
+    return {line["image"]: line for line in map(json.loads, completed.stdout.splitlines())}
+
+
+@pytest.fixture
+def ray_cluster():
+    connect_ray(num_cpus=2, _node_ip_address="127.0.0.1")
+    yield
+    import_ray().shutdown()
+
+
+@pytest.mark.slow
+def test_ray_resumes_a_killed_job_scores_nothing_twice_and_matches_anomaly_score(published_model, tmp_path, ray_cluster):
+    archive, output = tmp_path / "archive", tmp_path / "results.parquet"
+    images = write_archive(archive, published_model.data, copies=40)
+
+    # A real interruption: the one-process engine is killed as soon as its first part is complete.
+    job = subprocess.Popen(cli_command("score", "--model", str(published_model.directory), "--input", str(archive),
+                                       "--output", str(output), "--local", "--rows-per-file", "8"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(not Path(path).name.startswith(".") for path in part_files(ArchiveLocation(str(output)))):
+        assert job.poll() is None and time.monotonic() < deadline, job.stderr.read().decode() if job.stderr else ""
+        time.sleep(0.005)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    before = read_parts(ArchiveLocation(str(output)), ["path"]).column("path").to_pylist()
+    total = len(images) + len(CORRUPT)
+    assert 0 < len(before) < total and len(set(before)) == len(before)
+
+    summary = score_archive(str(published_model.directory), str(archive), str(output), actors=2, rows_per_file=32)
+    assert summary.engine == "ray" and summary.actors == 2
+    assert (summary.images, summary.skipped, summary.scored) == (total, len(before), total - len(before))
+    assert summary.errors == len({str(archive / relative) for relative in CORRUPT} - set(before))
+
+    rows = pq.read_table(output).to_pylist()
+    paths = [row["path"] for row in rows]
+    assert sorted(paths) == sorted({str(archive / relative) for relative in [*images, *CORRUPT]})  # each file once
+
+    by_path = {row["path"]: row for row in rows}
+    for relative in CORRUPT:
+        row = by_path[str(archive / relative)]
+        assert row["p_combined"] is None and str(archive / relative) in row["error"]
+    checksum = OnnxDetector(published_model.directory).metadata[META_MODEL_CHECKSUM]
+    expected = anomaly_score_lines(published_model.directory, [path for relative, path in images.items() if relative.endswith("-000.png")])
+    for image, line in expected.items():
+        row = by_path[image]
+        assert row["error"] is None and row["model_checksum"] == checksum and row["model_name"] == published_model.directory.name
+        assert row["is_anomaly"] == line["is_anomaly"]
+        for name in ("latent_distance", "p_latent", "p_combined", "anomaly_score"):
+            assert row[name] == pytest.approx(line[name], rel=1e-5, abs=1e-7), name
+    assert sum(row["is_anomaly"] for row in by_path.values() if "/scratch/" in row["path"]) > 0
+
+    again = score_archive(str(published_model.directory), str(archive), str(output), actors=2)
+    assert (again.skipped, again.scored) == (total, 0)
+
+
+@pytest.mark.slow
+def test_one_process_archive_writes_heat_maps_and_skips_what_is_done(published_model, tmp_path):
+    archive, output = tmp_path / "archive", tmp_path / "results.parquet"
+    images = write_archive(archive, published_model.data)
+    summary = score_archive(str(published_model.directory), str(archive), str(output), local=True, heatmaps=True, target_fpr=0.2)
+    assert (summary.engine, summary.scored, summary.errors) == ("local", len(images) + len(CORRUPT), len(CORRUPT))
+
+    detector = OnnxDetector(published_model.directory)
+    rows = {row["path"]: row for row in pq.read_table(output).to_pylist()}
+    for relative in images:
+        row = rows[str(archive / relative)]
+        assert row["target_fpr"] == 0.2 and row["is_anomaly"] == (row["p_combined"] < 0.2)
+        heatmap = Image.open(row["heatmap"])
+        assert heatmap.size == detector.image_size[::-1] and heatmap.mode == "RGB"
+    assert all(rows[str(archive / relative)]["heatmap"] is None for relative in CORRUPT)
+    assert Path(summary.heatmaps).parent == output.parent and not list(output.glob("*.png"))
+
+    again = score_archive(str(published_model.directory), str(archive), str(output), local=True)
+    assert (again.skipped, again.scored) == (summary.scored, 0)
+
+
+@pytest.mark.slow
+def test_a_part_cut_short_is_removed_and_its_images_scored_again(published_model, tmp_path):
+    archive, output = tmp_path / "archive", tmp_path / "results.parquet"
+    images = write_archive(archive, published_model.data)
+    score_archive(str(published_model.directory), str(archive), str(output), local=True, rows_per_file=4)
+    parts = sorted(output.glob("part-*.parquet"))
+    lost = pq.read_table(parts[0]).num_rows
+    parts[0].write_bytes(parts[0].read_bytes()[:100])  # what a writer killed mid-file leaves
+    (output / ".part-unfinished.parquet").write_bytes(b"PAR1")
+
+    summary = score_archive(str(published_model.directory), str(archive), str(output), local=True, rows_per_file=4)
+    assert (summary.skipped, summary.scored) == (len(images) + len(CORRUPT) - lost, lost)
+    assert not (output / ".part-unfinished.parquet").exists()
+    paths = pq.read_table(output).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == len(images) + len(CORRUPT)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--input", "{missing}", "--output", "{out}"], "input folder not found"),
+    (["--input", "{empty}", "--output", "{out}"], "no image files under"),
+    (["--input", "{empty}"], "--input and --output together"),
+    (["--input", "{empty}", "--output", "{out}", "{image}"], "--input and --output together"),
+    (["--input", "{archive}", "--output", "{file}"], "is not a folder of Parquet files"),
+    (["--input", "{archive}", "--output", "{out}", "--target-fpr", "0.7"], "--target-fpr must be in (0, 0.5)"),
+    (["--input", "{archive}", "--output", "{out}"], "model directory not found"),
+])
+def test_archive_refusals_are_one_line(tmp_path, monkeypatch, capsys, arguments, message):
+    """Each refused before any work starts, so no trained model is needed: the model path does not exist."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "archive").mkdir()
+    image = (tmp_path / "archive" / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    (tmp_path / "file").write_text("x")
+    names = {"missing": tmp_path / "missing", "out": tmp_path / "out", "empty": tmp_path / "empty", "image": image,
+             "archive": tmp_path / "archive", "file": tmp_path / "file"}
+    code, _, err = run_cli(monkeypatch, capsys, "score", "--model", str(tmp_path / "no-model"), "--local",
+                           *(argument.format(**names) for argument in arguments))
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert message in err
