@@ -106,3 +106,11 @@ def test_readme_own_folder_quickstart_trains_and_scores(tmp_path):
     assert scored.returncode == 0, scored.stderr[-2000:]
     answer = json.loads(scored.stdout.splitlines()[0])
     assert 0 <= answer["anomaly_score"] <= 1 and answer["target_fpr"] == 0.01
+
+    (archive_command,) = re.findall(r"```bash\n(uv run anomaly score .+? --input .+?)\n```", readme)  # Beyond one machine
+    archive_arguments = archive_command.removeprefix("uv run anomaly ").replace("runs/parts/model", str(model))
+    archive_arguments = archive_arguments.replace("archive/", str(tmp_path / "parts" / "test")).replace("results.parquet", str(tmp_path / "results.parquet"))
+    archived = run_cli_process(*archive_arguments.split(), "--local")
+    assert archived.returncode == 0, archived.stderr[-2000:]
+    summary = json.loads(archived.stdout)
+    assert (summary["scored"], summary["errors"]) == (12, 0) and len(list((tmp_path / "results-heatmaps").rglob("*.png"))) == 12
