@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from anomaly.archive.location import ArchiveLocation
-from anomaly.archive.scorer import BatchScorer
+from anomaly.archive.scorer import BatchScorer, result_schema
 from anomaly.errors import AnomalyError
 from anomaly.imageio import IMAGE_SUFFIXES
 from anomaly.runtime.bundle import OnnxDetector, check_target_fpr
@@ -56,13 +56,11 @@ def part_files(output: ArchiveLocation) -> list[str]:
     return sorted(entry.path for entry in entries if entry.type == fs.FileType.File and entry.base_name.endswith(".parquet"))
 
 
-def read_parts(output: ArchiveLocation, columns: list[str] | None = None) -> Any:
+def read_parts(output: ArchiveLocation, columns: list[str]) -> Any:
     """Every finished part as one table. A part cut short by a killed job cannot be read: it is removed, so its
     images count as not done and are scored again."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from anomaly.archive.scorer import result_schema
 
     tables = []
     for path in part_files(output):
@@ -75,8 +73,7 @@ def read_parts(output: ArchiveLocation, columns: list[str] | None = None) -> Any
         except (pa.ArrowInvalid, OSError):
             logger.warning("removing %s: cut short by an interrupted run; its images are scored again", path)
             output.filesystem.delete_file(path)
-    schema = result_schema() if columns is None else pa.schema([result_schema().field(name) for name in columns])
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    return pa.concat_tables(tables) if tables else pa.schema([result_schema().field(name) for name in columns]).empty_table()
 
 
 def pinned_reference(model: str) -> str:
