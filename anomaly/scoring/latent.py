@@ -105,18 +105,23 @@ class PatchNearestNeighbourDistance(nn.Module):
         self.bank_centre = bank.mean(dim=0).float()
         self.bank = (bank - self.bank_centre.double()).float()
         if self.normalise_positions:
-            self._fit_positions(features, rows // positions, seed)
+            self._fit_positions([features], np.zeros(1, dtype=np.int64), rows // positions, seed)
         return self
 
     @torch.no_grad()
-    def _fit_positions(self, features: np.ndarray, bank_owners: np.ndarray, seed: int) -> None:
+    def _fit_positions(self, chunks: list[np.ndarray], offsets: np.ndarray, bank_owners: np.ndarray, seed: int) -> None:
         """Mean and spread per position of training images' maps, each image's own bank vectors (those whose
         `bank_owners` entry, shaped as distance_map's `excluded`, is the image's index) left out
         (otherwise every training patch finds itself at distance 0). The spread is floored at a tenth
-        of its average, so a position where normal images never vary cannot blow up."""
-        images = _seeded_indices(len(features), self.POSITION_IMAGES, seed)
-        maps = torch.cat([self.smoothed_map(torch.from_numpy(np.array(features[i : i + 1], dtype=np.float32)), torch.from_numpy(bank_owners == i))
-                          for i in images])
+        of its average, so a position where normal images never vary cannot blow up. Each sampled image is read
+        from the chunk of training images (starting at `offsets`) that holds it."""
+        images = _seeded_indices(int(offsets[-1]) + len(chunks[-1]), self.POSITION_IMAGES, seed)
+        located = [(int(np.searchsorted(offsets, i, side="right")) - 1, int(i)) for i in images]
+        maps = torch.cat([
+            self.smoothed_map(torch.from_numpy(np.array(chunks[k][i - offsets[k] : i - offsets[k] + 1], dtype=np.float32)),
+                              torch.from_numpy(bank_owners == i))
+            for k, i in located
+        ])
         self.position_mean, self.position_scale = _mean_and_floored_spread(maps)
 
     def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
@@ -154,6 +159,13 @@ class PatchNearestNeighbourDistance(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.image_distance(self.score_map(features))
+
+
+def place_sums(flat: np.ndarray) -> np.ndarray:
+    """Sum over images of (N, C, P) feature maps, in float64 (C, P), read FIT_VALUES values at a time: the part
+    of the per-place mean that chunks of images add up exactly."""
+    step = max(1, PositionBankDistance.FIT_VALUES // flat[0].size)
+    return sum(np.asarray(flat[i : i + step], dtype=np.float64).sum(axis=0) for i in range(0, len(flat), step))
 
 
 def greedy_k_centres(vectors: torch.Tensor, count: int, first: int) -> torch.Tensor:
@@ -203,23 +215,32 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
     def fit(self, features: np.ndarray, seed: int = 0) -> PositionBankDistance:
         """Fit on the training images' feature maps (N, C, h, w), which may be a memory map: they are read a block
         of positions at a time (FIT_VALUES), so 2,000 training images need no more memory than a few."""
-        images, channels = features.shape[:2]
-        flat = features.reshape(images, channels, -1)  # (images, C, h * w), a view
-        image_step = max(1, self.FIT_VALUES // flat[0].size)
-        total = sum(np.asarray(flat[i : i + image_step], dtype=np.float64).sum(axis=0) for i in range(0, images, image_step))
-        self.bank_centre = torch.from_numpy(total.T / images).float().contiguous()  # (h * w, C)
+        return self.fit_chunks([features], seed)
+
+    def fit_chunks(self, chunks: list[np.ndarray], seed: int = 0) -> PositionBankDistance:
+        """Fit on training feature maps held as consecutive chunks of images, each (N_i, C, h, w), with the same
+        result as `fit` on their concatenation: a large normal set split across workers by image (each extracts and
+        sums its own chunk), then by place (each block of places takes its greedy k-centres over every chunk's
+        vectors there, FIT_VALUES at a time). The per-place sums add up exactly; the k-centres are not merged from
+        per-chunk k-centres, which would change the bank and, through the position statistics, every distance."""
+        sizes = [len(chunk) for chunk in chunks]
+        images, channels = sum(sizes), chunks[0].shape[1]
+        offsets = np.cumsum([0, *sizes[:-1]])
+        flats = [chunk.reshape(len(chunk), channels, -1) for chunk in chunks]  # (N_i, C, h * w), views
+        self.bank_centre = torch.from_numpy(sum(map(place_sums, flats)).T / images).float().contiguous()  # (h * w, C)
         count = min(self.bank.shape[2], images)
         first = int(np.random.default_rng(seed).integers(images))
         step = max(1, min(self.FIT_POSITIONS, self.FIT_VALUES // (images * channels)))
         banks, owners = [], []
-        for start in range(0, flat.shape[2], step):
-            block = torch.from_numpy(np.ascontiguousarray(flat[:, :, start : start + step], dtype=np.float32))
+        for start in range(0, flats[0].shape[2], step):
+            blocks = [np.ascontiguousarray(flat[:, :, start : start + step], dtype=np.float32) for flat in flats]
+            block = torch.from_numpy(blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
             vectors = (block.permute(2, 0, 1) - self.bank_centre[start : start + step, None]).contiguous()
             chosen = greedy_k_centres(vectors, count, first)  # (positions, count): the image behind each bank vector
             banks.append(torch.gather(vectors, 1, chosen.unsqueeze(2).expand(-1, -1, channels)).transpose(1, 2))
             owners.append(chosen)
         self.bank = torch.cat(banks).to(torch.float16).contiguous()
-        self._fit_positions(features, torch.cat(owners).unsqueeze(1).numpy(), seed)
+        self._fit_positions(chunks, offsets, torch.cat(owners).unsqueeze(1).numpy(), seed)
         return self
 
     def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
