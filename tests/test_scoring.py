@@ -350,18 +350,23 @@ def test_detector_file_with_a_float32_position_bank_still_scores(tmp_path: Path)
     assert torch.equal(loaded(images).latent_distance, detector(images).latent_distance)
 
 
-def test_position_bank_fitted_in_chunks_equals_one_pass():
-    """Fitting split across workers (chunks of training images, merged per block of places) gives the one-pass fit:
-    the same bank, position statistics, distances and p-values, even on near-duplicate images where any
-    approximation would show."""
+@pytest.mark.parametrize("bank", ["position", "pooled"])
+def test_patch_bank_fitted_in_chunks_equals_one_pass(bank):
+    """Fitting split across workers (chunks of training images, merged) gives the one-pass fit: the same bank,
+    position statistics, distances and p-values, even on near-duplicate images where any approximation would show."""
     from anomaly.calibration.distribution import TailFittedDistribution
 
     training = near_duplicate_features(48, seed=3)
     held_out, probes = torch.from_numpy(near_duplicate_features(30, seed=4)), torch.from_numpy(near_duplicate_features(8, seed=5))
-    whole = PositionBankDistance(64, k=1, per_position=12, grid=(6, 6), radius=1).fit(training, seed=2)
+
+    def distance() -> PatchNearestNeighbourDistance:
+        if bank == "position":
+            return PositionBankDistance(64, k=1, per_position=12, grid=(6, 6), radius=1)
+        return PatchNearestNeighbourDistance(64, k=1, bank_size=500, grid=(6, 6))
+
+    whole = distance().fit(training, seed=2)
     for sizes in ([12, 8, 12, 12, 4], [30, 18]):  # chunks smaller and larger than the 12 vectors kept per place
-        chunks = np.split(training, np.cumsum(sizes)[:-1])
-        chunked = PositionBankDistance(64, k=1, per_position=12, grid=(6, 6), radius=1).fit_chunks(chunks, seed=2)
+        chunked = distance().fit_chunks(np.split(training, np.cumsum(sizes)[:-1]), seed=2)
         for name, tensor in whole.state_dict().items():
             assert torch.equal(tensor, chunked.state_dict()[name]), name
         with torch.no_grad():

@@ -97,15 +97,27 @@ class PatchNearestNeighbourDistance(nn.Module):
     def fit(self, features: np.ndarray, seed: int = 0) -> PatchNearestNeighbourDistance:
         """Fit on the training images' feature maps (N, C, h, w), which may be a memory map: only the sampled bank
         rows and POSITION_IMAGES images are read into memory."""
-        images, channels, height, width = features.shape
-        positions = height * width
-        rows = _seeded_indices(images * positions, self.bank.shape[0], seed)  # row r: image r // positions, place r % positions
-        flat = features.reshape(images, channels, positions)
-        bank = torch.from_numpy(np.ascontiguousarray(flat[rows // positions, :, rows % positions])).double()
+        return self.fit_chunks([features], seed)
+
+    def fit_chunks(self, chunks: list[np.ndarray], seed: int = 0) -> PatchNearestNeighbourDistance:
+        """Fit on training feature maps held as consecutive chunks of images, each (N_i, C, h, w), with the same
+        result as `fit` on their concatenation, so a large normal set can be split across workers: the bank's rows
+        are drawn over all images and each is read from the chunk that holds it."""
+        sizes = [len(chunk) for chunk in chunks]
+        channels, height, width = chunks[0].shape[1:]
+        positions, offsets = height * width, np.cumsum([0, *sizes[:-1]])
+        rows = _seeded_indices(sum(sizes) * positions, self.bank.shape[0], seed)  # row r: image r // positions, place r % positions
+        owners, places = rows // positions, rows % positions
+        holder = np.searchsorted(offsets, owners, side="right") - 1
+        sampled = np.empty((len(rows), channels), dtype=np.float32)
+        for index, chunk in enumerate(chunks):
+            mine = holder == index
+            sampled[mine] = chunk.reshape(len(chunk), channels, positions)[owners[mine] - offsets[index], :, places[mine]]
+        bank = torch.from_numpy(sampled).double()
         self.bank_centre = bank.mean(dim=0).float()
         self.bank = (bank - self.bank_centre.double()).float()
         if self.normalise_positions:
-            self._fit_positions([features], np.zeros(1, dtype=np.int64), rows // positions, seed)
+            self._fit_positions(chunks, offsets, owners, seed)
         return self
 
     @torch.no_grad()
@@ -212,15 +224,11 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         self.register_buffer("bank", torch.zeros(grid[0] * grid[1], channels, per_position, dtype=torch.float16))
         self.register_buffer("bank_centre", torch.zeros(grid[0] * grid[1], channels))
 
-    def fit(self, features: np.ndarray, seed: int = 0) -> PositionBankDistance:
-        """Fit on the training images' feature maps (N, C, h, w), which may be a memory map: they are read a block
-        of positions at a time (FIT_VALUES), so 2,000 training images need no more memory than a few."""
-        return self.fit_chunks([features], seed)
-
     def fit_chunks(self, chunks: list[np.ndarray], seed: int = 0) -> PositionBankDistance:
-        """Fit on training feature maps held as consecutive chunks of images, each (N_i, C, h, w), with the same
-        result as `fit` on their concatenation: a large normal set split across workers by image (each extracts and
-        sums its own chunk), then by place (each block of places takes its greedy k-centres over every chunk's
+        """Fit on training feature maps held as consecutive chunks of images, each (N_i, C, h, w), which may be memory
+        maps: they are read a block of positions at a time (FIT_VALUES), so 2,000 training images need no more memory
+        than a few. The result equals `fit` on their concatenation: a large normal set split across workers by image
+        (each extracts and sums its own chunk), then by place (each block of places takes its greedy k-centres over every chunk's
         vectors there, FIT_VALUES at a time). The per-place sums add up exactly; the k-centres are not merged from
         per-chunk k-centres, which would change the bank and, through the position statistics, every distance."""
         sizes = [len(chunk) for chunk in chunks]
