@@ -247,3 +247,17 @@ def test_scores_without_the_reconstruction_calibrate_a_latent_decision_only():
     assert np.array_equal(pvalues.combined, reference.pvalues(reconstruction[:20], latent[:20]).combined)
     with pytest.raises(AnomalyError, match="calibrate only a decision on the latent distance"):
         fit_calibration(latent_only, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0, kept_reconstruction=kept)
+
+
+def test_calibration_from_held_out_sets_scored_apart_equals_one_pass():
+    """Held-out images scored on several workers, their sets concatenated in order, calibrate exactly as one pass."""
+    held_out = scored_set(*correlated_scores(120, seed=12), np.zeros(120, dtype=np.int64))
+    labelled = scored_set(*correlated_scores(80, seed=13), np.repeat([0, 1], 40))
+    parts = [ScoredSet(held_out.reconstruction_scores[part], held_out.latent_distances[part], held_out.latents[part],
+                       held_out.maps[part], held_out.labels[part], held_out.masks[part],
+                       held_out.categories[part], held_out.names[part])
+             for part in (slice(0, 50), slice(50, 51), slice(51, 120))]
+    scoring = ScoringConfig().model_dump(mode="json")
+    whole = fit_calibration(held_out, scoring, {}, "a" * 64, seed=0, labelled=labelled)
+    merged = fit_calibration(ScoredSet.concatenate(parts), scoring, {}, "a" * 64, seed=0, labelled=labelled)
+    assert merged.to_dict() == whole.to_dict()

@@ -41,27 +41,20 @@ def preprocessing_spec(config: Config) -> dict[str, Any]:
 @torch.no_grad()
 def score_loader(detector: AnomalyDetector, loader: DataLoader) -> ScoredSet:
     detector.eval()
-    parts: dict[str, list] = {key: [] for key in ("rec", "lat_d", "lat", "maps", "labels", "masks", "cats", "names")}
+    batches = []
     for batch in loader:
         output = detector(batch["image"])
-        parts["rec"].append(output.reconstruction_score.numpy())
-        parts["lat_d"].append(output.latent_distance.numpy())
-        parts["lat"].append(output.latent.numpy())
-        parts["maps"].append(output.anomaly_map[:, 0].numpy())
-        parts["labels"].append(np.asarray(batch["label"]))
-        parts["masks"].append(batch["mask"][:, 0].numpy() > 0.5)
-        parts["cats"].extend(batch["category"])
-        parts["names"].extend(batch["name"])
-    return ScoredSet(
-        reconstruction_scores=np.concatenate(parts["rec"]),
-        latent_distances=np.concatenate(parts["lat_d"]),
-        latents=np.concatenate(parts["lat"]),
-        maps=np.concatenate(parts["maps"]),
-        labels=np.concatenate(parts["labels"]),
-        masks=np.concatenate(parts["masks"]),
-        categories=parts["cats"],
-        names=parts["names"],
-    )
+        batches.append(ScoredSet(
+            reconstruction_scores=output.reconstruction_score.numpy(),
+            latent_distances=output.latent_distance.numpy(),
+            latents=output.latent.numpy(),
+            maps=output.anomaly_map[:, 0].numpy(),
+            labels=np.asarray(batch["label"]),
+            masks=batch["mask"][:, 0].numpy() > 0.5,
+            categories=list(batch["category"]),
+            names=list(batch["name"]),
+        ))
+    return ScoredSet.concatenate(batches)
 
 
 @torch.no_grad()
