@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from anomaly.archive.job import connect_ray, import_ray, score_archive
+from anomaly.archive.job import connect_ray, score_archive
 
 CASES = {"one_process": {"local": True}, "ray_1_actor": {"actors": 1}, "ray_2_actors": {"actors": 2}}
 
@@ -37,7 +37,7 @@ def write_elpv_archive(folder: Path, count: int) -> Path:
 
 def run(quick: bool, model_dir: Path, scratch: Path) -> dict[str, Any]:
     archive = write_elpv_archive(scratch / "archive-images", 64 if quick else 1024)
-    connect_ray(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1")
+    ray = connect_ray(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1")
     cases = {}
     try:
         for name, options in CASES.items():
@@ -47,7 +47,7 @@ def run(quick: bool, model_dir: Path, scratch: Path) -> dict[str, Any]:
             cases[name] = {**summary.to_dict(), "images_per_s": round(summary.scored / summary.seconds, 2)}
             print(name, cases[name], flush=True)
     finally:
-        import_ray().shutdown()
+        ray.shutdown()
     two, one = cases["ray_2_actors"]["images_per_s"], cases["ray_1_actor"]["images_per_s"]
     return {"model": str(model_dir), "images": len(list(archive.glob("*.png"))), "cpus": os.cpu_count(),
             "cases": cases, "two_to_one_actor_ratio": round(two / one, 2)}

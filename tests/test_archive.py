@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from anomaly.archive.job import connect_ray, import_ray, part_files, read_parts, score_archive
+from anomaly.archive.job import connect_ray, part_files, read_parts, score_archive
 from anomaly.archive.location import ArchiveLocation
+from anomaly.errors import AnomalyError
 from anomaly.runtime.bundle import META_MODEL_CHECKSUM, OnnxDetector
 from tests.conftest import cli_command, run_cli, run_cli_process
 
@@ -51,9 +52,9 @@ def anomaly_score_lines(model: Path, files: list[Path]) -> dict[str, dict]:
 
 @pytest.fixture
 def ray_cluster():
-    connect_ray(num_cpus=2, _node_ip_address="127.0.0.1")
+    ray = connect_ray(num_cpus=2, _node_ip_address="127.0.0.1")
     yield
-    import_ray().shutdown()
+    ray.shutdown()
 
 
 @pytest.mark.slow
@@ -121,6 +122,11 @@ def test_one_process_archive_writes_heat_maps_and_skips_what_is_done(published_m
 
     again = score_archive(str(published_model.directory), str(archive), str(output), local=True)
     assert (again.skipped, again.scored) == (summary.scored, 0)
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(AnomalyError, match=f"^{blocked}/results.parquet: "):  # the storage failure as one line
+        score_archive(str(published_model.directory), str(archive), str(blocked / "results.parquet"), local=True)
 
 
 @pytest.mark.slow

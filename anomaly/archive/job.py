@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from anomaly.archive.location import ArchiveLocation
+from anomaly.archive.location import ArchiveLocation, filesystem_errors
 from anomaly.archive.scorer import BatchScorer, result_schema
 from anomaly.errors import AnomalyError
 from anomaly.imageio import IMAGE_SUFFIXES
@@ -47,12 +47,13 @@ class ArchiveSummary:
 def part_files(output: ArchiveLocation) -> list[str]:
     from pyarrow import fs
 
-    info = output.filesystem.get_file_info(output.root)
-    if info.type == fs.FileType.NotFound:
-        return []
-    if info.type != fs.FileType.Directory:
-        raise AnomalyError(f"output {output.location} exists and is not a folder of Parquet files")
-    entries = output.filesystem.get_file_info(fs.FileSelector(output.root))
+    with filesystem_errors(output.location):
+        info = output.filesystem.get_file_info(output.root)
+        if info.type == fs.FileType.NotFound:
+            return []
+        if info.type != fs.FileType.Directory:
+            raise AnomalyError(f"output {output.location} exists and is not a folder of Parquet files")
+        entries = output.filesystem.get_file_info(fs.FileSelector(output.root))
     return sorted(entry.path for entry in entries if entry.type == fs.FileType.File and entry.base_name.endswith(".parquet"))
 
 
@@ -117,19 +118,19 @@ def import_ray() -> Any:
     return ray
 
 
-def connect_ray(**init_args: Any) -> None:
-    """Join the cluster at RAY_ADDRESS, or start Ray on this machine."""
+def connect_ray(**init_args: Any) -> Any:
+    """Join the cluster at RAY_ADDRESS, or start Ray on this machine; returns the ray module."""
     ray = import_ray()
     if not ray.is_initialized():
         init_args.setdefault("address", os.environ.get("RAY_ADDRESS"))
         ray.init(include_dashboard=False, logging_level=logging.WARNING, **init_args)
+    return ray
 
 
 def score_on_ray(todo: list[str], scorer_args: dict[str, Any], output: ArchiveLocation, batch_size: int, rows_per_file: int, actors: int | None) -> int:
     """Ray Data: the paths as blocks, an actor pool of BatchScorer (one single-threaded ONNX Runtime session per
     actor and CPU), Parquet written by Ray as blocks finish. Connects to RAY_ADDRESS when set, else starts Ray here."""
-    ray = import_ray()
-    connect_ray()
+    ray = connect_ray()
     actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -182,7 +183,8 @@ def score_archive(
         if engine == "ray":
             used_actors = score_on_ray(todo, scorer_args, results, batch_size, rows_per_file, actors)
         else:
-            score_in_process(todo, scorer_args, results, batch_size, rows_per_file)
+            with filesystem_errors(output):  # writing parts and heat maps; one image's read errors stay in its row
+                score_in_process(todo, scorer_args, results, batch_size, rows_per_file)
     written = read_parts(results, ["path", "error"])
     new = {inputs.display(relative) for relative in todo}
     rows = [error for path, error in zip(written.column("path").to_pylist(), written.column("error").to_pylist()) if path in new]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
@@ -9,6 +11,17 @@ from typing import Any
 
 from anomaly.errors import AnomalyError
 from anomaly.imageio import IMAGE_SUFFIXES
+
+
+@contextmanager
+def filesystem_errors(location: str) -> Iterator[None]:
+    """A storage failure that ends the job (unreachable bucket, a file where a folder should be) as one line, not a
+    traceback; failures reading one image are the scorer's, recorded in that image's row."""
+    try:
+        yield
+    except OSError as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise AnomalyError(f"{location}: {reason}") from None
 
 
 def open_filesystem(location: str) -> tuple[Any, str]:
@@ -20,7 +33,8 @@ def open_filesystem(location: str) -> tuple[Any, str]:
     if "://" not in location:
         return fs.LocalFileSystem(), str(Path(location).resolve())
     try:
-        return fs.FileSystem.from_uri(location)
+        with filesystem_errors(location):
+            return fs.FileSystem.from_uri(location)
     except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, ValueError) as pyarrow_error:
         reason = str(pyarrow_error).splitlines()[0]
     try:
@@ -67,17 +81,16 @@ class ArchiveLocation:
         """Relative POSIX paths of every file with an image suffix below the location, sorted."""
         from pyarrow import fs
 
-        info = self.filesystem.get_file_info(self.root)
-        if info.type != fs.FileType.Directory:
-            raise AnomalyError(f"input folder not found: {self.location}")
-        selector = fs.FileSelector(self.root, recursive=True)
+        with filesystem_errors(self.location):
+            if self.filesystem.get_file_info(self.root).type != fs.FileType.Directory:
+                raise AnomalyError(f"input folder not found: {self.location}")
+            entries = self.filesystem.get_file_info(fs.FileSelector(self.root, recursive=True))
         root = PurePosixPath(self.root)
-        found = (
+        return sorted(
             str(PurePosixPath(entry.path).relative_to(root))
-            for entry in self.filesystem.get_file_info(selector)
+            for entry in entries
             if entry.type == fs.FileType.File and PurePosixPath(entry.path).suffix.lower() in IMAGE_SUFFIXES
         )
-        return sorted(found)
 
     def read(self, relative: str) -> bytes:
         with self.filesystem.open_input_stream(self.full_path(relative)) as stream:

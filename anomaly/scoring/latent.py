@@ -95,14 +95,14 @@ class PatchNearestNeighbourDistance(nn.Module):
         self.register_buffer("position_scale", torch.ones(statistics_shape))
 
     def fit(self, features: np.ndarray, seed: int = 0) -> PatchNearestNeighbourDistance:
-        """Fit on the training images' feature maps (N, C, h, w), which may be a memory map: only the sampled bank
-        rows and POSITION_IMAGES images are read into memory."""
+        """Fit on the training images' feature maps (N, C, h, w), which may be a memory map: `fit_chunks` of one."""
         return self.fit_chunks([features], seed)
 
     def fit_chunks(self, chunks: list[np.ndarray], seed: int = 0) -> PatchNearestNeighbourDistance:
         """Fit on training feature maps held as consecutive chunks of images, each (N_i, C, h, w), with the same
         result as `fit` on their concatenation, so a large normal set can be split across workers: the bank's rows
-        are drawn over all images and each is read from the chunk that holds it."""
+        are drawn over all images and each is read from the chunk that holds it, so only the sampled rows and
+        POSITION_IMAGES images are read into memory."""
         sizes = [len(chunk) for chunk in chunks]
         channels, height, width = chunks[0].shape[1:]
         positions, offsets = height * width, np.cumsum([0, *sizes[:-1]])
@@ -173,13 +173,6 @@ class PatchNearestNeighbourDistance(nn.Module):
         return self.image_distance(self.score_map(features))
 
 
-def place_sums(flat: np.ndarray) -> np.ndarray:
-    """Sum over images of (N, C, P) feature maps, in float64 (C, P), read FIT_VALUES values at a time: the part
-    of the per-place mean that chunks of images add up exactly."""
-    step = max(1, PositionBankDistance.FIT_VALUES // flat[0].size)
-    return sum(np.asarray(flat[i : i + step], dtype=np.float64).sum(axis=0) for i in range(0, len(flat), step))
-
-
 def greedy_k_centres(vectors: torch.Tensor, count: int, first: int) -> torch.Tensor:
     """Per group, greedy k-centre selection: vectors (G, n, C) -> (G, count) indices into n, starting at `first`
     and then always taking the vector farthest from those already taken, so the chosen ones cover the
@@ -235,7 +228,7 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         images, channels = sum(sizes), chunks[0].shape[1]
         offsets = np.cumsum([0, *sizes[:-1]])
         flats = [chunk.reshape(len(chunk), channels, -1) for chunk in chunks]  # (N_i, C, h * w), views
-        self.bank_centre = torch.from_numpy(sum(map(place_sums, flats)).T / images).float().contiguous()  # (h * w, C)
+        self.bank_centre = torch.from_numpy(sum(map(self._place_sums, flats)).T / images).float().contiguous()  # (h * w, C)
         count = min(self.bank.shape[2], images)
         first = int(np.random.default_rng(seed).integers(images))
         step = max(1, min(self.FIT_POSITIONS, self.FIT_VALUES // (images * channels)))
@@ -250,6 +243,12 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         self.bank = torch.cat(banks).to(torch.float16).contiguous()
         self._fit_positions(chunks, offsets, torch.cat(owners).unsqueeze(1).numpy(), seed)
         return self
+
+    def _place_sums(self, flat: np.ndarray) -> np.ndarray:
+        """Sum over images of (N, C, P) feature maps, in float64 (C, P), read FIT_VALUES values at a time: the part
+        of the per-place mean that chunks of images add up exactly."""
+        step = max(1, self.FIT_VALUES // flat[0].size)
+        return sum(np.asarray(flat[i : i + step], dtype=np.float64).sum(axis=0) for i in range(0, len(flat), step))
 
     def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, h, w) -> (B, 1, h, w): mean distance of each position to its k nearest bank features within
