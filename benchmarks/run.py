@@ -21,17 +21,26 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks import archive, default_elpv, encoders, fit_memory, quality, report, rescored_seeds, scaling, seeds, speed
 from benchmarks.environment import environment
+from benchmarks.kept import MEASURED_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("quality", "speed", "scaling")
 # Reported when present; not in a default run (each takes from several minutes to about two hours on 2 cores).
 OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds", "encoders", "fit_memory", "archive")
+
+
+def commit() -> str:
+    """The checkout's short commit hash, "+changes" when the measured code (not the results) differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    changed = subprocess.run(["git", "status", "--porcelain", "--", *MEASURED_CODE, ":(exclude)benchmarks/results"], capture_output=True, text=True, cwd=ROOT).stdout
+    return (head or "unknown") + ("+changes" if changed.strip() else "")
 
 
 def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path) -> Any:
@@ -69,8 +78,8 @@ def main() -> None:
     for name in args.sections.split(","):
         started = time.perf_counter()
         result = run_section(name, args.quick, args.datasets.resolve(), work, output)
-        record = {"command": command, "mode": mode, "date": datetime.date.today().isoformat(), "environment": environment(),
-                  "seconds": round(time.perf_counter() - started, 1), name: result}
+        record = {"command": command, "mode": mode, "date": datetime.date.today().isoformat(), "commit": commit(),
+                  "environment": environment(), "seconds": round(time.perf_counter() - started, 1), name: result}
         (output / f"{name}.json").write_text(json.dumps(record, indent=1))
         print(f"{name}: {record['seconds']:.0f} s, written to {output / (name + '.json')}", flush=True)
     if all((output / f"{name}.json").is_file() for name in SECTIONS):

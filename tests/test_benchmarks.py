@@ -58,3 +58,27 @@ def test_benchmark_rows_are_measured_once_per_code_version(tmp_path, monkeypatch
     assert kept.kept_row(tmp_path, "row", measure, leaves=model) == {"auroc": 0.8}  # what it left is gone: measured again
     model.mkdir()
     assert kept.kept_row(tmp_path, "row", measure, leaves=model) == {"auroc": 0.8} and len(calls) == 3
+
+
+def test_benchmark_records_name_the_commit_and_whether_measured_code_differed(tmp_path, monkeypatch):
+    import subprocess
+
+    from benchmarks import run
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "anomaly").mkdir()
+    (tmp_path / "anomaly" / "model.py").write_text("A = 1\n")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "quality.json").write_text("{}")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "measured")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    head = git("rev-parse", "--short", "HEAD")
+    (tmp_path / "benchmarks" / "results" / "quality.json").write_text('{"written": "by the run itself"}')
+    assert run.commit() == head
+    (tmp_path / "anomaly" / "model.py").write_text("A = 2\n")
+    assert run.commit() == f"{head}+changes"
