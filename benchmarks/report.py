@@ -238,7 +238,7 @@ def render(records: dict[str, dict[str, Any]]) -> str:
         "",
         *(["## KolektorSDD over training seeds", "", *seeds_lines(records["seeds"]), ""] if "seeds" in records else []),
         *(["## ELPV with the folder default", "", *default_elpv_lines(records["default_elpv"]), ""] if "default_elpv" in records else []),
-        *(["## KolektorSDD seeds with the current folder scoring", "", *rescored_seeds_lines(records["rescored_seeds"]), ""]
+        *(["## KolektorSDD seeds re-scored with the folder scoring of the day", "", *rescored_seeds_lines(records["rescored_seeds"]), ""]
           if "rescored_seeds" in records else []),
         *(["## Own and pretrained encoders", "", *encoders_lines(records["encoders"]), ""] if "encoders" in records else []),
         *(["## Fitting memory", "", *fit_memory_lines(records["fit_memory"]), ""] if "fit_memory" in records else []),

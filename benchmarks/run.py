@@ -3,6 +3,7 @@
     uv run python -m benchmarks.run            # full mode: benchmarks/results/*.json and BENCHMARKS.md
     uv run python -m benchmarks.run --quick    # a smoke run: benchmarks/results/quick/
     uv run python -m benchmarks.run --sections speed   # re-run one section; the report is re-rendered
+    uv run python -m benchmarks.run --sections ""      # only re-render BENCHMARKS.md from benchmarks/results/
     uv run python -m benchmarks.run --sections seeds   # KolektorSDD over 3 training seeds (not in the default run)
     uv run python -m benchmarks.run --sections default_elpv   # ELPV with the folder default (not in the default run)
     uv run python -m benchmarks.run --sections rescored_seeds   # the seeds' models with folder.yaml's current scoring
@@ -75,7 +76,7 @@ def main() -> None:
     output.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     command = "uv run python -m benchmarks.run" + (" --quick" if args.quick else "")
-    for name in args.sections.split(","):
+    for name in filter(None, args.sections.split(",")):
         started = time.perf_counter()
         result = run_section(name, args.quick, args.datasets.resolve(), work, output)
         record = {"command": command, "mode": mode, "date": datetime.date.today().isoformat(), "commit": commit(),
@@ -83,11 +84,15 @@ def main() -> None:
         (output / f"{name}.json").write_text(json.dumps(record, indent=1))
         print(f"{name}: {record['seconds']:.0f} s, written to {output / (name + '.json')}", flush=True)
     if all((output / f"{name}.json").is_file() for name in SECTIONS):
-        present = SECTIONS + tuple(name for name in OPTIONAL_SECTIONS if (output / f"{name}.json").is_file())
-        records = {name: json.loads((output / f"{name}.json").read_text()) for name in present}
-        markdown = report.render(records)
+        markdown = render_report(output)
         (output / "BENCHMARKS.md" if args.quick else ROOT / "BENCHMARKS.md").write_text(markdown)
         print(markdown)
+
+
+def render_report(output: Path) -> str:
+    """BENCHMARKS.md from the section JSONs in `output`: the default sections, then the optional ones present."""
+    present = SECTIONS + tuple(name for name in OPTIONAL_SECTIONS if (output / f"{name}.json").is_file())
+    return report.render({name: json.loads((output / f"{name}.json").read_text()) for name in present})
 
 
 if __name__ == "__main__":
