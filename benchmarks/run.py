@@ -52,7 +52,7 @@ def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path
             raise SystemExit(f"the {name} section scores with the ELPV model exported by the quality section: run that first ({work})")
         return speed.run(quick, work / "elpv-model", work) if name == "speed" else archive.run(quick, work / "elpv-model", work)
     if name == "seeds":
-        return seeds.run(quick, datasets, work)
+        return seeds.run(quick, datasets, work, output / "rows")
     if name == "default_elpv":
         return default_elpv.run(quick, work)
     if name == "rescored_seeds":

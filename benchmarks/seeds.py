@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from anomaly.config import load_config
+from anomaly.config import Config, load_config
+from benchmarks.kept import kept_row
 from benchmarks.quality import PIPELINES, overrides_for, train_and_evaluate
 
 SEEDS = (0, 1, 2)
@@ -22,13 +23,20 @@ SPREAD_KEYS = ("combined_auroc", "reconstruction_auroc", "latent_auroc", "pixel_
                "training_seconds", "onnx_images_per_s")
 
 
-def run(quick: bool, datasets: Path, scratch: Path) -> dict[str, Any]:
+def run(quick: bool, datasets: Path, scratch: Path, kept: Path) -> dict[str, Any]:
+    """Each seed's row is kept in `kept` as it finishes (benchmarks.kept), and measured again if its exported model,
+    which the rescored_seeds section reads, is gone."""
     pipeline = PIPELINES / "folder.yaml"
     data_root = f"data.root={datasets / 'kolektorsdd'}"
     overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-seeds.db'}", scratch / "runs", 1 if quick else None), data_root]
     configs = {seed: load_config(pipeline, [*overrides, f"train.seed={seed}"]) for seed in (SEEDS[:1] if quick else SEEDS)}
-    rows = {str(seed): train_and_evaluate(config, scratch, export_to=scratch / f"kolektorsdd-seed-{seed}") for seed, config in configs.items()}
+    rows = {str(seed): seed_row(seed, config, scratch, kept) for seed, config in configs.items()}
     return {"pipeline": "pipelines/folder.yaml", "epochs": configs[SEEDS[0]].train.max_epochs, "seeds": rows, **mean_and_std(rows, SPREAD_KEYS)}
+
+
+def seed_row(seed: int, config: Config, scratch: Path, kept: Path) -> dict[str, Any]:
+    model = scratch / f"kolektorsdd-seed-{seed}"
+    return kept_row(kept, f"seeds-kolektorsdd-{seed}", lambda: train_and_evaluate(config, scratch, export_to=model), leaves=model)
 
 
 def mean_and_std(rows: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
