@@ -12,13 +12,17 @@ from anomaly.runtime.cpus import affinity_cpus, available_cpus
 
 
 def cpu_model() -> str:
+    """The model name, with family, model number and widest vector unit: virtual machines may name every
+    generation "AMD EPYC", and timings compare only on the same generation."""
+    fields: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or "unknown"
+    vector = "AVX-512" if "avx512f" in fields.get("flags", "").split() else "AVX2" if "avx2" in fields.get("flags", "").split() else "no AVX2"
+    return f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}, {vector})"
 
 
 def environment() -> dict[str, Any]:
