@@ -157,8 +157,10 @@ def parity_text(parity: dict[str, float]) -> str:
 def encoders_lines(record: dict[str, Any]) -> list[str]:
     """Own and pretrained encoders with the folder default, per surface: validation, test, speed and size."""
     run = record["encoders"]
-    pipelines = run.get("pipelines") or {surface: run["pipeline"] for surface in run["surfaces"]}
-    used = ", ".join(f"`{pipeline}` ({', '.join(s for s, p in pipelines.items() if p == pipeline)})" for pipeline in dict.fromkeys(pipelines.values()))
+    surfaces_of: dict[str, list[str]] = {}
+    for surface, pipeline in run["pipelines"].items():
+        surfaces_of.setdefault(pipeline, []).append(surface)
+    used = ", ".join(f"`{pipeline}` ({', '.join(surfaces)})" for pipeline, surfaces in surfaces_of.items())
     lines = [f"`{record['command']} --sections encoders` on {record['date']} ({record['seconds'] / 60:.0f} minutes): {used} as "
              f"they are then (pretrained EfficientNet-Lite0), and with `{' '.join(run['own_encoder_overrides'])}` (own). Validation: held-out "
              "normals plus synthetic anomalies, what settings are chosen by. ONNX Runtime: test images with preprocessing, batch 8. Parity: "
