@@ -11,6 +11,7 @@ import typer
 from anomaly.errors import AnomalyError
 
 if TYPE_CHECKING:  # imported where used: `anomaly score` must not load MLflow or torch
+    from anomaly.config import Config
     from anomaly.export.registry import Registration
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -37,12 +38,21 @@ def collect_overrides(options: list[str] | None, extra: list[str] | None) -> lis
     return overrides
 
 
+def load_run_config(path: Path, set_: list[str] | None, overrides: list[str] | None) -> Config:
+    """The config to train with; settings that its encoder ignores are named in one warning line."""
+    from anomaly.config import ignored_settings_warning, load_config
+
+    config = load_config(path, collect_overrides(set_, overrides))
+    warning = ignored_settings_warning(config)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+    return config
+
+
 @app.command()
 def train(config: ConfigOption, set_: SetOption = None, overrides: ExtraOverrides = None) -> None:
     """Train a model on normal images and record the run in MLflow."""
-    from anomaly.config import load_config
-
-    resolved = load_config(config, collect_overrides(set_, overrides))
+    resolved = load_run_config(config, set_, overrides)
     from anomaly.training.train import train as run_training
 
     result = run_training(resolved)
@@ -215,9 +225,7 @@ def pipeline_run(
     """Train -> calibrate -> evaluate -> export -> parity -> register -> promote, resumable; one MLflow parent run."""
     import json
 
-    from anomaly.config import load_config
-
-    resolved = load_config(config, collect_overrides(set_, overrides))
+    resolved = load_run_config(config, set_, overrides)
     from anomaly.pipeline.run import run_pipeline
 
     folder = output or Path("runs") / config.stem
@@ -288,6 +296,9 @@ def ensure_port_free(host: str, port: int) -> None:
 
 
 def main() -> None:
+    from anomaly.quiet import quiet_libraries
+
+    quiet_libraries()
     try:
         app()
     except AnomalyError as error:

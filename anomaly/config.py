@@ -22,12 +22,19 @@ AUTO_SIZE = "auto"
 # the project's own encoder, and a pretrained one (whose patches also read the next level, see PRETRAINED_FEATURE_LEVELS).
 AUTO_PATCH_LEVELS = (2, 1)
 PRETRAINED_AUTO_PATCH_LEVELS = (3, 2)
-# A pretrained encoder's feature levels (stride 2**level) that its autoencoder reconstructs.
+# A pretrained encoder's feature levels (stride 2**level) that its autoencoder reconstructs, and the stride of the
+# autoencoder's code (the input's height and width must be multiples of it).
 PRETRAINED_FEATURE_LEVELS = (2, 3, 4)
+PRETRAINED_CODE_STRIDE = 32
 # The patch bank's size when scoring.latent.bank_size is not set: per place (aligned parts) or in all.
 PER_PLACE_BANK = 96
+# scoring.latent.line_length=auto chooses between the largest position and a crack-shaped run (pixels, cap in spreads).
+AUTO_LINE_RUN = (68, 3.5)
+AUTO_LINE_RUNS: tuple[tuple[int, float | None], ...] = ((1, None), AUTO_LINE_RUN)
 POOLED_BANK = 4096
 OWN_ENCODER = "own"
+# What only the own encoder reads: a pretrained encoder's autoencoder has its fixed shape (latent_dim and upsample apply).
+OWN_ENCODER_SETTINGS = ("depth", "base_channels", "max_channels", "bottleneck", "downsample")
 PRETRAINED_ENCODERS = ("efficientnet_lite0", "resnet18", "wide_resnet50_2")
 DEFAULT_MAX_INPUT_PIXELS = 640 * 256
 
@@ -90,7 +97,7 @@ class DataConfig(StrictModel):
         (64, 64),
         description="Model input (height, width), or auto: the training images' median native size, scaled down "
         "to about max_input_pixels (aspect kept, never enlarged) and rounded to multiples of the encoder's coarsest stride "
-        "(2**model.depth, or 16 for a pretrained encoder). "
+        "(2**model.depth, or 32 for a pretrained encoder). "
         "Resolved when training starts; the checkpoint and the exported model record the concrete size.",
     )
     max_input_pixels: int = Field(
@@ -199,7 +206,13 @@ class ModelConfig(StrictModel):
     @property
     def size_multiple(self) -> int:
         """What the input height and width must be a multiple of: the encoder's coarsest stride."""
-        return 2 ** max(PRETRAINED_FEATURE_LEVELS) if self.pretrained else 2**self.depth
+        return PRETRAINED_CODE_STRIDE if self.pretrained else 2**self.depth
+
+    def ignored_settings(self) -> list[str]:
+        """The own-encoder settings that were set although a pretrained encoder ignores them."""
+        if not self.pretrained:
+            return []
+        return [f"model.{name}" for name in OWN_ENCODER_SETTINGS if name in self.model_fields_set]
 
     @property
     def auto_patch_levels(self) -> tuple[int, ...]:
@@ -320,8 +333,9 @@ class PatchDistance(StrictModel):
         2,
         description="The encoder level the patches read (stride 2**level; a pretrained encoder's patches also read the "
         "next level, so 2 or 3 there). auto (needs data.synthetic_validation): both candidate levels (own encoder 2 "
-        "and 1, pretrained 3 and 2) are fitted at calibration and the one whose combined image AUROC on the labelled "
-        "validation set is higher is kept (the first on a tie: it is cheaper).",
+        "and 1, pretrained 3 and 2) are fitted at calibration; the second replaces the first (which is cheaper) only when "
+        "its combined image AUROC on the labelled validation set leads by more than the set's noise, as for "
+        "scoring.combine=auto.",
     )
     aligned: bool = Field(
         True,
@@ -335,12 +349,14 @@ class PatchDistance(StrictModel):
         description="Training features kept: per place when aligned (a greedy k-centre coreset of all training images' "
         "features there, default 96), in all otherwise (a seeded sample, default 4096). The bank is most of model.onnx.",
     )
-    line_length: int = Field(
+    line_length: int | Literal["auto"] = Field(
         1,
-        ge=1,
         description="In pixels. The image's distance is the largest mean of the distance map along a straight run this "
         "long, at any of 8 orientations: a crack or scratch raises a long run a little, a normal image only isolated "
-        "positions. Up to one position's stride: the largest single position, which pinpoint defects want.",
+        "positions. Up to one position's stride: the largest single position, which pinpoint defects want. auto (needs "
+        "data.synthetic_validation and aligned): the largest position, or a crack-shaped run of "
+        f"{AUTO_LINE_RUN[0]} pixels capped at {AUTO_LINE_RUN[1]} spreads where validation prefers it beyond its noise "
+        "(chosen at calibration from the same fitted bank, as for scoring.combine=auto).",
     )
     line_cap: float | None = Field(
         None,
@@ -350,9 +366,9 @@ class PatchDistance(StrictModel):
         "The heat map is not capped.",
     )
 
-    @field_validator("level", mode="before")
+    @field_validator("level", "line_length", mode="before")
     @classmethod
-    def _level_or_auto(cls, value: Any) -> Any:
+    def _positive_or_auto(cls, value: Any) -> Any:
         if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ValueError(f"must be a positive integer or 'auto', got {value!r}")
         return value
@@ -361,7 +377,15 @@ class PatchDistance(StrictModel):
     def _cap_needs_aligned_parts(self) -> PatchDistance:
         if self.line_cap is not None and not self.aligned:
             raise ValueError("line_cap needs aligned=true: the cap is counted in training spreads per place")
+        if self.line_length == "auto" and (self.line_cap is not None or not self.aligned):
+            raise ValueError("line_length=auto needs aligned=true and brings its own line_cap: leave line_cap unset")
         return self
+
+    @property
+    def line_runs(self) -> tuple[tuple[int, float | None], ...]:
+        """The (line_length, line_cap) candidates, simplest first: the configured pair, or for auto both of
+        AUTO_LINE_RUNS."""
+        return AUTO_LINE_RUNS if self.line_length == "auto" else ((self.line_length, self.line_cap),)
 
     @property
     def bank_vectors(self) -> int:
@@ -392,12 +416,14 @@ class ScoringConfig(StrictModel):
 
     reconstruction: ReconstructionSignal = ReconstructionSignal()
     latent: LatentSignal = Field(default_factory=CodeDistance)
-    combine: Literal["fisher", "latent", "auto"] = Field(
+    combine: Literal["latent", "reconstruction", "fisher", "auto"] = Field(
         "fisher",
-        description="What the image's decision reads: fisher (Fisher's combination of both signals' p-values) or latent "
-        "(the latent distance's alone, where the reconstruction error adds nothing). auto (needs "
-        "data.synthetic_validation): whichever ranks the labelled validation set better, chosen at calibration "
-        "(latent on a tie). The combination's own distribution is fitted on held-out normals either way.",
+        description="What the image's decision and heat map read: latent (the latent distance alone), reconstruction (the "
+        "reconstruction error alone) or fisher (Fisher's combination of both signals' p-values; the heat map adds both "
+        "maps, each in units of its spread on held-out normals). auto (needs data.synthetic_validation): chosen at "
+        "calibration on the labelled validation set, in that order: a later candidate replaces an earlier one only when "
+        "it ranks the validation set better by more than the set's noise (a paired bootstrap interval). Both signals are "
+        "always computed and served; the combination's own distribution is fitted on held-out normals either way.",
     )
     target_fpr: float = Field(
         0.01, gt=0.0, lt=0.5, description="The false-positive rate the default decision threshold allows on normal "
@@ -408,23 +434,15 @@ class ScoringConfig(StrictModel):
     def patches(self) -> PatchDistance | None:
         return self.latent if isinstance(self.latent, PatchDistance) else None
 
-    @property
-    def serving_runs_autoencoder(self) -> bool:
-        """Whether the served graph needs the autoencoder: for the heat map (code distance: the reconstruction error
-        is the map) or for the decision (Fisher's combination reads the reconstruction score). Patches decided on the
-        latent p-value alone need neither the decoder nor a second backbone pass."""
-        return self.patches is None or self.combine != "latent"
-
-    @property
-    def served_outputs(self) -> tuple[str, ...]:
-        """The exported graph's outputs: what the decision and the heat map read, nothing more."""
-        return ("anomaly_map", "latent_distance", *(("reconstruction_score",) if self.serving_runs_autoencoder else ()))
-
-    def resolved(self, level: int | None = None, combine: str | None = None) -> ScoringConfig:
+    def resolved(self, level: int | None = None, combine: str | None = None,
+                 line_run: tuple[int, float | None] | None = None) -> ScoringConfig:
         """The same settings with the auto choices that fitting and calibration made written in."""
         update: dict[str, Any] = {}
         if self.patches is not None:
-            update["latent"] = self.patches.model_copy(update={"level": level or self.patches.level, "bank_size": self.patches.bank_vectors})
+            patches = {"level": level or self.patches.level, "bank_size": self.patches.bank_vectors}
+            if line_run is not None:
+                patches.update(line_length=line_run[0], line_cap=line_run[1])
+            update["latent"] = self.patches.model_copy(update=patches)
         if combine is not None:
             update["combine"] = combine
         return self.model_copy(update=update)
@@ -501,7 +519,8 @@ class Config(StrictModel):
     def _auto_choices_have_validation(self) -> Config:
         scoring = self.scoring
         auto = [name for name, value in (("scoring.combine", scoring.combine),
-                                         ("scoring.latent.level", getattr(scoring.latent, "level", None))) if value == "auto"]
+                                         ("scoring.latent.level", getattr(scoring.latent, "level", None)),
+                                         ("scoring.latent.line_length", getattr(scoring.latent, "line_length", None))) if value == "auto"]
         if auto and not self.data.synthetic_validation:
             raise ValueError(
                 f"{' and '.join(auto)}=auto {'need' if len(auto) > 1 else 'needs'} data.synthetic_validation=true (they are chosen on held-out normals "
@@ -614,6 +633,15 @@ def build_config(raw: dict[str, Any], overrides: list[str] = ()) -> Config:
         return Config.model_validate(raw)
     except ValidationError as error:
         raise AnomalyError(format_validation_error(error)) from None
+
+
+def ignored_settings_warning(config: Config) -> str | None:
+    """One line naming the settings this config sets that its encoder ignores, or None."""
+    ignored = config.model.ignored_settings()
+    if not ignored:
+        return None
+    return (f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} to model.encoder=own only and "
+            f"{'is' if len(ignored) == 1 else 'are'} ignored with model.encoder={config.model.encoder}")
 
 
 def load_config(path: Path, overrides: list[str] = ()) -> Config:

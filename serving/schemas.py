@@ -17,12 +17,11 @@ class ImageScore(BaseModel):
     filename: Optional[str]
     image_height: int = Field(description="The uploaded image's height in pixels, before resizing to the model's input.")
     image_width: int = Field(description="The uploaded image's width in pixels.")
-    reconstruction_score: Optional[float] = Field(description=(
-        "The reconstruction error's image score (the mean of its highest pixels); null where the model decides on the "
-        "latent distance alone, whose graph does not compute the reconstruction."))
+    reconstruction_score: float = Field(description=(
+        "The reconstruction error's image score (the mean of its highest pixels)."))
     latent_distance: float = Field(description="Distance of the image's code, or of its patches, to the training images'.")
-    p_reconstruction: Optional[float] = Field(ge=0, le=1, description=(
-        "p-value of the reconstruction score among held-out normal images; null with the reconstruction score."))
+    p_reconstruction: float = Field(ge=0, le=1, description=(
+        "p-value of the reconstruction score among held-out normal images."))
     p_latent: float = Field(ge=0, le=1, description="p-value of the latent distance among held-out normal images.")
     p_combined: float = Field(ge=0, le=1, description="p-value of both signals combined.")
     anomaly_score: float = Field(ge=0, le=1, description="1 - p_combined.")

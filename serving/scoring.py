@@ -46,19 +46,18 @@ def pack_outputs(outputs: dict[str, np.ndarray]) -> np.ndarray:
     """One float32 row per image, so BentoML's batching can split a batch's answer by rows: the graph's scores in
     SCORE_NAMES order, then the flattened anomaly map. Maps travel only when the outputs hold them (heat-map
     requests): they are most of the bytes."""
-    columns = [np.stack([outputs[name] for name in SCORE_NAMES if name in outputs], axis=1)]
+    columns = [np.stack([outputs[name] for name in SCORE_NAMES], axis=1)]
     if "anomaly_map" in outputs:
         columns.append(outputs["anomaly_map"].reshape(len(outputs["anomaly_map"]), -1))
     return np.concatenate(columns, axis=1).astype(np.float32)
 
 
-def unpack_outputs(packed: np.ndarray, image_size: tuple[int, int], score_names: tuple[str, ...]
-                   ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """-> reconstruction scores (N,) or None (a graph without them), latent distances (N,), anomaly maps (N, H, W) or None."""
-    columns = len(score_names)
-    scores = {name: packed[:, i] for i, name in enumerate(score_names)}
+def unpack_outputs(packed: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """-> reconstruction scores (N,), latent distances (N,), anomaly maps (N, H, W) or None."""
+    columns = len(SCORE_NAMES)
+    scores = {name: packed[:, i] for i, name in enumerate(SCORE_NAMES)}
     maps = packed[:, columns:].reshape(len(packed), *image_size) if packed.shape[1] > columns else None
-    return scores.get("reconstruction_score"), scores["latent_distance"], maps
+    return scores["reconstruction_score"], scores["latent_distance"], maps
 
 
 def describe_loaded(resolved: ResolvedModel, detector: OnnxDetector) -> dict[str, Any]:
@@ -101,7 +100,7 @@ class ModelView:
         return int(self.calibration.preprocessing["channels"])
 
     def score(self, uploads: list[DecodedUpload], packed: np.ndarray, target_fpr: float | None, heatmap: HeatmapSize | None) -> list[ImageScore]:
-        reconstruction, latent, maps = unpack_outputs(packed, self.image_size, self.score_names)
+        reconstruction, latent, maps = unpack_outputs(packed, self.image_size)
         results = image_results(self.calibration, reconstruction, latent, target_fpr)
         heatmaps: list[str | None] = [None] * len(results)
         if heatmap is not None and maps is not None:

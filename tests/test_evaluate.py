@@ -68,8 +68,13 @@ def test_auto_combination_is_chosen_at_calibration_and_recorded(trained, tmp_pat
     evaluation = evaluate_checkpoint(result.checkpoint, ["scoring.combine=auto"], tmp_path)
     saved = json.loads((tmp_path / "calibration.json").read_text())
     validation, chosen = saved["validation_auroc"], saved["scoring"]["combine"]
-    assert chosen == max(("fisher", "latent"), key=lambda method: validation[f"combine_{method}"])
-    assert validation["combined"] == pytest.approx(validation[f"combine_{chosen}"])
+    [choice] = saved["choices"]
+    assert choice["setting"] == "scoring.combine" and choice["chosen"] == chosen
+    assert set(choice["validation_auroc"]) == {"latent", "reconstruction", "fisher"}
+    assert validation["combined"] == pytest.approx(choice["validation_auroc"][chosen])
+    # the best candidate wins unless its lead over the chosen one is within the bootstrap interval
+    low, high = choice["best_lead_interval"]
+    assert choice["best"] == chosen or low <= 0 < high
     # from then on the model decides exactly as one configured with the chosen rule
     fixed = evaluate_checkpoint(result.checkpoint, [f"scoring.combine={chosen}"], tmp_path / "fixed")
     assert evaluation.metrics["image"]["combined"] == fixed.metrics["image"]["combined"]
@@ -84,9 +89,11 @@ def test_auto_choices_are_resolved_once_for_detector_and_calibration(trained, tm
     evaluation = evaluate_checkpoint(result.checkpoint, [*PATCH_SCORING, "scoring.latent.level=auto", "scoring.combine=auto"], tmp_path)
     saved = json.loads((tmp_path / "calibration.json").read_text())
     validation, chosen = saved["validation_auroc"], saved["scoring"]["latent"]["level"]
-    assert chosen == max((2, 1), key=lambda level: validation[f"patch_level_{level}"])
-    assert validation["combined"] == validation[f"patch_level_{chosen}"]
-    assert saved["scoring"]["combine"] in ("fisher", "latent")
+    level_choice, combine_choice = saved["choices"]  # the level's choice, then the chosen level's combination
+    assert level_choice["setting"] == "scoring.latent.level" and level_choice["chosen"] == chosen
+    assert level_choice["best"] == chosen or level_choice["best_lead_interval"][0] <= 0
+    assert validation["combined"] == pytest.approx(validation[f"patch_level_{chosen}"])
+    assert combine_choice["setting"] == "scoring.combine" and combine_choice["chosen"] == saved["scoring"]["combine"]
     detector = load_detector(tmp_path / "detector.pt")  # what export and serving see: the same resolved choices
     assert detector.config.scoring.model_dump(mode="json") == saved["scoring"]
     assert detector.latent_distance.image_distance.length == {2: 3, 1: 5}[chosen]  # 12 pixels at either stride
@@ -96,6 +103,28 @@ def test_auto_choices_are_resolved_once_for_detector_and_calibration(trained, tm
     )
     assert evaluation.metrics["image"] == fixed.metrics["image"]
     assert evaluation.metrics["pixel_auroc"] == fixed.metrics["pixel_auroc"]
+
+
+def test_line_runs_are_a_candidate_read_from_the_same_fitted_bank(trained, tmp_path):
+    """line_length=auto: the largest position or the crack-shaped run, both scored from one fitted bank's patch maps;
+    the kept one decides exactly as a detector configured with it from the start."""
+    result, _, _ = trained
+    patches = ["scoring.latent.kind=patches", "scoring.latent.bank_size=16", "scoring.latent.level=2"]
+    evaluation = evaluate_checkpoint(result.checkpoint, [*patches, "scoring.latent.line_length=auto", "scoring.combine=latent"], tmp_path)
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    [choice] = saved["choices"]
+    assert choice["setting"] == "scoring.latent.line_length" and set(choice["validation_auroc"]) == {"1", "68"}
+    length, cap = (1, None) if choice["chosen"] == 1 else (68, 3.5)
+    assert (saved["scoring"]["latent"]["line_length"], saved["scoring"]["latent"]["line_cap"]) == (length, cap)
+    assert saved["validation_auroc"]["combined"] == pytest.approx(choice["validation_auroc"][str(length)])
+    fixed_run = [f"scoring.latent.line_length={length}", *([f"scoring.latent.line_cap={cap}"] if cap else [])]
+    fixed = evaluate_checkpoint(result.checkpoint, [*patches, *fixed_run, "scoring.combine=latent"], tmp_path / "fixed")
+    assert evaluation.metrics["image"] == fixed.metrics["image"]
+    other = 68 if length == 1 else 1  # the other candidate, configured alone, ranks validation as the choice recorded
+    other_run = ["scoring.latent.line_length=68", "scoring.latent.line_cap=3.5"] if other == 68 else ["scoring.latent.line_length=1"]
+    evaluate_checkpoint(result.checkpoint, [*patches, *other_run, "scoring.combine=latent"], tmp_path / "other")
+    other_auroc = json.loads((tmp_path / "other" / "calibration.json").read_text())["validation_auroc"]["combined"]
+    assert other_auroc == pytest.approx(choice["validation_auroc"][str(other)])
 
 
 def test_evaluation_scoring_can_change_but_the_model_cannot(trained, tmp_path):

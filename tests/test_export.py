@@ -26,7 +26,8 @@ from anomaly.data.imageset import ImageSet
 from anomaly.export.onnx_metrics import onnx_image_auroc
 from anomaly.export.registry import register
 from anomaly.runtime.bundle import OnnxDetector, batch_size_for, create_session, run_session
-from anomaly.scoring.detector import AnomalyDetector, load_detector, standardise_intensity
+from anomaly.models.intensity import standardise_intensity
+from anomaly.scoring.detector import AnomalyDetector, load_detector
 from anomaly.scoring.latent import PositionBankDistance
 from anomaly.training.train import train
 from tests.conftest import PROJECT_ROOT, run_cli, tiny_config, write_texture_folder
@@ -103,17 +104,15 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
     exported = publish(evaluation, tmp_path / "model", [], run_id)
     assert {path.name for path in exported.directory.iterdir()} == {"model.onnx", "calibration.json", "model_card.md"}
     assert exported.parity["latent_distance_max_rel_diff"] <= 1e-4
-    # the graph computes what the decision and the heat map read: on the latent p-value alone, no autoencoder
-    latent_only = scoring.get("combine") == "latent"
+    # the graph computes both signals, whatever the decision reads
     graph = onnx.load(exported.directory / "model.onnx").graph
-    assert [output.name for output in graph.output] == ["anomaly_map", "latent_distance", *([] if latent_only else ["reconstruction_score"])]
-    if latent_only:  # the first encoder block's convolution and the line runs' fixed kernels: no more encoder, no decoder
-        assert sum(node.op_type == "Conv" for node in graph.node) == 2
+    assert [output.name for output in graph.output] == ["anomaly_map", "latent_distance", "reconstruction_score"]
     card = (exported.directory / "model_card.md").read_text()
     assert "image_auroc" in card
     latent = scoring.get("latent", {})
     patches = latent.get("kind") == "patches"
-    assert ("encoder level 1 (stride 2)" in card) == patches and ("heat map: patch distance" in card) == patches
+    assert ("encoder level 1 (stride 2)" in card) == patches
+    assert ("heat map: patch distance" in card) == (patches and scoring.get("combine", "fisher") in ("latent", "fisher"))
     # detector.pt, calibration.json and the card hold the same resolved scoring, setting by setting
     resolved = json.loads((exported.directory / "calibration.json").read_text())["scoring"]
     assert load_detector(evaluation / "detector.pt").config.scoring.model_dump(mode="json") == resolved
@@ -132,10 +131,8 @@ def test_export_register_and_score_match_pytorch(architecture, scoring, folder, 
     reference = torch_scores(detector, batch)
     if "line_cap" in latent:
         assert capped_fraction(detector, batch) > 0  # the cap acts on these images (about 70% of positions)
-    for key in ("latent_distance",) if latent_only else ("reconstruction_score", "latent_distance"):
+    for key in ("reconstruction_score", "latent_distance"):
         assert np.allclose([line[key] for line in lines], reference[key], rtol=0, atol=1e-4 * np.abs(reference[key]).max())
-    if latent_only:
-        assert all(line["reconstruction_score"] is None and line["p_reconstruction"] is None for line in lines)
     assert all(0 <= line["anomaly_score"] <= 1 and line["threshold"] == pytest.approx(0.99) for line in lines)
     if scoring.get("combine") == "latent":  # the served decision follows the latent p-value alone
         by_latent = sorted(lines, key=lambda line: line["p_latent"])

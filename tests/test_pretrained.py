@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from anomaly.config import build_config
+from anomaly.config import OWN_ENCODER_SETTINGS, build_config
 from anomaly.errors import AnomalyError
 from anomaly.evaluation.run import evaluate_checkpoint
 from anomaly.export.publish import publish
@@ -29,13 +29,16 @@ LITE0_SHA256_PREFIX = "57934424"
 
 
 def pretrained_config(root: Path, tmp_path: Path, tracking_uri: str, **model) -> dict:
-    """A tiny run on a pretrained encoder: 32 x 32 inputs (a 2 x 2 grid at stride 16), patches at stride 8."""
-    return tiny_config(
+    """A tiny run on a pretrained encoder: 32 x 32 inputs (a 2 x 2 grid at stride 16, the code 1 x 1), patches at
+    stride 8; without the own encoder's settings, which a pretrained one ignores."""
+    config = tiny_config(
         root, data={"calibration_fraction": 0.2},
         model={"encoder": "efficientnet_lite0", "latent_dim": 16, **model},
         scoring={"latent": {"kind": "patches", "level": 3, "bank_size": 8}},
         tracking={"uri": tracking_uri}, output_dir=str(tmp_path / "runs"),
     )
+    config["model"] = {key: value for key, value in config["model"].items() if key not in OWN_ENCODER_SETTINGS}
+    return config
 
 
 @pytest.fixture
@@ -104,23 +107,29 @@ def test_resnet18_trains_from_a_local_weights_file_with_its_checksum(texture_fol
 
 
 def test_feature_autoencoder_contract_and_frozen_backbone():
-    config = build_config({"data": {"kind": "folder", "root": "x", "image_size": [32, 48]}, "model": {"encoder": "efficientnet_lite0", "latent_dim": 8}})
-    model = build_model(config.model, 1, (32, 48))
+    config = build_config({"data": {"kind": "folder", "root": "x", "image_size": [64, 96]}, "model": {"encoder": "efficientnet_lite0", "latent_dim": 8}})
+    model = build_model(config.model, 1, (64, 96))
     assert isinstance(model, FeatureAutoencoder)
     model.train()
     assert not model.backbone.training and all(not p.requires_grad for p in model.backbone.parameters())
-    output = model(torch.rand(3, 1, 32, 48))
-    assert output.target.shape == output.reconstruction.shape == (3, 24 + 40 + 112, 4, 6)  # strides 4, 8, 16 on the stride-8 grid
+    output = model(torch.rand(3, 1, 64, 96))
+    assert output.target.shape == output.reconstruction.shape == (3, 24 + 40 + 112, 8, 12)  # strides 4, 8, 16 on the stride-8 grid
     assert output.latent.shape == (3, 8) and not output.target.requires_grad
-    assert torch.allclose(model.eval().latent(torch.ones(1, 1, 32, 48)), model(torch.ones(1, 1, 32, 48)).latent)
-    images = torch.rand(2, 1, 32, 48)
-    assert model.patch_features(images, 2).shape == (2, 24 + 40, 8, 12)
+    assert torch.allclose(model.eval().latent(torch.ones(1, 1, 64, 96)), model(torch.ones(1, 1, 64, 96)).latent)
+    images = torch.rand(2, 1, 64, 96)
+    assert model.patch_features(images, 2).shape == (2, 24 + 40, 16, 24)
+    # One backbone pass serves both signals: the maps it gives reconstruct and make patches as the images do.
+    maps = model.backbone_maps(images)
+    assert torch.equal(model.reconstruct(maps).reconstruction, model(images).reconstruction)
+    assert torch.equal(model.patch_features_from(maps, 2), model.patch_features(images, 2))
+    # Brightness does not reach the encoder: both signals read intensity-standardised images.
+    assert torch.allclose(model(images * 0.5 + 0.2).reconstruction, model(images).reconstruction, atol=1e-4)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"model": {"encoder": "efficientnet_lite0", "architecture": "vae"}}, "needs model.architecture=ae"),
     ({"model": {"encoder": "resnet18"}, "loss": {"terms": {"mse": 1.0, "ssim": 0.5}}}, "reconstructs features, not images"),
-    ({"model": {"encoder": "resnet18"}, "data": {"image_size": [40, 48]}}, "not divisible by the encoder's stride 16"),
+    ({"model": {"encoder": "resnet18"}, "data": {"image_size": [48, 64]}}, "not divisible by the encoder's stride 32"),
     ({"model": {"encoder": "resnet18"}, "scoring": {"latent": {"kind": "patches", "level": 1}}}, "must be 2, 3 or auto"),
     ({"model": {"encoder": "resnet18"}, "scoring": {"latent": {"round_trip": True}}}, "need model.encoder=own"),
     ({"model": {"encoder": "resnet18"}, "scoring": {"reconstruction": {"map": "ssim"}}}, "need model.encoder=own"),
@@ -128,7 +137,7 @@ def test_feature_autoencoder_contract_and_frozen_backbone():
     ({"model": {"encoder": "efficientnet_lite0", "encoder_weights": "w.pth", "encoder_weights_sha256": "xyz"}}, "encoder_weights_sha256"),
 ])
 def test_pretrained_settings_are_checked(settings, message):
-    raw = {"data": {"kind": "folder", "root": "x", "image_size": [32, 48]}}
+    raw = {"data": {"kind": "folder", "root": "x", "image_size": [32, 64]}}
     for section, values in settings.items():
         raw[section] = {**raw.get(section, {}), **values}
     with pytest.raises(AnomalyError, match=message):

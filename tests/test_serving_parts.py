@@ -71,15 +71,11 @@ def test_packed_outputs_round_trip_per_image():
     }
     both = ("reconstruction_score", "latent_distance")
     packed = pack_outputs(outputs)
-    scores, distances, maps = unpack_outputs(packed[1:], (2, 3), both)
+    scores, distances, maps = unpack_outputs(packed[1:], (2, 3))
     assert scores.tolist() == pytest.approx([0.2]) and distances.tolist() == [4.0]
     np.testing.assert_array_equal(maps[0], outputs["anomaly_map"][1, 0])
     scores_only = pack_outputs({key: outputs[key] for key in both})
-    assert scores_only.shape == (2, 2) and unpack_outputs(scores_only, (2, 3), both)[2] is None
-    # a graph deciding on the latent distance alone has no reconstruction score
-    latent_only = pack_outputs({key: outputs[key] for key in ("latent_distance", "anomaly_map")})
-    scores, distances, maps = unpack_outputs(latent_only, (2, 3), ("latent_distance",))
-    assert scores is None and distances.tolist() == [3.0, 4.0] and maps.shape == (2, 2, 3)
+    assert scores_only.shape == (2, 2) and unpack_outputs(scores_only, (2, 3))[2] is None
 
 
 def test_api_keys_may_hold_any_utf8_characters():

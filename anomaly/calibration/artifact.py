@@ -28,7 +28,7 @@ SIGNALS = ("reconstruction", "latent")
 
 @dataclass(frozen=True)
 class ScorePValues:
-    reconstruction: np.ndarray | None  # None where the graph does not compute the reconstruction (combine: latent)
+    reconstruction: np.ndarray
     latent: np.ndarray
     combined: np.ndarray
     statistic: np.ndarray  # the combination statistic: ranks like `combined`, without ties at p = 0
@@ -61,15 +61,16 @@ class Calibration:
     # Image AUROC per signal on validation normals plus their synthetic anomalies: the number to
     # compare settings by, since test labels must never choose them. None without synthetic validation.
     validation_auroc: dict[str, float] | None = None
+    # How each auto setting was chosen (anomaly.calibration.choice.Choice.record), in the order they were made.
+    choices: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def combine_method(self) -> CombineMethod:
         return self.scoring["combine"]
 
-    def pvalues(self, reconstruction_scores: np.ndarray | None, latent_distances: np.ndarray) -> ScorePValues:
-        """p-values of each signal and of their combination; without reconstruction scores (a graph whose decision reads
-        the latent distance alone) the reconstruction p-values are None."""
-        reconstruction = None if reconstruction_scores is None else self.distributions["reconstruction"].pvalue(reconstruction_scores)
+    def pvalues(self, reconstruction_scores: np.ndarray, latent_distances: np.ndarray) -> ScorePValues:
+        """p-values of each signal and of their combination."""
+        reconstruction = self.distributions["reconstruction"].pvalue(reconstruction_scores)
         latent = self.distributions["latent"].pvalue(latent_distances)
         statistic = combination_statistic(reconstruction, latent, self.combine_method)
         return ScorePValues(reconstruction, latent, self.distributions["combined"].pvalue(statistic), statistic)
@@ -112,6 +113,7 @@ class Calibration:
             "f1_optimal_score": self.f1_optimal_score,
             "sample_sizes": self.sample_sizes,
             "validation_auroc": self.validation_auroc,
+            "choices": self.choices,
             "distributions": {name: dist.to_dict() for name, dist in self.distributions.items()},
         }
 
@@ -151,4 +153,5 @@ class Calibration:
             f1_optimal_score=data.get("f1_optimal_score"),
             sample_sizes=data.get("sample_sizes", {}),
             validation_auroc=data.get("validation_auroc"),
+            choices=data.get("choices", []),
         )

@@ -12,20 +12,22 @@ from typing import Literal
 
 import numpy as np
 
-CombineMethod = Literal["fisher", "latent"]
-# In order of preference on a tie: the one signal before the combination of two (simpler, and its graph need not
-# run the decoder to decide).
-AUTO_CANDIDATES: tuple[CombineMethod, ...] = ("latent", "fisher")
+CombineMethod = Literal["latent", "reconstruction", "fisher"]
+# What scoring.combine=auto chooses from, simplest first: one signal, then the other, then both. A later candidate
+# must lead an earlier one by more than the validation set's noise (anomaly.calibration.choice).
+AUTO_CANDIDATES: tuple[CombineMethod, ...] = ("latent", "reconstruction", "fisher")
 SMALLEST_P = 1e-300
 
 
-def combination_statistic(reconstruction: np.ndarray | None, latent: np.ndarray, method: CombineMethod) -> np.ndarray:
-    """Larger means more anomalous: Fisher's -2 (log p_reconstruction + log p_latent), or for `latent` -log p_latent
-    alone: the decision then rests on the latent distance, and the exported graph need not compute the reconstruction
-    at all (`reconstruction` may then be None)."""
-    latent_log = np.log(np.clip(np.asarray(latent, dtype=np.float64), SMALLEST_P, 1.0))
+def _minus_log(pvalues: np.ndarray) -> np.ndarray:
+    return -np.log(np.clip(np.asarray(pvalues, dtype=np.float64), SMALLEST_P, 1.0))
+
+
+def combination_statistic(reconstruction: np.ndarray, latent: np.ndarray, method: CombineMethod) -> np.ndarray:
+    """Larger means more anomalous: -log p of one signal (latent, reconstruction), or Fisher's
+    -2 (log p_reconstruction + log p_latent)."""
     if method == "latent":
-        return -latent_log
-    if reconstruction is None:
-        raise ValueError("Fisher's combination needs the reconstruction p-values")
-    return -2.0 * (np.log(np.clip(np.asarray(reconstruction, dtype=np.float64), SMALLEST_P, 1.0)) + latent_log)
+        return _minus_log(latent)
+    if method == "reconstruction":
+        return _minus_log(reconstruction)
+    return 2.0 * (_minus_log(reconstruction) + _minus_log(latent))

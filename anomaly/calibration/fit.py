@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from anomaly.calibration.artifact import Calibration, ScorePValues, signal_scores
+from anomaly.calibration.choice import Choice, choose_simplest
 from anomaly.calibration.combine import AUTO_CANDIDATES, CombineMethod, combination_statistic
 from anomaly.calibration.distribution import TailFittedDistribution
 from anomaly.calibration.scored import ScoredSet
@@ -56,22 +57,18 @@ def validation_auroc(labelled: ScoredSet, pvalues: ScorePValues) -> dict[str, fl
     return auroc
 
 
-def combination_aurocs(
-    reconstruction: TailFittedDistribution, latent: TailFittedDistribution, labelled: ScoredSet
-) -> dict[CombineMethod, float]:
-    """Image AUROC on the labelled validation set of each combination that scoring.combine=auto chooses from."""
+def combination_statistics(held_out: ScoredSet, labelled: ScoredSet) -> dict[CombineMethod, np.ndarray]:
+    """Each candidate combination's statistic on the labelled validation set, the signals' p-values read from their
+    distributions on the held-out normals: what scoring.combine=auto chooses by."""
+    reconstruction = TailFittedDistribution.fit(held_out.reconstruction_scores)
+    latent = TailFittedDistribution.fit(held_out.latent_distances)
     pvalues = (reconstruction.pvalue(labelled.reconstruction_scores), latent.pvalue(labelled.latent_distances))
-    return {method: float(roc_auc_score(labelled.labels, combination_statistic(*pvalues, method))) for method in AUTO_CANDIDATES}
+    return {method: combination_statistic(*pvalues, method) for method in AUTO_CANDIDATES}
 
 
-AUROC_TIE = 1e-9  # AUROCs closer than this are equal: they differ only in how the sums were rounded
-
-
-def best_on_validation(aurocs: dict[Any, float]) -> Any:
-    """The candidate with the highest validation AUROC; on a tie (within AUROC_TIE) the earliest listed, so the
-    order of the candidates, not float rounding, decides between equals."""
-    best = max(aurocs.values())
-    return next(candidate for candidate, value in aurocs.items() if value >= best - AUROC_TIE)
+def choose_combination(held_out: ScoredSet, labelled: ScoredSet, seed: int) -> Choice[CombineMethod]:
+    """scoring.combine=auto: the simplest combination that no other beats on validation by more than noise."""
+    return choose_simplest(combination_statistics(held_out, labelled), labelled.labels, seed)
 
 
 # Heat-map pixels sampled for the pixel distribution.
@@ -86,26 +83,19 @@ def fit_calibration(
     seed: int,
     labelled: ScoredSet | None = None,
     sample_sizes: dict[str, int] | None = None,
-    kept_reconstruction: TailFittedDistribution | None = None,
+    choices: list[dict[str, Any]] | None = None,
 ) -> Calibration:
-    """Fit each signal's distribution, the combination's, and the pixels', on held-out normals. Scores from a graph
-    without the reconstruction (its decision reads the latent distance alone) keep `kept_reconstruction`, the float
-    model's distribution, so the calibration file keeps one shape."""
-    if held_out.reconstruction_scores is None:
-        if kept_reconstruction is None or scoring["combine"] != "latent":
-            raise AnomalyError("scores without the reconstruction score calibrate only a decision on the latent distance")
-        reconstruction = kept_reconstruction
-    else:
-        reconstruction = TailFittedDistribution.fit(held_out.reconstruction_scores)
-    latent = TailFittedDistribution.fit(held_out.latent_distances)
-    candidates: dict[CombineMethod, float] = {}
+    """Fit each signal's distribution, the combination's, and the heat map pixels', on held-out normals. `scoring`
+    has its choices made (combine is not auto); `choices` records how (Choice.record), for the model card."""
     if scoring["combine"] == "auto":
-        if labelled is None:
-            raise AnomalyError("scoring.combine=auto needs a labelled validation set: set data.synthetic_validation=true")
-        candidates = combination_aurocs(reconstruction, latent, labelled)
-        scoring = {**scoring, "combine": best_on_validation(candidates)}
-    held_out_reconstruction = None if held_out.reconstruction_scores is None else reconstruction.pvalue(held_out.reconstruction_scores)
-    statistic = combination_statistic(held_out_reconstruction, latent.pvalue(held_out.latent_distances), scoring["combine"])
+        raise AnomalyError("scoring.combine=auto is chosen before calibration (anomaly.scoring.fit)")
+    if held_out.reconstruction_scores is None:
+        raise AnomalyError("calibration needs both signals' scores: this model's graph does not compute the reconstruction")
+    reconstruction = TailFittedDistribution.fit(held_out.reconstruction_scores)
+    latent = TailFittedDistribution.fit(held_out.latent_distances)
+    statistic = combination_statistic(
+        reconstruction.pvalue(held_out.reconstruction_scores), latent.pvalue(held_out.latent_distances), scoring["combine"]
+    )
     pixels = _pixel_sample(held_out.maps, PIXEL_SAMPLE_SIZE, seed)
     calibration = Calibration(
         model_checksum=model_checksum,
@@ -119,9 +109,9 @@ def fit_calibration(
         },
         target_fpr=scoring["target_fpr"],
         sample_sizes={**(sample_sizes or {}), "calibration_images": len(held_out.labels), "calibration_pixels": int(pixels.size)},
+        choices=choices or [],
     )
     if labelled is None:
         return calibration
     pvalues = calibration.pvalues(labelled.reconstruction_scores, labelled.latent_distances)
-    auroc = {**validation_auroc(labelled, pvalues), **{f"combine_{method}": value for method, value in candidates.items()}}
-    return replace(calibration, f1_optimal_score=f1_optimal_score(labelled, pvalues), validation_auroc=auroc)
+    return replace(calibration, f1_optimal_score=f1_optimal_score(labelled, pvalues), validation_auroc=validation_auroc(labelled, pvalues))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,6 +19,16 @@ class ScoredSet:
     masks: np.ndarray  # (N, H, W) bool
     categories: list[str]
     names: list[str]
+    # Each signal's map (N, H, W), kept while calibration mixes them into `maps` (the patch map: patches only).
+    latent_maps: np.ndarray | None = None
+    reconstruction_maps: np.ndarray | None = None
+    patch_maps: np.ndarray | None = None  # (N, h, w): the latent map on the patch grid, before upsampling
+
+    def with_mixed_maps(self, weights: tuple[float, float]) -> ScoredSet:
+        """The set with `maps` remade as the detector's heat map is (AnomalyDetector.mix_maps): latent then
+        reconstruction map, weighted; a weight of 0 drops its map."""
+        parts = [weight * maps for weight, maps in zip(weights, (self.latent_maps, self.reconstruction_maps)) if weight]
+        return replace(self, maps=np.sum(parts, axis=0, dtype=np.float32))
 
     @classmethod
     def concatenate(cls, parts: list[ScoredSet]) -> ScoredSet:
@@ -34,4 +44,11 @@ class ScoredSet:
             masks=np.concatenate([part.masks for part in parts]),
             categories=[category for part in parts for category in part.categories],
             names=[name for part in parts for name in part.names],
+            latent_maps=_concatenated([part.latent_maps for part in parts]),
+            reconstruction_maps=_concatenated([part.reconstruction_maps for part in parts]),
+            patch_maps=_concatenated([part.patch_maps for part in parts]),
         )
+
+
+def _concatenated(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+    return None if any(array is None for array in arrays) else np.concatenate(arrays)

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from anomaly.calibration.artifact import Calibration, signal_scores
 from anomaly.evaluation.metrics import decision_metrics, pixel_metrics, ranking_metrics
@@ -49,6 +50,9 @@ def evaluate_scored(calibration: Calibration, scored: ScoredSet) -> dict[str, An
         metrics["pixel_auroc"] = pixel["auroc"]
         metrics["pixel_aupro"] = pixel["aupro"]
         metrics["pixel"] = {**pixel, "threshold": threshold, "at_target_fpr": pixel_decisions}
+        signal_maps = {"latent": scored.latent_maps, "reconstruction": scored.reconstruction_maps}
+        metrics["pixel_auroc_by_signal"] = {name: float(roc_auc_score(scored.masks.ravel(), maps.ravel()))
+                                            for name, maps in signal_maps.items() if maps is not None}
     metrics["categories"] = category_breakdown(scored, signals["combined"], decisions)
     return _clean(metrics)
 

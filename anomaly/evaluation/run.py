@@ -153,7 +153,8 @@ def load_calibrated(folder: Path, data_overrides: list[str] | None = None) -> Ca
 def evaluate_calibrated(calibrated: Calibrated, output_dir: Path, log_run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
     """Score the test split; write metrics.json and plots; log them to `log_run_id`."""
     detector, calibration, datamodule = calibrated.detector, calibrated.calibration, calibrated.datamodule
-    scored = score_loader(detector, datamodule.test_dataloader())
+    masks = datamodule.test_set.masks
+    scored = score_loader(detector, datamodule.test_dataloader(), signal_maps=masks is not None and bool(masks.any()), description="test images")
     metrics = evaluate_scored(calibration, scored)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))

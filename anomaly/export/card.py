@@ -7,6 +7,7 @@ from typing import Any
 
 from anomaly.calibration.artifact import Calibration
 from anomaly.config import Config, flatten_mapping
+from anomaly.runtime.bundle import SERVED_OUTPUTS
 
 
 def data_source(config: Config) -> str:
@@ -26,7 +27,21 @@ def scoring_summary(config: Config) -> str:
         shift = " and its round-trip shift" if scoring.latent.round_trip else ""
         return f"latent distance: Mahalanobis on the code{shift}; heat map: reconstruction error"
     bank = f"a bank of {patches.bank_vectors} per place" if patches.aligned else f"a pooled bank of {patches.bank_vectors}"
-    return f"latent distance: patches at encoder level {patches.level} (stride {2**patches.level}), {bank}; heat map: patch distance"
+    heatmap = {"latent": "patch distance", "reconstruction": "reconstruction error",
+               "fisher": "patch distance plus reconstruction error, each in units of its spread on held-out normals"}
+    return (f"latent distance: patches at encoder level {patches.level} (stride {2**patches.level}), {bank}; "
+            f"heat map: {heatmap[scoring.combine]}")
+
+
+def choice_lines(calibration: Calibration) -> list[str]:
+    """How each auto setting was chosen on the labelled validation set: candidates' AUROCs, the rule, the interval."""
+    lines = []
+    for choice in calibration.choices:
+        aurocs = ", ".join(f"{candidate} {value:.4f}" for candidate, value in choice["validation_auroc"].items())
+        low, high = choice["best_lead_interval"]
+        lead = "" if choice["chosen"] == choice["best"] else f"; {choice['best']} led by [{low:.4f}, {high:.4f}], within noise"
+        lines.append(f"- `{choice['setting']}`: {choice['chosen']} (validation AUROC {aurocs}{lead}); rule: {choice['rule']}")
+    return lines
 
 
 def scoring_settings(config: Config) -> list[str]:
@@ -60,7 +75,7 @@ def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any]
         f"- training run: {run_id or 'unknown'} (MLflow experiment `{config.tracking.experiment}`)",
         f"- input: float32 NCHW [batch, {data.channels}, {data.image_size[0]}, {data.image_size[1]}] in [0, 1];"
         " decode, convert and resize (bilinear) with anomaly.imageio, then divide by 255",
-        f"- outputs: {', '.join(config.scoring.served_outputs)}",
+        f"- outputs: {', '.join(SERVED_OUTPUTS)}",
         f"- scoring: {scoring_summary(config)}",
         f"- calibration: {calibration.sample_sizes.get('calibration_images')} held-out normal images,"
         f" target FPR {calibration.target_fpr}, combine {calibration.combine_method}",
@@ -72,5 +87,7 @@ def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any]
     ]
     lines += [f"| {key} | {value:.4f} |" for key, value in test_metrics(metrics).items()]
     lines += ["", "## Scoring settings", "", *scoring_settings(config)]
+    if calibration.choices:
+        lines += ["", "## Choices made on validation", "", *choice_lines(calibration)]
     lines += ["", "## ONNX parity", "", "```json", json.dumps(parity, indent=1), "```", ""]
     return "\n".join(lines)

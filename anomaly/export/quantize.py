@@ -82,7 +82,7 @@ class QuantisationResult:
 def scored_from_outputs(outputs: dict[str, np.ndarray], labels: np.ndarray) -> ScoredSet:
     count = len(labels)
     return ScoredSet(
-        reconstruction_scores=outputs.get("reconstruction_score"),
+        reconstruction_scores=outputs["reconstruction_score"],
         latent_distances=outputs["latent_distance"],
         latents=np.zeros((count, 0), dtype=np.float32),  # the served graph has no latent vector output
         maps=outputs["anomaly_map"][:, 0],
@@ -111,7 +111,7 @@ def quantise_bundle(
             model_checksum=fp32.calibration.model_checksum,
             seed=0,
             sample_sizes={**fp32.calibration.sample_sizes, "quantisation_images": min(len(calibration_images), QUANTISATION_IMAGES)},
-            kept_reconstruction=fp32.calibration.distributions["reconstruction"],
+            choices=fp32.calibration.choices,
         )
         calibration = replace(calibration, f1_optimal_score=None)
         digest = calibration.save(candidate / CALIBRATION_FILE)

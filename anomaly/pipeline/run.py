@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,12 +174,14 @@ def run_step(context: PipelineContext, name: str, report: Callable[[str], None])
     state.steps[name] = StepRecord(RUNNING, run_id)
     state.save(context.output)
     report(f"step {name}: running (MLflow run {run_id})")
+    started = time.perf_counter()
     try:
         outputs = STEPS[name](context, run_id)
     except BaseException as error:
         interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
         message = str(error) if isinstance(error, AnomalyError) else f"{type(error).__name__}: {error}"
-        state.steps[name] = StepRecord(FAILED, run_id, error=message if interrupted else message + "\n" + traceback.format_exc())
+        error_text = message if interrupted else message + "\n" + traceback.format_exc()
+        state.steps[name] = StepRecord(FAILED, run_id, error=error_text, seconds=round(time.perf_counter() - started, 1))
         state.save(context.output)
         status = "KILLED" if interrupted else "FAILED"
         client.set_terminated(run_id, status)
@@ -186,9 +189,11 @@ def run_step(context: PipelineContext, name: str, report: Callable[[str], None])
         if interrupted:
             raise
         raise AnomalyError(f"pipeline step {name} failed: {message.splitlines()[0]} (earlier steps are kept; run again to resume)") from None
-    state.steps[name] = StepRecord(DONE, run_id, outputs)
+    seconds = round(time.perf_counter() - started, 1)
+    state.steps[name] = StepRecord(DONE, run_id, outputs, seconds=seconds)
     state.save(context.output)
     client.set_terminated(run_id, "FINISHED")
+    report(f"step {name}: done in {seconds:.0f} s")
     if "warning" in outputs:
         report(f"warning: {outputs['warning']}")
 
@@ -203,6 +208,7 @@ def write_summary(context: PipelineContext) -> dict[str, Any]:
         "champion": steps["promote"].outputs["promoted"],
         "parent_run_id": context.state.parent_run_id,
         "training_run_id": steps["train"].run_id,
+        "step_seconds": {name: record.seconds for name, record in steps.items()},
     }
     (context.output / "metrics.json").write_text(json.dumps(metrics, indent=1))
     client = mlflow.MlflowClient()

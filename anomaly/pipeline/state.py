@@ -25,6 +25,7 @@ class StepRecord:
     run_id: str
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    seconds: float | None = None  # wall-clock time of the attempt that finished (or failed)
 
 
 @dataclass

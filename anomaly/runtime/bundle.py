@@ -62,6 +62,8 @@ def create_session(model_path: Path, threads: int | None = None) -> Any:
 
 
 SCORE_NAMES = ("reconstruction_score", "latent_distance")
+# The exported graph's outputs: both signals' scores and the heat map of the combination the decision reads.
+SERVED_OUTPUTS = ("anomaly_map", "latent_distance", "reconstruction_score")
 
 
 # Pixels per ONNX Runtime call. A patch-kNN head's distance chunk grows with the feature positions,
@@ -76,7 +78,7 @@ def batch_size_for(height: int, width: int) -> int:
 
 
 def output_names(session: Any) -> tuple[str, ...]:
-    """The graph's outputs: anomaly_map and latent_distance, and reconstruction_score where the decision reads it."""
+    """The graph's outputs: anomaly_map, latent_distance and reconstruction_score."""
     return tuple(output.name for output in session.get_outputs())
 
 
@@ -96,9 +98,9 @@ def run_session(
 
 @dataclass(frozen=True)
 class ImageResult:
-    reconstruction_score: float | None  # None from a graph whose decision reads the latent distance alone
+    reconstruction_score: float
     latent_distance: float
-    p_reconstruction: float | None
+    p_reconstruction: float
     p_latent: float
     p_combined: float
     anomaly_score: float
@@ -131,7 +133,13 @@ class OnnxDetector:
             )
         self.calibration = Calibration.load(calibration_path, expected_model_checksum=self.metadata.get(META_MODEL_CHECKSUM))
         self.outputs = output_names(self.session)
-        self.score_names = tuple(name for name in SCORE_NAMES if name in self.outputs)
+        missing = [name for name in SCORE_NAMES if name not in self.outputs]
+        if missing:
+            raise AnomalyError(
+                f"{model_path} has no {' or '.join(missing)} output: it was exported by an older version of anomaly that "
+                "left a signal out of the graph; export the model again"
+            )
+        self.score_names = SCORE_NAMES
         spec = self.calibration.preprocessing
         self.image_size: tuple[int, int] = (int(spec["image_size"][0]), int(spec["image_size"][1]))
         self.channels: int = int(spec["channels"])
@@ -145,7 +153,7 @@ class OnnxDetector:
         return run_session(self.session, images, names=names or self.outputs)
 
     def results(self, outputs: dict[str, np.ndarray], target_fpr: float | None = None) -> list[ImageResult]:
-        return image_results(self.calibration, outputs.get("reconstruction_score"), outputs["latent_distance"], target_fpr)
+        return image_results(self.calibration, outputs["reconstruction_score"], outputs["latent_distance"], target_fpr)
 
 
 def check_target_fpr(target_fpr: float | None) -> None:
@@ -154,7 +162,7 @@ def check_target_fpr(target_fpr: float | None) -> None:
 
 
 def image_results(
-    calibration: Calibration, reconstruction_scores: np.ndarray | None, latent_distances: np.ndarray, target_fpr: float | None = None
+    calibration: Calibration, reconstruction_scores: np.ndarray, latent_distances: np.ndarray, target_fpr: float | None = None
 ) -> list[ImageResult]:
     """p-values and decisions for the graph's two scores; `target_fpr` defaults to the calibrated one."""
     alpha = calibration.target_fpr if target_fpr is None else target_fpr
@@ -162,9 +170,9 @@ def image_results(
     decisions = calibration.is_anomaly(pvalues, alpha)
     return [
         ImageResult(
-            reconstruction_score=None if reconstruction_scores is None else float(reconstruction_scores[i]),
+            reconstruction_score=float(reconstruction_scores[i]),
             latent_distance=float(latent_distances[i]),
-            p_reconstruction=None if pvalues.reconstruction is None else float(pvalues.reconstruction[i]),
+            p_reconstruction=float(pvalues.reconstruction[i]),
             p_latent=float(pvalues.latent[i]),
             p_combined=float(pvalues.combined[i]),
             anomaly_score=float(pvalues.anomaly_score[i]),

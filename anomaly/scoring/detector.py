@@ -20,8 +20,10 @@ from anomaly.config import Config, ModelConfig, PatchDistance, upgrade_stored_co
 from anomaly.errors import AnomalyError
 from anomaly.models import build_model
 from anomaly.models.blocks import encoder_channels
+from anomaly.models.intensity import standardise_intensity
 from anomaly.models.pretrained.backbones import BACKBONES
 from anomaly.models.outputs import AutoencoderOutput
+from anomaly.runtime.bundle import SERVED_OUTPUTS
 from anomaly.scoring.latent import build_latent_distance
 from anomaly.scoring.maps import AnomalyMap, MapReduction
 
@@ -30,9 +32,13 @@ from anomaly.scoring.maps import AnomalyMap, MapReduction
 class DetectorOutput:
     reconstruction: torch.Tensor  # (B, C, H, W)
     latent: torch.Tensor  # (B, D): the image's latent vector (with its round-trip shift when configured)
-    anomaly_map: torch.Tensor  # (B, 1, H, W): the patch distance map with patches, else the reconstruction error
+    anomaly_map: torch.Tensor  # (B, 1, H, W): the heat map: the maps that the decision reads, mixed (mix_maps)
     reconstruction_score: torch.Tensor  # (B,)
     latent_distance: torch.Tensor  # (B,)
+    latent_map: torch.Tensor | None  # (B, 1, H, W): the patch distance map (patches only)
+    patch_map: torch.Tensor | None  # (B, 1, h, w): the same on the patch grid, what the image's distance reads
+    reconstruction_map: torch.Tensor  # (B, 1, H, W): the reconstruction error map
+
 
 
 @torch.no_grad()
@@ -53,21 +59,6 @@ def patch_channels(config: ModelConfig, level: int) -> int:
     return encoder_channels(config)[level - 1]
 
 
-def _image_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean over (C, H, W), one axis at a time. ONNX Runtime sums a single reduction over a large
-    image in one float32 accumulator, far enough from PyTorch to fail export parity; row-by-row
-    partial means keep every sum short."""
-    return values.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
-
-
-def standardise_intensity(images: torch.Tensor) -> torch.Tensor:
-    """Each image to mean 0.5 and standard deviation 0.15: the range the encoder saw in training."""
-    centred = images - _image_mean(images)
-    count = images[0].numel()
-    std = (_image_mean(centred.square()) * (count / max(count - 1, 1))).sqrt()
-    return centred / (std + 1e-6) * 0.15 + 0.5
-
-
 class AnomalyDetector(nn.Module):
     def __init__(self, config: Config, model: nn.Module | None = None) -> None:
         super().__init__()
@@ -82,10 +73,18 @@ class AnomalyDetector(nn.Module):
             patch_channels=patch_channels(config.model, scoring.patches.level) if scoring.patches else 0,
             image_size=data.image_size,
         )
+        # The heat map's mix of the latent and reconstruction maps (mix_maps); until calibration, the patch map alone.
+        self.register_buffer("map_weights", torch.tensor([1.0, 0.0] if scoring.patches else [0.0, 1.0]))
 
     def embed(self, images: torch.Tensor) -> tuple[AutoencoderOutput, torch.Tensor, torch.Tensor]:
         """The model's output, the image's latent vector, and what the latent distance is fitted on
-        and measures: that vector, or for patches the encoder's feature map at the patch level."""
+        and measures: that vector, or for patches the encoder's feature map at the patch level. A pretrained
+        encoder runs once for both: the autoencoder and the patches read the same backbone maps."""
+        if self.config.model.pretrained:
+            maps = self.model.backbone_maps(images)
+            output = self.model.reconstruct(maps)
+            measured = output.latent if self.patches is None else self.model.patch_features_from(maps, self.patches.level)
+            return output, output.latent, measured
         output = self.model(images)
         latent = output.latent
         if getattr(self.config.scoring.latent, "round_trip", False):
@@ -102,10 +101,9 @@ class AnomalyDetector(nn.Module):
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> the encoder's feature map at the patch level, read from intensity-standardised images
         so that a brighter or darker normal image does not look unusual everywhere."""
-        encoder_input = standardise_intensity(images)
         if self.config.model.pretrained:
-            return self.model.patch_features(encoder_input, self.patches.level)
-        features = encoder_input
+            return self.model.patch_features(images, self.patches.level)
+        features = standardise_intensity(images)
         for block in self.model.encoder[: self.patches.level]:
             features = block(features)
         return features
@@ -117,24 +115,30 @@ class AnomalyDetector(nn.Module):
 
     @property
     def served_outputs(self) -> tuple[str, ...]:
-        return self.config.scoring.served_outputs
+        return SERVED_OUTPUTS
+
+    def mix_maps(self, combine: str, scales: tuple[float, float]) -> None:
+        """Make the heat map show what the decision reads (`combine`): the latent distance map, the reconstruction
+        error map, or both, each divided by its spread on held-out normals (`scales`, latent first) so they count alike."""
+        used = {"latent": (1.0, 0.0), "reconstruction": (0.0, 1.0), "fisher": (1.0, 1.0)}[combine]
+        if self.patches is None:
+            used = (0.0, 1.0)  # the whole image's code has no map: the reconstruction error is the heat map
+        self.map_weights = torch.tensor([u / max(scale, 1e-12) for u, scale in zip(used, scales)])
 
     def serve(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The served_outputs (see ScoringConfig.served_outputs), computing only what they need: the exported graph."""
-        if self.config.scoring.serving_runs_autoencoder:
-            output = self(images)
-            return tuple(getattr(output, name) for name in self.served_outputs)
-        patch_map = self.latent_distance.score_map(self.patch_features(images))
-        heatmap = F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return heatmap, self.latent_distance.image_distance(patch_map)
+        """The served_outputs: the exported graph."""
+        output = self(images)
+        return tuple(getattr(output, name) for name in self.served_outputs)
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
         output, latent, measured = self.embed(images)
         error_map = self.anomaly_map(images, output.reconstruction, output.target)
-        if self.patches:  # the heat map is the patch distance map, computed once: the kNN search is the costly part
+        latent_map = patch_map = None
+        if self.patches:  # the patch distance map, computed once: the kNN search is the costly part
             patch_map = self.latent_distance.score_map(measured)
             latent_distance = self.latent_distance.image_distance(patch_map)
-            heatmap = F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            latent_map = F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            heatmap = self.map_weights[0] * latent_map + self.map_weights[1] * error_map
         else:
             latent_distance = self.latent_distance(measured)
             heatmap = error_map
@@ -144,6 +148,9 @@ class AnomalyDetector(nn.Module):
             anomaly_map=heatmap,
             reconstruction_score=self.reduce(error_map),
             latent_distance=latent_distance,
+            latent_map=latent_map,
+            patch_map=patch_map,
+            reconstruction_map=error_map,
         )
 
 

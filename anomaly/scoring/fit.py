@@ -8,7 +8,7 @@ for early stopping. Test images are never touched here.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,13 @@ from torch.utils.data import DataLoader
 
 from anomaly.calibration.artifact import Calibration
 from anomaly.calibration.distribution import MIN_FIT_SAMPLES
-from anomaly.calibration.fit import best_on_validation, fit_calibration
+from anomaly.calibration.choice import choose_simplest
+from anomaly.calibration.fit import choose_combination, fit_calibration
 from anomaly.calibration.scored import ScoredSet
 from anomaly.config import Config
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.errors import AnomalyError
+from anomaly.progress import progress
 from anomaly.scoring.detector import AnomalyDetector, weights_checksum
 
 
@@ -39,11 +41,15 @@ def preprocessing_spec(config: Config) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def score_loader(detector: AnomalyDetector, loader: DataLoader) -> ScoredSet:
+def score_loader(detector: AnomalyDetector, loader: DataLoader, signal_maps: bool = False, description: str | None = None) -> ScoredSet:
+    """The detector's outputs over `loader`; with `signal_maps`, each signal's map too (what calibration mixes the
+    heat map from). With a `description`, a progress bar on stderr."""
     detector.eval()
     batches = []
-    for batch in loader:
+    for batch in progress(loader, description):
         output = detector(batch["image"])
+        latent_maps = None if output.latent_map is None or not signal_maps else output.latent_map[:, 0].numpy()
+        patch_maps = None if output.patch_map is None or not signal_maps else output.patch_map[:, 0].numpy()
         batches.append(ScoredSet(
             reconstruction_scores=output.reconstruction_score.numpy(),
             latent_distances=output.latent_distance.numpy(),
@@ -53,21 +59,24 @@ def score_loader(detector: AnomalyDetector, loader: DataLoader) -> ScoredSet:
             masks=batch["mask"][:, 0].numpy() > 0.5,
             categories=list(batch["category"]),
             names=list(batch["name"]),
+            latent_maps=latent_maps,
+            reconstruction_maps=output.reconstruction_map[:, 0].numpy() if signal_maps else None,
+            patch_maps=patch_maps,
         ))
     return ScoredSet.concatenate(batches)
 
 
 @torch.no_grad()
-def training_latents(detector: AnomalyDetector, loader: DataLoader, folder: Path) -> np.ndarray:
+def training_latents(detector: AnomalyDetector, loader: DataLoader, folder: Path, description: str | None = None) -> np.ndarray:
     """What the latent distance is fitted on, for every training image. Patch features are written batch by batch
     into a float32 file in `folder`, memory-mapped: 2,000 images at 640 x 256 are several GB of features, which the
     fit then reads position by position instead of holding at once."""
     detector.eval()
     if detector.patches is None:
-        return np.concatenate([detector.measured_features(batch["image"]).numpy() for batch in loader])
+        return np.concatenate([detector.measured_features(batch["image"]).numpy() for batch in progress(loader, description)])
     features: np.ndarray | None = None
     start = 0
-    for batch in loader:
+    for batch in progress(loader, description):
         part = detector.measured_features(batch["image"]).numpy()
         if features is None:
             shape = (len(loader.dataset), *part.shape[1:])
@@ -80,48 +89,153 @@ def training_latents(detector: AnomalyDetector, loader: DataLoader, folder: Path
     return features
 
 
-def fit_detector(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> Calibration:
-    """Fit latent statistics on the training split, then calibrate on the calibration split."""
-    config = detector.config
+MAP_SCALE_PIXELS = 100_000  # held-out heat-map pixels sampled for each map's spread
+
+
+def map_scales(held_out: ScoredSet, seed: int) -> tuple[float, float]:
+    """The spread (standard deviation) of each signal's map over held-out normal pixels, latent first (1 where the
+    model has no latent map): the units in which the heat map adds them."""
+    rng = np.random.default_rng(seed)
+
+    def spread(maps: np.ndarray | None) -> float:
+        if maps is None:
+            return 1.0
+        flat = maps.ravel()
+        return float(flat[rng.choice(flat.size, size=min(flat.size, MAP_SCALE_PIXELS), replace=False)].std())
+
+    return spread(held_out.latent_maps), spread(held_out.reconstruction_maps)
+
+
+@dataclass
+class FittedDetector:
+    """A detector fitted and calibrated for one candidate setting, with its scores on the labelled validation set."""
+
+    detector: AnomalyDetector
+    calibration: Calibration
+    labelled: ScoredSet | None
+
+    def validation_statistic(self) -> np.ndarray:
+        """The combined statistic on the labelled validation set: what candidate settings are compared by."""
+        return self.calibration.pvalues(self.labelled.reconstruction_scores, self.labelled.latent_distances).statistic
+
+
+def fit_latent(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> int:
+    """Fit the latent distance on the training split; return how many images it was fitted on."""
     if len(datamodule.calibration_set) < MIN_FIT_SAMPLES:
         raise AnomalyError(
             f"calibration needs at least {MIN_FIT_SAMPLES} held-out normal images, got {len(datamodule.calibration_set)}: "
             "add normal training images or raise data.calibration_fraction"
         )
+    level = f" (patch level {detector.patches.level})" if detector.patches else ""
     with tempfile.TemporaryDirectory(prefix="anomaly-fit-") as folder:
-        codes = training_latents(detector, datamodule.train_dataloader_for_fitting(), Path(folder))
+        codes = training_latents(detector, datamodule.train_dataloader_for_fitting(), Path(folder), f"training features{level}")
         detector.latent_distance.fit(codes)
         fitted_images = len(codes)
         del codes  # the memory map must close before its folder goes
-    labelled_loader = datamodule.labelled_val_dataloader()
-    return fit_calibration(
-        held_out=score_loader(detector, datamodule.calibration_dataloader()),
-        scoring=config.scoring.model_dump(mode="json"),
+    return fitted_images
+
+
+@dataclass
+class HeldOutScores:
+    """A fitted detector's scores on the held-out normals and on the labelled validation set (None without one),
+    with each signal's maps, as calibration reads them."""
+
+    held_out: ScoredSet
+    labelled: ScoredSet | None
+
+    @classmethod
+    def of(cls, detector: AnomalyDetector, datamodule: AnomalyDataModule) -> HeldOutScores:
+        level = f" (patch level {detector.patches.level})" if detector.patches else ""
+        held_out = score_loader(detector, datamodule.calibration_dataloader(), signal_maps=True, description=f"held-out normals{level}")
+        loader = datamodule.labelled_val_dataloader()
+        return cls(held_out, None if loader is None else score_loader(detector, loader, True, f"validation{level}"))
+
+    def with_line_run(self, image_distance: nn.Module) -> HeldOutScores:
+        """The same scores with the latent distance read from the kept patch maps by another `image_distance`."""
+        def rescored(scored: ScoredSet | None) -> ScoredSet | None:
+            if scored is None:
+                return None
+            with torch.no_grad():
+                distances = image_distance(torch.from_numpy(scored.patch_maps)[:, None]).numpy()
+            return replace(scored, latent_distances=distances)
+
+        return HeldOutScores(rescored(self.held_out), rescored(self.labelled))
+
+
+def calibrate_fitted(detector: AnomalyDetector, scores: HeldOutScores, fitted_images: int,
+                     choices: list[dict[str, Any]] = ()) -> FittedDetector:
+    """Choose the combination (scoring.combine=auto) on the labelled validation set, mix the heat map to match it,
+    then calibrate on the held-out normals."""
+    config = detector.config
+    held_out, labelled = scores.held_out, scores.labelled
+    combine, choices = config.scoring.combine, list(choices)
+    if combine == "auto":
+        choice = choose_combination(held_out, labelled, config.data.split_seed)
+        combine = choice.chosen
+        choices.append(choice.record("scoring.combine"))
+    detector.mix_maps(combine, map_scales(held_out, config.data.split_seed))
+    weights = tuple(float(weight) for weight in detector.map_weights)
+    held_out = held_out.with_mixed_maps(weights)
+    labelled = None if labelled is None else labelled.with_mixed_maps(weights)
+    scoring = config.scoring.resolved(combine=combine)
+    detector.config = config.model_copy(update={"scoring": scoring})
+    calibration = fit_calibration(
+        held_out=held_out,
+        scoring=scoring.model_dump(mode="json"),
         preprocessing=preprocessing_spec(config),
         model_checksum=weights_checksum(detector),
         seed=config.data.split_seed,
-        labelled=None if labelled_loader is None else score_loader(detector, labelled_loader),
+        labelled=labelled,
         sample_sizes={"latent_fit_images": fitted_images},
+        choices=choices,
     )
+    return FittedDetector(detector, calibration, labelled)
+
+
+def chosen_among(candidates: dict[Any, FittedDetector], setting: str, seed: int) -> FittedDetector:
+    """The candidate that the choice rule keeps (anomaly.calibration.choice), its choice recorded first in its
+    calibration and each candidate's AUROC in validation_auroc as `<setting's last part>_<candidate>`."""
+    fitted = next(iter(candidates.values()))
+    if len(candidates) == 1:
+        return fitted
+    choice = choose_simplest({name: candidate.validation_statistic() for name, candidate in candidates.items()},
+                             fitted.labelled.labels, seed)
+    fitted = candidates[choice.chosen]
+    chosen = fitted.calibration
+    prefix = {"scoring.latent.level": "patch_level", "scoring.latent.line_length": "line_length"}[setting]
+    auroc = {**chosen.validation_auroc, **{f"{prefix}_{name}": value for name, value in choice.aurocs.items()}}
+    fitted.calibration = replace(chosen, validation_auroc=auroc, choices=[choice.record(setting), *chosen.choices])
+    return fitted
+
+
+def fit_level(config: Config, model: nn.Module, datamodule: AnomalyDataModule, level: int | None) -> FittedDetector:
+    """A detector at one patch level (None: the configured latent distance), fitted once; with
+    scoring.latent.line_length=auto, each line-run candidate reads the image's distance from the same patch maps."""
+    patches = config.scoring.patches
+    runs = patches.line_runs if patches is not None else (None,)
+    first = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.resolved(level=level, line_run=runs[0])}), model)
+    fitted_images = fit_latent(first, datamodule)
+    scores = HeldOutScores.of(first, datamodule)
+    fitted_state = {key: value for key, value in first.state_dict().items() if not key.startswith("latent_distance.image_distance.")}
+    candidates = {}
+    for run in runs:
+        detector = first
+        if run != runs[0]:
+            detector = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.resolved(level=level, line_run=run)}), model)
+            detector.load_state_dict(fitted_state, strict=False)
+        run_scores = scores if run == runs[0] else scores.with_line_run(detector.latent_distance.image_distance)
+        candidates[run[0] if run else None] = calibrate_fitted(detector, run_scores, fitted_images)
+    return chosen_among(candidates, "scoring.latent.line_length", config.data.split_seed)
 
 
 def fit_chosen_detector(config: Config, model: nn.Module, datamodule: AnomalyDataModule) -> tuple[AnomalyDetector, Calibration]:
     """A detector for `model`, fitted and calibrated, with every auto choice resolved. With scoring.latent.level=auto,
-    one per candidate level; the one whose combined image score ranks the labelled validation set best is kept, and
-    its calibration records every candidate's AUROC (validation_auroc["patch_level_L"]). The choices end up once in
-    the detector's config, which calibration.json and the model card then copy."""
+    one per candidate level (cheapest first); within a level, the line-run candidates; within each, the combination.
+    Each choice keeps a simpler candidate unless another ranks the labelled validation set better by more than noise
+    (anomaly.calibration.choice). The choices end up once in the detector's config, which calibration.json and the
+    model card then copy, and in the calibration's record."""
     patches = config.scoring.patches
     levels = config.model.auto_patch_levels if patches is not None and patches.level == "auto" else (None,)
-    fitted: dict[int | None, tuple[AnomalyDetector, Calibration]] = {}
-    for level in levels:
-        detector = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.resolved(level=level)}), model)
-        fitted[level] = (detector, fit_detector(detector, datamodule))
-    detector, calibration = next(iter(fitted.values()))
-    if len(fitted) > 1:
-        aurocs = {level: calibration.validation_auroc["combined"] for level, (_, calibration) in fitted.items()}
-        detector, calibration = fitted[best_on_validation(aurocs)]
-        recorded = {**calibration.validation_auroc, **{f"patch_level_{level}": value for level, value in aurocs.items()}}
-        calibration = replace(calibration, validation_auroc=recorded)
-    scoring = detector.config.scoring.resolved(combine=calibration.combine_method)
-    detector.config = detector.config.model_copy(update={"scoring": scoring})
-    return detector, replace(calibration, scoring=scoring.model_dump(mode="json"))
+    candidates = {level: fit_level(config, model, datamodule, level) for level in levels}
+    fitted = chosen_among(candidates, "scoring.latent.level", config.data.split_seed)
+    return fitted.detector, fitted.calibration

@@ -10,6 +10,7 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 
 from anomaly.config import PatchDistance, ScoringConfig
+from anomaly.progress import progress
 from anomaly.scoring.line_runs import LineRunMaximum
 
 
@@ -81,6 +82,7 @@ class PatchNearestNeighbourDistance(nn.Module):
     CHUNK = 4096  # at most this many bank vectors per chunk
     CHUNK_ELEMENTS = 2**26  # at most this many distances per image per chunk: 256 MB of float32
     POSITION_IMAGES = 64  # training images whose leave-own-image-out maps give the position statistics
+    POSITION_BATCH = 8  # of them searched at once
 
     def __init__(self, channels: int, k: int, bank_size: int, grid: tuple[int, int] | None = None, line_length: int = 1,
                  line_cap: float | None = None) -> None:
@@ -123,22 +125,30 @@ class PatchNearestNeighbourDistance(nn.Module):
     @torch.no_grad()
     def _fit_positions(self, chunks: list[np.ndarray], offsets: np.ndarray, bank_owners: np.ndarray, seed: int) -> None:
         """Mean and spread per position of training images' maps, each image's own bank vectors (those whose
-        `bank_owners` entry, shaped as distance_map's `excluded`, is the image's index) left out
+        `bank_owners` entry, shaped as the position bank's `excluded` for one image, is the image's index) left out
         (otherwise every training patch finds itself at distance 0). The spread is floored at a tenth
         of its average, so a position where normal images never vary cannot blow up. Each sampled image is read
         from the chunk of training images (starting at `offsets`) that holds it."""
         images = _seeded_indices(int(offsets[-1]) + len(chunks[-1]), self.POSITION_IMAGES, seed)
         located = [(int(np.searchsorted(offsets, i, side="right")) - 1, int(i)) for i in images]
+        groups = [located[start : start + self.POSITION_BATCH] for start in range(0, len(located), self.POSITION_BATCH)]
         maps = torch.cat([
-            self.smoothed_map(torch.from_numpy(np.array(chunks[k][i - offsets[k] : i - offsets[k] + 1], dtype=np.float32)),
-                              torch.from_numpy(bank_owners == i))
-            for k, i in located
+            self.smoothed_map(
+                torch.from_numpy(np.concatenate([np.asarray(chunks[k][i - offsets[k] : i - offsets[k] + 1], dtype=np.float32) for k, i in group])),
+                torch.from_numpy(self.stacked_exclusions([bank_owners == i for _, i in group])),
+            )
+            for group in progress(groups, "training images' own distances per place")
         ])
         self.position_mean, self.position_scale = _mean_and_floored_spread(maps)
 
+    @staticmethod
+    def stacked_exclusions(per_image: list[np.ndarray]) -> np.ndarray:
+        """Each image's excluded bank vectors (bool, one per bank vector) as distance_map's `excluded` for the batch."""
+        return np.stack(per_image)[:, None, :]
+
     def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, h, w) -> (B, 1, h, w): mean distance of each position to its k nearest bank vectors,
-        ignoring the bank vectors that `excluded` (bool, one per bank vector) marks. As in the position bank's
+        ignoring the bank vectors that `excluded` marks (bool: one per bank vector, or (B, 1, bank) per image). As in the position bank's
         search, a query's own squared norm is the same for all its candidates and is added after the search."""
         batch, channels, height, width = features.shape
         queries = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels) - self.bank_centre
@@ -149,7 +159,7 @@ class PatchNearestNeighbourDistance(nn.Module):
         for start, chunk in zip(range(0, self.bank.shape[0], size), self.bank.split(size)):
             partial = (chunk * chunk).sum(dim=1) - 2 * queries @ chunk.T  # |c|^2 - 2 q.c
             if excluded is not None:
-                partial = partial.masked_fill(excluded[start : start + chunk.shape[0]], float("inf"))
+                partial = partial.masked_fill(excluded[..., start : start + chunk.shape[0]], float("inf"))
             nearest.append(_smallest(partial, min(k, chunk.shape[0]), dim=2))
         squared = _smallest(torch.cat(nearest, dim=2), k, dim=2) + query_norms
         distances = squared.clamp_min(0).sqrt().mean(dim=2)
@@ -233,7 +243,7 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         first = int(np.random.default_rng(seed).integers(images))
         step = max(1, min(self.FIT_POSITIONS, self.FIT_VALUES // (images * channels)))
         banks, owners = [], []
-        for start in range(0, flats[0].shape[2], step):
+        for start in progress(range(0, flats[0].shape[2], step), "choosing the patch bank (k-centres per place)"):
             blocks = [np.ascontiguousarray(flat[:, :, start : start + step], dtype=np.float32) for flat in flats]
             block = torch.from_numpy(blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
             vectors = (block.permute(2, 0, 1) - self.bank_centre[start : start + step, None]).contiguous()
@@ -243,6 +253,12 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         self.bank = torch.cat(banks).to(torch.float16).contiguous()
         self._fit_positions(chunks, offsets, torch.cat(owners).unsqueeze(1).numpy(), seed)
         return self
+
+    @staticmethod
+    def stacked_exclusions(per_image: list[np.ndarray]) -> np.ndarray:
+        """Each image's excluded bank vectors ((h * w, 1, per_position) bool) as distance_map's `excluded` for the
+        batch: (h * w, images, per_position)."""
+        return np.concatenate(per_image, axis=1)
 
     def _place_sums(self, flat: np.ndarray) -> np.ndarray:
         """Sum over images of (N, C, P) feature maps, in float64 (C, P), read FIT_VALUES values at a time: the part

@@ -28,8 +28,9 @@ class AutoencoderLoss(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, output: AutoencoderOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`target` is the clean image; a feature autoencoder is compared with its own target features instead."""
+    def forward(self, output: AutoencoderOutput, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """`target` is the clean image; a feature autoencoder is compared with its own target features instead
+        (`target` may then be None)."""
         reconstruction = output.reconstruction
         if output.target is not None:
             target = output.target

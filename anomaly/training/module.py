@@ -10,7 +10,15 @@ import torch
 from anomaly.config import Config, upgrade_stored_config
 from anomaly.data.synthetic import synthesize_anomalies
 from anomaly.models import AutoencoderOutput, build_model
+from anomaly.training.feature_cache import FEATURES_KEY
 from anomaly.training.losses import AutoencoderLoss
+
+
+def batch_size(batch: dict[str, Any]) -> int:
+    """Images in a batch of images or of cached maps."""
+    if FEATURES_KEY in batch:
+        return len(next(iter(batch[FEATURES_KEY].values())))
+    return len(batch["image"])
 
 
 def uses_corruption(config: Config) -> bool:
@@ -43,8 +51,12 @@ class AutoencoderModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self.corruption_generator.manual_seed(self.config.train.seed + self.global_rank)
 
-    def objective(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Loss terms for a batch (corrupting the inputs first for a repairing U-Net)."""
+    def objective(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Loss terms for a batch of images (corrupting the inputs first for a repairing U-Net), or of a frozen
+        encoder's cached maps (anomaly.training.feature_cache), which the feature autoencoder restores."""
+        if FEATURES_KEY in batch:
+            return self.loss(self.model.reconstruct(batch[FEATURES_KEY]), None)
+        images = batch["image"]
         inputs = images
         if self.corrupt:
             inputs, _ = synthesize_anomalies(images, generator, self.config.train.corruption_probability)
@@ -56,14 +68,14 @@ class AutoencoderModule(L.LightningModule):
             self.log(key, value, on_step=False, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size, sync_dist=True)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        terms = self.objective(batch["image"], self.corruption_generator)
-        self._log_terms("train", terms, len(batch["image"]))
+        terms = self.objective(batch, self.corruption_generator)
+        self._log_terms("train", terms, batch_size(batch))
         return terms["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # The same corruption each epoch, so validation losses are comparable across epochs.
         generator = torch.Generator().manual_seed(self.config.train.seed + 10_000 + batch_idx)
-        self._log_terms("val", self.objective(batch["image"], generator), len(batch["image"]))
+        self._log_terms("val", self.objective(batch, generator), batch_size(batch))
 
     def configure_optimizers(self) -> Any:
         train = self.config.train

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.data.sizing import resolve_image_size
 from anomaly.models.outputs import AutoencoderOutput
 from anomaly.models.pretrained.backbones import PretrainedBackbone
+from anomaly.training.feature_cache import CachedMapsDataModule
 from anomaly.training.module import AutoencoderModule
 from anomaly.training.tracking import (
     GRID_IMAGES,
@@ -62,6 +64,12 @@ def pretrained_encoder(config: Config) -> PretrainedBackbone:
     return encoder
 
 
+def trains_on_cached_maps(config: Config) -> bool:
+    """A frozen pretrained encoder's maps are computed once before training, unless augmentation changes the images
+    every epoch."""
+    return config.model.pretrained and not config.data.augment.enabled
+
+
 @torch.no_grad()
 def sample_reconstructions(module: AutoencoderModule, datamodule: AnomalyDataModule) -> torch.Tensor:
     batch = next(iter(datamodule.val_dataloader()))["image"][:GRID_IMAGES].to(module.device)
@@ -92,10 +100,21 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
     # Only rank 0 has an MLflow run; Lightning broadcasts rank 0's checkpoint folder to the others.
     output_dir = config.output_dir / (logger.run_id or "rank-local")
     trainer, checkpoint = build_trainer(config, logger, output_dir)
+    last = output_dir / "checkpoints" / "last.ckpt"
     if encoder is not None:
         module.model.backbone.load_state_dict(encoder.state_dict())
         tag_run(logger, {"encoder": config.model.encoder, "encoder.weights_sha256": encoder.weights_checksum()})
-    trainer.fit(module, datamodule=datamodule, ckpt_path=output_dir / "checkpoints" / "last.ckpt" if resuming else None)
+    elif config.model.pretrained:  # resuming: the checkpoint's encoder is the one the cached maps must come from
+        saved = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+        module.model.backbone.load_state_dict({key.removeprefix("model.backbone."): value for key, value in saved.items()
+                                               if key.startswith("model.backbone.")})
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="feature-cache-", dir=output_dir) as cache:
+        training_data = datamodule
+        if trains_on_cached_maps(config):
+            training_data = CachedMapsDataModule(module.model, datamodule.train_set, datamodule.val_set, config.data, Path(cache))
+        trainer.fit(module, datamodule=training_data, ckpt_path=last if resuming else None)
+        del training_data  # its memory maps must close before the folder goes
     best = Path(checkpoint.best_model_path)
     if trainer.is_global_zero:
         best_module = AutoencoderModule.load_from_checkpoint(best, map_location="cpu")
