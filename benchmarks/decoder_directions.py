@@ -10,7 +10,8 @@ upsampled to the input, smoothed (sigma 4 pixels), the image score the mean of i
 - pointwise: the previous release's decoder, 1x1 convolutions on the stride-8 grid (no neighbourhood).
 - spatial: DFR-style, 3x3 convolutions through a strided bottleneck at stride 32 (anomaly.models.pretrained, the
   shipped one), squared error on per-channel standardised features.
-- spatial_cosine: the same autoencoder measured by cosine distance over the concatenated features.
+- spatial_cosine (not in the default run: it fell to 0.52 validation AUROC on KolektorSDD in a first look): the same
+  autoencoder measured by cosine distance over the concatenated features.
 - reverse_distillation: a one-class bottleneck fusing the three levels at stride 32 and a decoder mirroring them
   (restoring levels 4, 3, 2 in turn), trained and measured by per-level cosine distance (Deng & Li, 2022).
 
@@ -171,7 +172,7 @@ def surface_configs(datasets: Path) -> dict[str, tuple[str, list[str]]]:
 def run(quick: bool, datasets: Path, scratch: Path, kept: Path) -> dict[str, Any]:
     torch.set_num_threads(2)
     rows: dict[str, Any] = {}
-    directions = ("pointwise", "spatial") if quick else ("pointwise", "spatial", "spatial_cosine", "reverse_distillation")
+    directions = ("pointwise", "spatial") if quick else ("pointwise", "spatial", "reverse_distillation")
     for surface, (pipeline, overrides) in surface_configs(datasets).items():
         if quick and surface != "kolektorsdd":
             continue

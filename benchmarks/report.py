@@ -207,6 +207,56 @@ def archive_lines(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def choice_text(choices: list[dict[str, Any]]) -> str:
+    """Each auto choice: the chosen candidate, and the best one with its lead's interval when the best was not kept."""
+    parts = []
+    for choice in choices:
+        setting = choice["setting"].rsplit(".", 1)[1]
+        kept = f"{setting} {choice['chosen']}"
+        if choice["best"] != choice["chosen"]:
+            low, high = choice["best_lead_interval"]
+            kept += f" ({choice['best']} led by {low:+.3f}..{high:+.3f})"
+        parts.append(kept)
+    return "; ".join(parts)
+
+
+def signals_lines(record: dict[str, Any]) -> list[str]:
+    """The shipped pipelines end to end: each signal alone, the chosen combination, the choices and minutes per step."""
+    rows = record["signals"]["rows"]
+    steps = list(next(iter(rows.values()))["step_seconds"])
+    lines = [f"`{record['command']} --sections signals` on {record['date']} ({record['seconds'] / 60:.0f} minutes, {record['environment']['cpu']}, "
+             f"{record['environment']['cpus_usable']} cores): `anomaly pipeline run` as a user runs it, pipelines/folder.yaml on KolektorSDD "
+             "(training seeds 0-2) and BSData, pipelines/elpv.yaml (the README's main command) on ELPV. Test image AUROC of each signal "
+             "alone and of the combination the decision reads; pixel AUROC of the latent map, the reconstruction map and the served "
+             "heat map; the choices made on validation (a later candidate only where it leads beyond the bootstrap interval); the "
+             "realised false-positive rate on test normals at the calibrated 1%.", "",
+             "| run | reconstruction | latent | decision | pixel: latent / reconstruction / heat map | AUPRO | FPR at 1% | choices | "
+             + " | ".join(f"{step} s" for step in steps) + " | total min |",
+             "| --- " * (9 + len(steps)) + "|"]
+    for name, row in rows.items():
+        image, pixel = row["test_image_auroc"], row.get("test_pixel_auroc_by_signal") or {}
+        pixels = " / ".join(f(value) for value in (pixel.get("latent"), pixel.get("reconstruction"), row.get("test_pixel_auroc")))
+        cells = [f(image["reconstruction"]), f(image["latent"]), f(image["combined"]), pixels if pixel else "no masks",
+                 f(row.get("test_aupro")), f"{row['test_fpr_at_target']:.1%}", choice_text(row["choices"]),
+                 *(f"{row['step_seconds'][step]:.0f}" for step in steps), f"{row['seconds'] / 60:.1f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def decoder_directions_lines(record: dict[str, Any]) -> list[str]:
+    """The feature autoencoder's decoder directions, the reconstruction signal alone."""
+    run = record["decoder_directions"]
+    lines = [f"`{record['command']} --sections decoder_directions` on {record['date']} ({record['seconds'] / 60:.0f} minutes): each "
+             f"direction trained {run['epochs']} epochs on cached Lite0 maps at the folder default's input size, scored by its "
+             "reconstruction error alone (benchmarks/decoder_directions.py). Validation: held-out normals plus synthetic anomalies.", "",
+             "| surface | direction | validation image / pixel | test image / pixel | training s |", "| --- | --- | --- | --- | --- |"]
+    for surface, directions in run["rows"].items():
+        for direction, row in directions.items():
+            lines.append(f"| {surface} | {direction} | {f(row['labelled_val_image_auroc'])} / {f(row.get('labelled_val_pixel_auroc'))} | "
+                         f"{f(row['test_image_auroc'])} / {f(row.get('test_pixel_auroc'))} | {row['train_seconds']:.0f} |")
+    return lines
+
+
 def render(records: dict[str, dict[str, Any]]) -> str:
     """`records`: each section's JSON (quality, speed, scaling, and seeds when run) as benchmarks.run wrote it."""
     quality, speed, scaling = (records[name][name] for name in ("quality", "speed", "scaling"))
@@ -251,6 +301,9 @@ def render(records: dict[str, dict[str, Any]]) -> str:
         *(["## Own and pretrained encoders", "", *encoders_lines(records["encoders"]), ""] if "encoders" in records else []),
         *(["## Fitting memory", "", *fit_memory_lines(records["fit_memory"]), ""] if "fit_memory" in records else []),
         *(["## Archive scoring", "", *archive_lines(records["archive"]), ""] if "archive" in records else []),
+        *(["## Both signals in the shipped pipelines", "", *signals_lines(records["signals"]), ""] if "signals" in records else []),
+        *(["## Decoder directions of the feature autoencoder", "", *decoder_directions_lines(records["decoder_directions"]), ""]
+          if "decoder_directions" in records else []),
         "## Speed",
         "",
         *speed_lines(speed),

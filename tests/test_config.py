@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from anomaly.config import build_config, flatten, load_config, parse_override
+from anomaly.config import build_config, flatten, ignored_settings_warning, load_config, parse_override
 from anomaly.errors import AnomalyError
 
 BASE = {"data": {"kind": "folder", "root": "somewhere", "image_size": 32}, "model": {"depth": 3}}
@@ -190,3 +190,27 @@ def test_stored_flat_scoring_is_upgraded_to_the_same_detector_or_refused():
     for removed in ({"latent": "knn"}, {"combine": "min_p"}, {"patch_intensity_weight": 0.5}, {"heatmap": "reconstruction"}):
         with pytest.raises(AnomalyError, match="written by an older anomaly with"):
             upgrade_stored_config({**BASE, "scoring": {**FLAT_SCORING, **removed}})
+
+
+def test_own_encoder_settings_set_with_a_pretrained_encoder_are_named_in_one_warning():
+    pretrained = {"data": {"kind": "folder", "root": "somewhere", "image_size": 64}, "model": {"encoder": "efficientnet_lite0"}}
+    assert ignored_settings_warning(build_config(pretrained)) is None
+    assert ignored_settings_warning(build_config(BASE)) is None  # the own encoder reads them
+    warned = ignored_settings_warning(build_config(pretrained, ["model.depth=5", "model.bottleneck=spatial", "model.latent_dim=64"]))
+    assert warned == ("model.depth, model.bottleneck apply to model.encoder=own only and are ignored with "
+                      "model.encoder=efficientnet_lite0")
+    for name in ("folder", "elpv"):  # the shipped defaults set none of them
+        assert ignored_settings_warning(load_config(Path("pipelines") / f"{name}.yaml", ["data.root=x"])) is None
+
+
+def test_line_runs_auto_brings_its_own_cap_and_needs_validation():
+    patches = [*PATCHES, "data.synthetic_validation=true", "scoring.latent.line_length=auto"]
+    latent = build_config(BASE, patches).scoring.latent
+    assert latent.line_runs == ((1, None), (68, 3.5))
+    assert build_config(BASE, [*PATCHES, "scoring.latent.line_length=20"]).scoring.latent.line_runs == ((20, None),)
+    with pytest.raises(AnomalyError, match="line_length=auto needs aligned=true and brings its own line_cap"):
+        build_config(BASE, [*patches, "scoring.latent.line_cap=2.0"])
+    with pytest.raises(AnomalyError, match="scoring.latent.line_length=auto needs data.synthetic_validation=true"):
+        build_config(BASE, [*PATCHES, "scoring.latent.line_length=auto"])
+    resolved = build_config(BASE, patches).scoring.resolved(level=2, line_run=(68, 3.5))
+    assert (resolved.latent.line_length, resolved.latent.line_cap) == (68, 3.5)
