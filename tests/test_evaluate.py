@@ -3,6 +3,7 @@
 import json
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -125,6 +126,24 @@ def test_line_runs_are_a_candidate_read_from_the_same_fitted_bank(trained, tmp_p
     evaluate_checkpoint(result.checkpoint, [*patches, *other_run, "scoring.combine=latent"], tmp_path / "other")
     other_auroc = json.loads((tmp_path / "other" / "calibration.json").read_text())["validation_auroc"]["combined"]
     assert other_auroc == pytest.approx(choice["validation_auroc"][str(other)])
+
+
+@pytest.mark.parametrize("scoring", [[], [*PATCH_SCORING, "scoring.combine=fisher"], [*PATCH_SCORING, "scoring.combine=reconstruction"]])
+def test_the_pixel_threshold_is_fitted_on_the_heat_map_that_is_served(trained, tmp_path, scoring):
+    """The pixel distribution's sample is the held-out normals' heat map exactly as the detector computes it (the
+    reconstruction error for the code distance; for patches the maps mixed as the combination chose), so the served
+    map is coloured at the calibrated target."""
+    result, _, _ = trained
+    evaluate_checkpoint(result.checkpoint, scoring, tmp_path)
+    detector = load_detector(tmp_path / "detector.pt")
+    calibration = Calibration.load(tmp_path / "calibration.json")
+    datamodule = AnomalyDataModule(detector.config.data)
+    datamodule.setup()
+    images = torch.from_numpy(datamodule.calibration_set.images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        served = detector(images).anomaly_map.numpy().ravel()
+    assert served.size <= 20_000  # every held-out pixel is in the sample
+    assert np.allclose(np.sort(served), calibration.distributions["pixel"].sample, rtol=1e-5, atol=1e-6)
 
 
 def test_evaluation_scoring_can_change_but_the_model_cannot(trained, tmp_path):

@@ -120,9 +120,10 @@ class AnomalyDetector(nn.Module):
     def mix_maps(self, combine: str, scales: tuple[float, float]) -> None:
         """Make the heat map show what the decision reads (`combine`): the latent distance map, the reconstruction
         error map, or both, each divided by its spread on held-out normals (`scales`, latent first) so they count alike."""
+        if self.patches is None:  # the whole image's code has no map: the reconstruction error is the heat map, as it is
+            self.map_weights = torch.tensor([0.0, 1.0])
+            return
         used = {"latent": (1.0, 0.0), "reconstruction": (0.0, 1.0), "fisher": (1.0, 1.0)}[combine]
-        if self.patches is None:
-            used = (0.0, 1.0)  # the whole image's code has no map: the reconstruction error is the heat map
         self.map_weights = torch.tensor([u / max(scale, 1e-12) for u, scale in zip(used, scales)])
 
     def serve(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
