@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from anomaly.errors import AnomalyError
+from anomaly.quiet import quiet_libraries
 
 if TYPE_CHECKING:  # imported where used: `anomaly score` must not load MLflow or torch
     from anomaly.config import Config
@@ -55,6 +56,8 @@ def train(config: ConfigOption, set_: SetOption = None, overrides: ExtraOverride
     resolved = load_run_config(config, set_, overrides)
     from anomaly.training.train import train as run_training
 
+    quiet_libraries()  # after the import: Lightning and MLflow set their loggers up when imported
+
     result = run_training(resolved)
     if not result.is_global_zero:
         return
@@ -73,6 +76,8 @@ def evaluate(
 ) -> None:
     """Calibrate on held-out normal images, then evaluate on the test images."""
     from anomaly.evaluation.run import evaluate_checkpoint
+
+    quiet_libraries()  # after the import: Lightning and MLflow set their loggers up when imported
 
     folder = output or checkpoint.parent.parent / "evaluation"
     result = evaluate_checkpoint(checkpoint, collect_overrides(set_, overrides), folder)
@@ -100,6 +105,8 @@ def oneclass(
     """The one-class protocol: train and evaluate with each class in turn as the normal one."""
     from anomaly.evaluation.oneclass import markdown_table, run_oneclass
 
+    quiet_libraries()  # after the import: Lightning and MLflow set their loggers up when imported
+
     try:
         class_list = [int(item) for item in classes.split(",")]
     except ValueError:
@@ -122,6 +129,8 @@ def export(
     import json
 
     from anomaly.export.publish import publish
+
+    quiet_libraries()  # after the import: Lightning and MLflow set their loggers up when imported
 
     run = json.loads((evaluation / "run.json").read_text()) if (evaluation / "run.json").is_file() else {}
     result = publish(evaluation, output, collect_overrides(set_, overrides), run.get("mlflow_run_id"))
@@ -228,6 +237,8 @@ def pipeline_run(
     resolved = load_run_config(config, set_, overrides)
     from anomaly.pipeline.run import run_pipeline
 
+    quiet_libraries()  # after the import: Lightning and MLflow set their loggers up when imported
+
     folder = output or Path("runs") / config.stem
     summary = run_pipeline(resolved, folder, restart, report=lambda line: typer.echo(line, err=True))
     model_dir = summary["model_dir"]
@@ -296,8 +307,6 @@ def ensure_port_free(host: str, port: int) -> None:
 
 
 def main() -> None:
-    from anomaly.quiet import quiet_libraries
-
     quiet_libraries()
     try:
         app()

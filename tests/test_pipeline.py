@@ -108,7 +108,7 @@ def test_killed_during_training_resumes_without_losing_or_duplicating_epochs(fol
 
     second = subprocess.run(pipeline_command(config, output), capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "Restoring states from the checkpoint" in second.stderr
+    assert "resuming training from its last epoch checkpoint" in second.stderr
     state = PipelineState.load(output)
     assert state.steps["train"].run_id == killed_state.steps["train"].run_id
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -175,3 +175,19 @@ def test_config_errors_are_one_line(override, message, texture_folder, tmp_path,
 
 def test_missing_config_file(tmp_path, monkeypatch, capsys):
     assert "config file not found" in _expect_error(monkeypatch, capsys, tmp_path / "nope.yaml")
+
+
+@pytest.mark.slow
+def test_a_training_log_holds_only_what_a_user_can_act_on(texture_folder, tracking_uri, tmp_path):
+    """`anomaly train` in a fresh process: no Lightning banners or tips, no MLflow set-up lines, no warnings about the
+    project's own deliberate choices (a frozen encoder in eval mode); the command's own lines remain."""
+    from tests.conftest import run_cli_process
+
+    config = tiny_config(texture_folder, model={"encoder": "efficientnet_lite0", "latent_dim": 8},
+                         tracking={"uri": tracking_uri}, output_dir=str(tmp_path / "runs"))
+    config["model"].pop("depth"), config["model"].pop("base_channels")
+    done = run_cli_process("train", "--config", str(write_config(tmp_path / "config.yaml", config)))
+    assert done.returncode == 0, done.stderr
+    for noise in ("GPU available", "TPU available", "Tip:", "limit_train_batches", "INFO mlflow", "eval mode", "LeafSpec", "warning"):
+        assert noise not in done.stderr, (noise, done.stderr)
+    assert "mlflow run id:" in done.stdout and "encoding training images" in done.stderr

@@ -44,6 +44,7 @@ def log_model(bundle: Path, detector: OnnxDetector, example: np.ndarray) -> str:
         input_example=batch,
         extra_files=[str(bundle / CALIBRATION_FILE), str(bundle / CARD_FILE)],
         save_as_external_data=False,
+        onnx_execution_providers=["CPUExecutionProvider"],  # what the service runs it with (anomaly.runtime.bundle)
     )
     return info.model_uri
 

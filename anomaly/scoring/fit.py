@@ -7,6 +7,7 @@ for early stopping. Test images are never touched here.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -216,13 +217,15 @@ def fit_level(config: Config, model: nn.Module, datamodule: AnomalyDataModule, l
     first = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.resolved(level=level, line_run=runs[0])}), model)
     fitted_images = fit_latent(first, datamodule)
     scores = HeldOutScores.of(first, datamodule)
-    fitted_state = {key: value for key, value in first.state_dict().items() if not key.startswith("latent_distance.image_distance.")}
+    fitted = copy.deepcopy(first.latent_distance)  # before calibration touches `first`
     candidates = {}
     for run in runs:
         detector = first
         if run != runs[0]:
             detector = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.resolved(level=level, line_run=run)}), model)
-            detector.load_state_dict(fitted_state, strict=False)
+            line_run = detector.latent_distance.image_distance
+            detector.latent_distance = copy.deepcopy(fitted)  # the same bank and statistics, whatever their size
+            detector.latent_distance.image_distance = line_run
         run_scores = scores if run == runs[0] else scores.with_line_run(detector.latent_distance.image_distance)
         candidates[run[0] if run else None] = calibrate_fitted(detector, run_scores, fitted_images)
     return chosen_among(candidates, "scoring.latent.line_length", config.data.split_seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,8 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
     output_dir = config.output_dir / (logger.run_id or "rank-local")
     trainer, checkpoint = build_trainer(config, logger, output_dir)
     last = output_dir / "checkpoints" / "last.ckpt"
+    if resuming:
+        print(f"resuming training from its last epoch checkpoint {last}", file=sys.stderr, flush=True)
     if encoder is not None:
         module.model.backbone.load_state_dict(encoder.state_dict())
         tag_run(logger, {"encoder": config.model.encoder, "encoder.weights_sha256": encoder.weights_checksum()})
