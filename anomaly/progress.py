@@ -16,11 +16,11 @@ Item = TypeVar("Item")
 ENABLED = os.environ.get("ANOMALY_PROGRESS", "1") != "0"
 
 
-def progress(items: Iterable[Item], description: str | None, total: int | None = None) -> Iterator[Item]:
+def progress(items: Iterable[Item], description: str | None) -> Iterator[Item]:
     """`items`, with a progress bar named `description` while they are consumed (none without a description)."""
     if description is None or not ENABLED:
         yield from items
         return
     # In a log file rather than a terminal, a line every half minute instead of a redraw per item.
     interval = 0.1 if sys.stderr.isatty() else 30.0
-    yield from tqdm(items, desc=description, total=total, file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=interval)
+    yield from tqdm(items, desc=description, file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=interval)

@@ -120,6 +120,11 @@ class FittedDetector:
         return self.calibration.pvalues(self.labelled.reconstruction_scores, self.labelled.latent_distances).statistic
 
 
+def level_label(detector: AnomalyDetector) -> str:
+    """The patch level as a progress bar's name gives it, or nothing for the whole image's code."""
+    return f" (patch level {detector.patches.level})" if detector.patches else ""
+
+
 def fit_latent(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> int:
     """Fit the latent distance on the training split; return how many images it was fitted on."""
     if len(datamodule.calibration_set) < MIN_FIT_SAMPLES:
@@ -127,9 +132,8 @@ def fit_latent(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> int:
             f"calibration needs at least {MIN_FIT_SAMPLES} held-out normal images, got {len(datamodule.calibration_set)}: "
             "add normal training images or raise data.calibration_fraction"
         )
-    level = f" (patch level {detector.patches.level})" if detector.patches else ""
     with tempfile.TemporaryDirectory(prefix="anomaly-fit-") as folder:
-        codes = training_latents(detector, datamodule.train_dataloader_for_fitting(), Path(folder), f"training features{level}")
+        codes = training_latents(detector, datamodule.train_dataloader_for_fitting(), Path(folder), f"training features{level_label(detector)}")
         detector.latent_distance.fit(codes)
         fitted_images = len(codes)
         del codes  # the memory map must close before its folder goes
@@ -146,7 +150,7 @@ class HeldOutScores:
 
     @classmethod
     def of(cls, detector: AnomalyDetector, datamodule: AnomalyDataModule) -> HeldOutScores:
-        level = f" (patch level {detector.patches.level})" if detector.patches else ""
+        level = level_label(detector)
         held_out = score_loader(detector, datamodule.calibration_dataloader(), signal_maps=True, description=f"held-out normals{level}")
         loader = datamodule.labelled_val_dataloader()
         return cls(held_out, None if loader is None else score_loader(detector, loader, True, f"validation{level}"))
@@ -163,13 +167,12 @@ class HeldOutScores:
         return HeldOutScores(rescored(self.held_out), rescored(self.labelled))
 
 
-def calibrate_fitted(detector: AnomalyDetector, scores: HeldOutScores, fitted_images: int,
-                     choices: list[dict[str, Any]] = ()) -> FittedDetector:
+def calibrate_fitted(detector: AnomalyDetector, scores: HeldOutScores, fitted_images: int) -> FittedDetector:
     """Choose the combination (scoring.combine=auto) on the labelled validation set, mix the heat map to match it,
     then calibrate on the held-out normals."""
     config = detector.config
     held_out, labelled = scores.held_out, scores.labelled
-    combine, choices = config.scoring.combine, list(choices)
+    combine, choices = config.scoring.combine, []
     if combine == "auto":
         choice = choose_combination(held_out, labelled, config.data.split_seed)
         combine = choice.chosen
