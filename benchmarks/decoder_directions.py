@@ -10,8 +10,8 @@ upsampled to the input, smoothed (sigma 4 pixels), the image score the mean of i
 - pointwise: the previous release's decoder, 1x1 convolutions on the stride-8 grid (no neighbourhood).
 - spatial: DFR-style, 3x3 convolutions through a strided bottleneck at stride 32 (anomaly.models.pretrained, the
   shipped one), squared error on per-channel standardised features.
-- spatial_cosine (not in the default run: it fell to 0.52 validation AUROC on KolektorSDD in a first look): the same
-  autoencoder measured by cosine distance over the concatenated features.
+- spatial_cosine (not in the default run; docs/pretrained-encoders.md has its first look): the same autoencoder
+  measured by cosine distance over the concatenated features.
 - reverse_distillation: a one-class bottleneck fusing the three levels at stride 32 and a decoder mirroring them
   (restoring levels 4, 3, 2 in turn), trained and measured by per-level cosine distance (Deng & Li, 2022).
 
