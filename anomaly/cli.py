@@ -172,6 +172,7 @@ def score(
     heatmaps: Annotated[bool, typer.Option("--heatmaps", help="Archive: also write each heat map as a PNG in OUTPUT-heatmaps/.")] = False,
     rows_per_file: Annotated[Optional[int], typer.Option(min=1, help="Archive: rows per Parquet part at most (default 256), the most a killed job re-scores per writer.")] = None,
     target_fpr: Annotated[Optional[float], typer.Option(help="Override the calibrated target false-positive rate.")] = None,
+    fdr: Annotated[Optional[float], typer.Option(help="Archive: flag by Benjamini-Hochberg over the whole archive at this false-discovery rate (the share of flagged images that are normal) instead of a per-image false-positive rate.")] = None,
 ) -> None:
     """Score image files (JSON lines) or a whole archive (--input, --output: Parquet, on Ray when installed), with
     ONNX Runtime and no torch."""
@@ -186,9 +187,11 @@ def score(
         from anomaly.archive.job import score_archive
 
         options = {} if rows_per_file is None else {"rows_per_file": rows_per_file}
-        summary = score_archive(model, input_, output, local, actors, target_fpr, heatmaps, **options)
+        summary = score_archive(model, input_, output, local, actors, target_fpr, heatmaps, fdr=fdr, **options)
         typer.echo(json.dumps(summary.to_dict()))
         return
+    if fdr is not None:
+        raise AnomalyError("--fdr decides over a whole archive: give --input and --output")
     if not images:
         raise AnomalyError("give image files, or --input FOLDER --output RESULTS for an archive")
     score_files(model, images, target_fpr)
@@ -217,6 +220,29 @@ def score_files(model: str, images: list[Path], target_fpr: float | None) -> Non
             typer.echo(json.dumps({"image": str(path), **result.to_dict()}))
     if failures:
         raise typer.Exit(code=2)
+
+
+@app.command()
+def calibrate(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model directory or models:/NAME@ALIAS (or models:/NAME/VERSION).")],
+    normals: Annotated[Path, typer.Option("--normals", help="Folder of normal images from the line as it is now.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write a recalibrated copy here instead of recalibrating the model directory in place.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recalibrate even when the current calibration flags most of the images.")] = False,
+) -> None:
+    """Refit the calibration of an exported model on a folder of normal images (ONNX Runtime, no torch, no retraining).
+    A directory is recalibrated in place (the replaced calibration is kept beside it) or into --output; a registered
+    model gets a new version with the same weights, and the alias it was named by moves to it."""
+    import json
+
+    from anomaly.calibration.recalibrate import recalibrate
+
+    done, version = recalibrate(model, normals, output, force)
+    promise = done.promise
+    supported = ("cannot resolve it" if promise.realised_rate_range is None else
+                 "supports {:.2%} to {:.2%}".format(*promise.realised_rate_range))
+    typer.echo(f"recalibrated {done.location} on {done.images} normal images ({done.flagged_by_previous} flagged by the "
+               f"replaced calibration); at {promise.target_fpr:.2%} the new one {supported}", err=True)
+    typer.echo(json.dumps({**done.to_dict(), "registered_version": version}))
 
 
 pipeline_app = typer.Typer(no_args_is_help=True, help="Pipeline runs: train, calibrate, evaluate, export, register, promote.")

@@ -117,6 +117,13 @@ class DataConfig(StrictModel):
         "distribution).",
     )
     split_seed: int = Field(0, description="Seed of the train / validation / calibration split.")
+    holdout: Literal["blocks", "random"] = Field(
+        "blocks",
+        description="How the validation and calibration normals are held out: blocks (whole runs of consecutive images "
+        "in name order, a twentieth of the normals each, so a held-out image has no near-twin from the same part or "
+        "session in training and calibration sees what a new part looks like) or random (single images). A folder "
+        "with ROOT/calibration/good calibrates on those images instead and holds out only validation normals.",
+    )
     synthetic_validation: bool = Field(
         False,
         description="Give each validation image two synthetic anomalies with masks (a textured blob and a thin line), a "
@@ -429,6 +436,20 @@ class ScoringConfig(StrictModel):
         0.01, gt=0.0, lt=0.5, description="The false-positive rate the default decision threshold allows on normal "
         "images; each request may ask for another.",
     )
+    cross_fit_folds: int = Field(
+        5, ge=0, le=20, description="Out-of-fold latent distances of the training normals added to the calibration: the "
+        "training split is cut into this many runs of consecutive images, and each run is scored by a latent distance "
+        "fitted without it (nothing is retrained), so the latent distribution rests on every normal image instead of "
+        "the hold-out alone. The reconstruction error of a training image is not honest (the autoencoder saw it), so "
+        "the reconstruction and a fisher combination stay fitted on the hold-out. 0: the hold-out alone.",
+    )
+
+    @field_validator("cross_fit_folds")
+    @classmethod
+    def _several_folds(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("one fold leaves nothing to fit on: use 0 (the hold-out alone) or at least 2")
+        return value
 
     @property
     def patches(self) -> PatchDistance | None:

@@ -12,6 +12,7 @@
     uv run python -m benchmarks.run --sections archive   # archive scoring images/s: one process, Ray with 1 and 2 actors
     uv run python -m benchmarks.run --sections decoder_directions   # the feature autoencoder's decoder directions, reconstruction alone
     uv run python -m benchmarks.run --sections signals   # the shipped pipelines: each signal alone and the chosen combination, minutes per step
+    uv run python -m benchmarks.run --sections calibration   # realised false-positive rates at 1% and 5% on every surface
 
 Each section's JSON is written as soon as it finishes. Quality needs MNIST and KolektorSDD under
 --datasets (default ../shared/datasets); ELPV comes with the elpv-dataset package. The HTTP
@@ -29,14 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import archive, decoder_directions, default_elpv, encoders, fit_memory, quality, report, rescored_seeds, scaling, seeds, signals, speed
+from benchmarks import archive, calibration, decoder_directions, default_elpv, encoders, fit_memory, quality, report, rescored_seeds, scaling, seeds, signals, speed
 from benchmarks.environment import environment
 from benchmarks.kept import MEASURED_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("quality", "speed", "scaling")
 # Reported when present; not in a default run (each takes from several minutes to about two hours on 2 cores).
-OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds", "encoders", "fit_memory", "archive", "decoder_directions", "signals")
+OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds", "encoders", "fit_memory", "archive", "decoder_directions", "signals", "calibration")
 
 
 def commit() -> str:
@@ -67,6 +68,8 @@ def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path
         return decoder_directions.run(quick, datasets, work, output / "rows")
     if name == "signals":
         return signals.run(quick, datasets, work, output / "rows")
+    if name == "calibration":
+        return calibration.run(quick, datasets, work, output / "rows")
     return scaling.run(quick)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +36,33 @@ def runs(datasets: Path, quick: bool) -> dict[str, tuple[str, list[str]]]:
     return rows
 
 
-def measure(name: str, pipeline: str, overrides: list[str], scratch: Path, quick: bool) -> dict[str, Any]:
-    output = scratch / "signals" / name
-    settings = [*overrides, f"tracking.uri=sqlite:///{scratch / 'mlflow-signals.db'}", f"tracking.registered_model=signals-{name}",
-                "trainer.enable_progress_bar=false", *(["train.max_epochs=2"] if quick else [])]
+@dataclass(frozen=True)
+class ShippedRun:
+    """One `anomaly pipeline run` as a user runs it: where it wrote, its evaluation's metrics and calibration."""
+
+    output: Path
+    summary: dict[str, Any]
+    metrics: dict[str, Any]
+    calibration: dict[str, Any]
+    seconds: float
+
+
+def run_shipped(section: str, name: str, pipeline: str, overrides: list[str], scratch: Path, epochs: int | None) -> ShippedRun:
+    """Run pipelines/<pipeline> with `overrides` into scratch/<section>/<name>, logging to the section's own store."""
+    output = scratch / section / name
+    settings = [*overrides, f"tracking.uri=sqlite:///{scratch / f'mlflow-{section}.db'}", f"tracking.registered_model={section}-{name}",
+                "trainer.enable_progress_bar=false", *([] if epochs is None else [f"train.max_epochs={epochs}"])]
     started = time.perf_counter()
     summary = run_pipeline(load_config(PIPELINES / pipeline, settings), output, restart=True, report=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - started
-    metrics = json.loads((output / "evaluation" / "metrics.json").read_text())
-    calibration = json.loads((output / "evaluation" / "calibration.json").read_text())
+    evaluation = output / "evaluation"
+    return ShippedRun(output, summary, json.loads((evaluation / "metrics.json").read_text()),
+                      json.loads((evaluation / "calibration.json").read_text()), seconds)
+
+
+def measure(name: str, pipeline: str, overrides: list[str], scratch: Path, quick: bool) -> dict[str, Any]:
+    run = run_shipped("signals", name, pipeline, overrides, scratch, 2 if quick else None)
+    metrics, calibration, summary, seconds = run.metrics, run.calibration, run.summary, run.seconds
     return {
         "overrides": overrides,
         "test_image_auroc": {signal: values["auroc"] for signal, values in metrics["image"].items()},

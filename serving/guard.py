@@ -20,7 +20,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/", "/docs"})
+# What answers without the key when ANOMALY_API_KEY is set: the page (it asks for the key) and the health probes.
+# /metrics and the API description are a plant's production figures: Prometheus scrapes with the key as bearer token.
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/"})
 PICKLE_MEDIA_TYPES = frozenset({"application/vnd.bentoml+pickle", "application/python-pickle", "application/x-pickle"})
 MULTIPART = "multipart/form-data"
 

@@ -28,6 +28,9 @@ class ImageScore(BaseModel):
     is_anomaly: bool = Field(description="p_combined < target_fpr.")
     target_fpr: float = Field(description="False-positive rate the decision was made at.")
     threshold: float = Field(description="anomaly_score above which an image is flagged: 1 - target_fpr.")
+    warning: Optional[str] = Field(None, description=(
+        "Set when target_fpr is below what the calibration can resolve (/model's calibration.promise): the decision is "
+        "made, but the realised rate can be several times the target."))
     heatmap_png_base64: Optional[str] = Field(None, description=(
         "With heatmap=true: the anomaly map as a PNG, over the image at the model's input size (heatmap_size=input) or "
         "alone with its opacity in alpha at the upload's size (heatmap_size=original). Yellow at the pixel threshold for "
@@ -63,6 +66,25 @@ class CalibrationSummary(BaseModel):
     sample_sizes: dict[str, int]
     thresholds: dict[str, float]
     f1_optimal_score: Optional[float]
+    holdout: Optional[str] = Field(description="How the calibration normals were held out.")
+    promise: dict[str, Any] = Field(description=(
+        "At the default target: how many normal images the decision rests on, and the range of realised false-positive "
+        "rates (95%) they support; warning when the target is below what they can resolve."))
+    recalibration: Optional[dict[str, Any]] = Field(description="Set when `anomaly calibrate` refitted the exported calibration.")
+
+
+class Monitoring(BaseModel):
+    """The answering API worker's sliding window of served p-values (serving.monitor); /metrics has every worker's."""
+
+    window_images: int
+    flagged_share: float = Field(description="Share of the window flagged at the calibrated target.")
+    target_fpr: float
+    flagged_test_p: float = Field(description="One-sided binomial test p-value: flagged share above the target.")
+    uniformity_test_p: float = Field(description="Kolmogorov-Smirnov p-value: the normal-looking p-values are still uniform.")
+    alarm: bool = Field(description="Either test below alarm_p, with at least min_images in the window.")
+    window: int
+    min_images: int
+    alarm_p: float
 
 
 class ModelDescription(BaseModel):
@@ -74,6 +96,7 @@ class ModelDescription(BaseModel):
     input: InputSpec
     calibration: CalibrationSummary
     adaptive_batching: bool
+    monitoring: Monitoring
     test_metrics: dict[str, float] = Field(description="Measured on the test images before export (image_auroc, pixel_auroc, ...); empty for models exported before they were recorded.")
 
 

@@ -27,7 +27,8 @@ from anomaly.runtime.bundle import (
 )
 from anomaly.runtime.heatmap import map_layer, original_size_for_map, overlay_png_base64, png_base64
 from anomaly.runtime.resolve import ResolvedModel
-from serving.schemas import CalibrationSummary, ImageScore, InputSpec, ModelDescription, ModelIdentity
+from serving.monitor import MonitorState
+from serving.schemas import CalibrationSummary, ImageScore, InputSpec, ModelDescription, ModelIdentity, Monitoring
 from serving.settings import MAX_TARGET_FPR, MIN_TARGET_FPR, ServingSettings
 
 HeatmapSize = Literal["input", "original"]
@@ -119,7 +120,7 @@ class ModelView:
             return overlay_png_base64(upload.pixels, anomaly_map, threshold)
         return png_base64(map_layer(anomaly_map, threshold, original_size_for_map(*upload.original_size)))
 
-    def describe(self, settings: ServingSettings) -> ModelDescription:
+    def describe(self, settings: ServingSettings, monitoring: MonitorState) -> ModelDescription:
         calibration = self.calibration
         height, width = self.image_size
         return ModelDescription(
@@ -148,7 +149,11 @@ class ModelView:
                 sample_sizes=calibration.sample_sizes,
                 thresholds=calibration.thresholds(),
                 f1_optimal_score=calibration.f1_optimal_score,
+                holdout=calibration.holdout,
+                promise=calibration.promise().to_dict(),
+                recalibration=calibration.recalibration,
             ),
             adaptive_batching=settings.adaptive_batching,
+            monitoring=Monitoring(**monitoring.to_dict()),
             test_metrics=json.loads(self.metadata.get(META_TEST_METRICS) or "{}"),
         )

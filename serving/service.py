@@ -35,6 +35,7 @@ from anomaly.runtime.resolve import resolve_model
 from serving.budget import ByteBudget
 from serving.guard import RequestGuard
 from serving.metrics import RequestMetrics, service_metrics
+from serving.monitor import PValueMonitor
 from serving.schemas import BatchScoreResponse, ErrorResponse, ImageScore, ModelDescription, ScoreResponse
 from serving.scoring import DecodedUpload, HeatmapSize, ModelView, describe_loaded, pack_outputs
 from serving.supervision import exit_with_parent
@@ -169,6 +170,7 @@ class AnomalyService:
     def __init__(self) -> None:
         exit_with_parent()
         self.view: ModelView | None = None
+        self.monitor: PValueMonitor | None = None
         self.loading = asyncio.Lock()
         self.decoding = ByteBudget(SETTINGS.decode_budget_bytes)
 
@@ -194,6 +196,7 @@ class AnomalyService:
                 except Exception as error:  # the model server is not up yet or failed to load
                     logger.warning("model server not ready: %s", error)
                     raise ServingError(503, "the model is not loaded yet; retry when /readyz answers 200") from None
+                self.monitor = PValueMonitor(view.calibration.target_fpr)
                 self.view = view
         return self.view
 
@@ -230,7 +233,10 @@ class AnomalyService:
             logger.warning("model server failed: %s", error)
             raise ServingError(503, "the model server is unavailable or overloaded; retry") from None
         results = await anyio.to_thread.run_sync(lambda: view.score(uploads, np.asarray(packed), target_fpr, heatmap))
-        service_metrics().observe_results([r.anomaly_score for r in results], [r.is_anomaly for r in results])
+        metrics = service_metrics()
+        metrics.observe_results([r.anomaly_score for r in results], [r.is_anomaly for r in results])
+        state = self.monitor.observe([r.p_combined for r in results])
+        metrics.observe_monitor(view.identity.name, view.identity.version or "", state)
         return results
 
     @app.post("/score", response_model=ScoreResponse)
@@ -261,7 +267,8 @@ class AnomalyService:
     @app.get("/model", response_model=ModelDescription)
     async def describe_model(self) -> ModelDescription:
         """Which model answers: name, version, training run, data, input spec, calibration."""
-        return (await self.loaded()).describe(SETTINGS)
+        view = await self.loaded()
+        return view.describe(SETTINGS, self.monitor.state())
 
 
 AnomalyService.add_asgi_middleware(RequestMetrics, routes=API_ROUTES)

@@ -23,7 +23,7 @@ class ServingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: Optional[str] = Field(None, description="Model directory or models:/NAME@ALIAS (ANOMALY_MODEL).")
-    api_key: Optional[str] = Field(None, description="When set, /score, /score_batch and /model need 'Authorization: Bearer <key>'.")
+    api_key: Optional[str] = Field(None, description="When set, every route but the page (/), /livez and /readyz needs 'Authorization: Bearer <key>': /metrics and the API description (/docs, /docs.json) included.")
     max_body_mb: float = Field(20.0, gt=0, description="Larger request bodies get 413.")
     max_image_pixels: int = Field(40_000_000, gt=0, description="Images declaring more pixels get 413 before decoding.")
     decode_budget_mb: float = Field(

@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomaly.calibration.artifact import Calibration
 from anomaly.calibration.combine import combination_statistic
+from anomaly.calibration.promise import Promise
 from anomaly.calibration.distribution import TailFittedDistribution
 from anomaly.calibration.choice import auroc, choose_simplest
 from anomaly.calibration.fit import choose_combination, fit_calibration
@@ -174,14 +175,32 @@ def test_a_target_beyond_the_calibration_sample_is_flagged():
     calibration = make_calibration()  # 2000 held-out normals
     assert calibration.sample_size_warning() is None and calibration.sample_size_warning(0.001) is None
     assert calibration.sample_size_warning(0.0001) == (
-        "the 0.01% false-positive target rests on 2000 held-out normal images, fewer than 1/target = 10000: its threshold is "
-        "extrapolated past every calibration score, so the realised rate can be several times the target; "
-        "add normal images or raise data.calibration_fraction"
+        "the 0.01% false-positive target is below what 2000 calibration normal images can resolve (at least 0.05%): its "
+        "threshold is extrapolated past every calibration score, so the realised rate can be several times the target; "
+        "add normal images (anomaly calibrate --normals DIR) or ask for a larger target"
     )
     small = fit_calibration(scored_set(*correlated_scores(28, seed=3), np.zeros(28, dtype=np.int64)),
                             ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0)
-    assert "the 1.00% false-positive target rests on 28 held-out normal images, fewer than 1/target = 100" in small.sample_size_warning()
+    assert "the 1.00% false-positive target is below what 28 calibration normal images can resolve" in small.sample_size_warning()
     assert small.sample_size_warning(0.05) is None
+    promise = small.promise(0.05).to_dict()
+    assert promise["calibration_normals"] == 28 and promise["warning"] is None
+    assert promise["realised_fpr_low"] < 0.05 < promise["realised_fpr_high"]
+
+
+def test_the_promised_range_holds_the_realised_rate_of_new_normals():
+    """Calibrate on 300 normal scores many times over; the realised rate (exact: the scores are standard normal) falls
+    inside the promised 95% range about 95% of the time, and the range narrows with more calibration normals."""
+    inside = []
+    for seed in range(300):
+        sample = np.random.default_rng(seed).standard_normal(300)
+        distribution = TailFittedDistribution.fit(sample)
+        realised = stats.norm.sf(distribution.score_at_pvalue(0.02))
+        low, high = Promise.of(0.02, 300, None).realised_rate_range
+        inside.append(low <= realised <= high)
+    assert 0.88 < np.mean(inside) <= 1.0
+    narrow = Promise.of(0.02, 3000, None).realised_rate_range
+    assert narrow[1] - narrow[0] < (high - low) / 2
 
 
 def test_calibration_refuses_mismatch_and_damage(tmp_path: Path):
@@ -267,3 +286,21 @@ def test_calibration_from_held_out_sets_scored_apart_equals_one_pass():
     whole = fit_calibration(held_out, scoring, {}, "a" * 64, seed=0, labelled=labelled)
     merged = fit_calibration(ScoredSet.concatenate(parts), scoring, {}, "a" * 64, seed=0, labelled=labelled)
     assert merged.to_dict() == whole.to_dict()
+
+
+def test_cross_fitted_latent_distances_join_the_latent_and_a_latent_decision(tmp_path: Path):
+    """Out-of-fold latent distances of training normals count in the latent distribution; the combined one takes
+    them when the decision reads the latent distance alone, and not for fisher, whose held-out pairs alone are honest."""
+    held_out = scored_set(*correlated_scores(30, seed=3), np.zeros(30, dtype=np.int64))
+    cross_fitted = correlated_scores(270, seed=4)[1]
+    for combine, combined_count in (("latent", 300), ("fisher", 30)):
+        scoring = ScoringConfig(combine=combine).model_dump(mode="json")
+        calibration = fit_calibration(held_out, scoring, {}, "a" * 64, seed=0, cross_fitted_latent=cross_fitted)
+        assert len(calibration.distributions["latent"].sample) == 300
+        assert len(calibration.distributions["reconstruction"].sample) == 30
+        assert len(calibration.distributions["combined"].sample) == combined_count
+        assert calibration.sample_sizes["cross_fitted_images"] == 270 and calibration.sample_sizes["calibration_images"] == 30
+    # With 30 held-out normals 1% cannot be resolved; with the cross-fitted ones it can.
+    assert calibration.sample_size_warning() is not None
+    latent = fit_calibration(held_out, ScoringConfig(combine="latent").model_dump(mode="json"), {}, "a" * 64, seed=0, cross_fitted_latent=cross_fitted)
+    assert latent.sample_size_warning() is None

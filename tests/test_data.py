@@ -14,6 +14,7 @@ from anomaly.data.splits import split_normals
 from anomaly.data.synthetic import perlin_noise, synthesize_anomalies, synthetic_anomaly_set
 from anomaly.errors import AnomalyError
 from anomaly.imageio import ImageTooLargeError, UnsupportedFormatError, decode_image, open_image
+from tests.conftest import stripes
 
 
 def test_folder_layout_is_loaded_with_categories_masks_and_resizing(texture_folder: Path):
@@ -135,6 +136,39 @@ def test_split_is_seeded_disjoint_and_complete():
     assert not np.array_equal(split_normals(100, 0.1, 0.2, seed=4).calibration, split.calibration)
     with pytest.raises(AnomalyError, match="need at least 3 normal training images"):
         split_normals(2, 0.1, 0.1, seed=0)
+
+
+def runs_of_consecutive(indices: np.ndarray) -> list[int]:
+    """Lengths of the runs of consecutive integers in sorted `indices`."""
+    breaks = np.flatnonzero(np.diff(indices) != 1)
+    return np.diff([0, *(breaks + 1), len(indices)]).tolist()
+
+
+def test_blocks_hold_out_whole_runs_of_consecutive_images():
+    """The default scheme holds out runs of neighbouring files (a part's photographs, a session), the random scheme
+    single images: with 200 normals in 20 blocks of 10, calibration is two whole blocks."""
+    blocks = split_normals(200, 0.1, 0.1, seed=3)
+    assert blocks.scheme == "blocks" and runs_of_consecutive(blocks.calibration) in ([10, 10], [20])
+    assert all(length % 10 == 0 for length in runs_of_consecutive(blocks.val))
+    random = split_normals(200, 0.1, 0.1, seed=3, scheme="random")
+    assert max(runs_of_consecutive(random.calibration)) < 5
+    assert not np.array_equal(split_normals(200, 0.1, 0.1, seed=4).calibration, blocks.calibration)
+
+
+def test_a_calibration_folder_replaces_the_calibration_hold_out(texture_folder: Path):
+    (texture_folder / "calibration" / "good").mkdir(parents=True)
+    for i, image in enumerate(stripes(12, 40, 36, seed=9)):
+        Image.fromarray(image).save(texture_folder / "calibration" / "good" / f"c{i:02d}.png")
+    datamodule = AnomalyDataModule(DataConfig(root=texture_folder, image_size=(32, 32)))
+    datamodule.setup()
+    assert len(datamodule.calibration_set) == 12 and all("/calibration/good/" in name for name in datamodule.calibration_set.names)
+    assert len(datamodule.train_set) + len(datamodule.val_set) == 24  # every training normal is trained on or validates
+    assert datamodule.split_record()["calibration"] == datamodule.calibration_set.names
+    assert "calibration folder" in datamodule.holdout_description
+    for path in (texture_folder / "calibration" / "good").iterdir():
+        path.unlink()
+    with pytest.raises(AnomalyError, match="no images in .*calibration/good: add normal images for calibration, or remove the folder"):
+        AnomalyDataModule(DataConfig(root=texture_folder, image_size=(32, 32))).setup()
 
 
 def test_datamodule_records_splits_and_builds_synthetic_validation(texture_folder: Path):

@@ -257,7 +257,7 @@ def test_score_errors_are_one_line(published_ae, folder, tracking, tmp_path, mon
     cases = [
         ([str(broken), image], "cannot load ONNX model"),
         ([str(no_calibration), image], "has no calibration.json"),
-        ([str(mismatched), image], "is not the calibration this model was exported with"),
+        ([str(mismatched), image], "is neither the calibration this model was exported with"),
         (["models:/no-such-model@champion", image], "cannot resolve models:/no-such-model@champion"),
         ([str(tmp_path / "absent"), image], "model directory not found"),
         ([str(model), str(tmp_path / "bad.png")], "cannot read image"),

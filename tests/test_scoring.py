@@ -372,3 +372,27 @@ def test_patch_bank_fitted_in_chunks_equals_one_pass(bank):
         with torch.no_grad():
             pvalues = [TailFittedDistribution.fit(model(held_out).numpy()).pvalue(model(probes).numpy()) for model in (whole, chunked)]
         assert np.array_equal(*pvalues)
+
+
+def test_cross_fitted_distances_score_training_images_as_new_parts():
+    """Eight parts of five near-identical photographs each: a photograph's out-of-fold distance (its part's run
+    left out of the bank) matches a photograph of a part never seen, not a new photograph of a part in the bank."""
+    from types import SimpleNamespace
+
+    from anomaly.scoring.fit import cross_fitted_distances
+
+    rng = np.random.default_rng(0)
+
+    def photographs(parts: int) -> np.ndarray:
+        looks = rng.normal(size=(parts, 1, 4, 3, 3))
+        return (looks + 0.05 * rng.normal(size=(parts, 5, 4, 3, 3))).reshape(parts * 5, 4, 3, 3).astype(np.float32)
+
+    training = photographs(8)
+    distance = PatchNearestNeighbourDistance(channels=4, k=1, bank_size=10_000).fit(training)
+    out_of_fold = cross_fitted_distances(SimpleNamespace(latent_distance=distance), training, folds=8, seed=0)
+    with torch.no_grad():
+        new_part = distance(torch.from_numpy(photographs(4))).numpy()
+        seen_part = distance(torch.from_numpy(training + 0.05 * rng.normal(size=training.shape).astype(np.float32))).numpy()
+    assert out_of_fold.shape == (40,)
+    assert np.median(out_of_fold) > 3 * np.median(seen_part)
+    assert 0.6 < np.median(out_of_fold) / np.median(new_part) < 1.6

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from anomaly.archive.decisions import FDR_RULE, TARGET_FPR_RULE, apply_decisions, check_fdr
 from anomaly.archive.location import ArchiveLocation, filesystem_errors
 from anomaly.archive.scorer import BatchScorer, result_schema
 from anomaly.errors import AnomalyError
@@ -39,6 +40,8 @@ class ArchiveSummary:
     output: str
     heatmaps: str | None
     seconds: float
+    decision_rule: str  # target_fpr or fdr_bh (anomaly.archive.decisions)
+    flagged: int  # images flagged over the whole output by that rule
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,10 +167,13 @@ def score_archive(
     heatmaps: bool = False,
     batch_size: int = BATCH_SIZE,
     rows_per_file: int = ROWS_PER_FILE,
+    fdr: float | None = None,
 ) -> ArchiveSummary:
-    """Score every image under `source` not yet in `output`; the same call resumes a killed job."""
+    """Score every image under `source` not yet in `output`, then decide over all of them (at `fdr` by
+    Benjamini-Hochberg, else each at its target FPR); the same call resumes a killed job."""
     started = time.perf_counter()
     check_target_fpr(target_fpr)
+    check_fdr(fdr)
     inputs, results = ArchiveLocation(source), ArchiveLocation(output)
     files = inputs.image_files()
     if not files:
@@ -186,12 +192,14 @@ def score_archive(
             with filesystem_errors(output):  # writing parts and heat maps; one image's read errors stay in its row
                 score_in_process(todo, scorer_args, results, batch_size, rows_per_file)
     written = read_parts(results, ["path", "error"])
+    flagged = apply_decisions(results, [path for path in part_files(results) if not path.rsplit("/", 1)[-1].startswith(HIDDEN)], fdr)
     new = {inputs.display(relative) for relative in todo}
     rows = [error for path, error in zip(written.column("path").to_pylist(), written.column("error").to_pylist()) if path in new]
     return ArchiveSummary(
         engine=engine, actors=used_actors, images=len(files), skipped=len(files) - len(todo), scored=len(rows),
         errors=sum(error is not None for error in rows), output=output,
         heatmaps=heatmap_location.location if heatmap_location else None, seconds=round(time.perf_counter() - started, 2),
+        decision_rule=TARGET_FPR_RULE if fdr is None else FDR_RULE, flagged=flagged,
     )
 
 

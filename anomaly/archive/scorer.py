@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from anomaly.archive.decisions import TARGET_FPR_RULE
 from anomaly.archive.location import ArchiveLocation
 from anomaly.errors import AnomalyError
 from anomaly.runtime.bundle import META_MODEL_CHECKSUM, ImageResult, OnnxDetector
@@ -26,6 +27,9 @@ def result_schema() -> Any:
         *((name, pa.float64()) for name in SCORE_COLUMNS),
         ("is_anomaly", pa.bool_()),
         ("target_fpr", pa.float64()),
+        ("decision_rule", pa.string()),  # target_fpr (each image at target_fpr) or fdr_bh (Benjamini-Hochberg at fdr)
+        ("fdr", pa.float64()),
+        ("q_value", pa.float64()),  # the Benjamini-Hochberg adjusted p-value over the archive, with fdr_bh
         ("heatmap", pa.string()),
         ("model_name", pa.string()),
         ("model_version", pa.string()),
@@ -87,6 +91,9 @@ class BatchScorer:
             **scores,
             "is_anomaly": None if result is None else result.is_anomaly,
             "target_fpr": None if result is None else result.target_fpr,
+            "decision_rule": None if result is None else TARGET_FPR_RULE,
+            "fdr": None,
+            "q_value": None,
             "heatmap": heatmap,
             **self.model_columns,
         }

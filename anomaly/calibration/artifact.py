@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from anomaly.calibration.combine import CombineMethod, combination_statistic
 from anomaly.calibration.distribution import TailFittedDistribution
+from anomaly.calibration.promise import Promise
 from anomaly.calibration.scored import ScoredSet
 from anomaly.errors import AnomalyError
 
@@ -63,6 +63,9 @@ class Calibration:
     validation_auroc: dict[str, float] | None = None
     # How each auto setting was chosen (anomaly.calibration.choice.Choice.record), in the order they were made.
     choices: list[dict[str, Any]] = field(default_factory=list)
+    holdout: str | None = None  # how the calibration normals were held out, in words (model card, /model)
+    # Set by `anomaly calibrate`: which normals replaced the exported calibration, and that calibration's sha256.
+    recalibration: dict[str, Any] | None = None
 
     @property
     def combine_method(self) -> CombineMethod:
@@ -76,7 +79,11 @@ class Calibration:
         return ScorePValues(reconstruction, latent, self.distributions["combined"].pvalue(statistic), statistic)
 
     def is_anomaly(self, pvalues: ScorePValues, target_fpr: float | None = None) -> np.ndarray:
-        return pvalues.combined < (self.target_fpr if target_fpr is None else target_fpr)
+        return self.is_anomaly_pvalue(pvalues.combined, target_fpr)
+
+    def is_anomaly_pvalue(self, combined: np.ndarray, target_fpr: float | None = None) -> np.ndarray:
+        """The decision on combined p-values: flagged below the target (the default one when None)."""
+        return combined < (self.target_fpr if target_fpr is None else target_fpr)
 
     def pixel_threshold(self, target_fpr: float | None = None) -> float:
         return self.distributions["pixel"].score_at_pvalue(self.target_fpr if target_fpr is None else target_fpr)
@@ -89,18 +96,15 @@ class Calibration:
         values["anomaly_score"] = 1.0 - alpha
         return values
 
-    def sample_size_warning(self, target_fpr: float | None = None) -> str | None:
-        """Why the decision may miss its target: with fewer than 1 / target held-out normals, the
-        threshold lies beyond every calibration score and only the fitted tail places it."""
+    def promise(self, target_fpr: float | None = None) -> Promise:
+        """What this calibration can promise at `target_fpr` (the default target when None): how many normals the
+        decision's distribution rests on, how they were held out, the range of realised rates they support."""
         alpha = self.target_fpr if target_fpr is None else target_fpr
-        count = len(self.distributions["combined"].sample)
-        if count * alpha >= 1:
-            return None
-        return (
-            f"the {alpha:.2%} false-positive target rests on {count} held-out normal images, fewer than 1/target = "
-            f"{math.ceil(1 / alpha)}: its threshold is extrapolated past every calibration score, so the realised rate "
-            "can be several times the target; add normal images or raise data.calibration_fraction"
-        )
+        return Promise.of(alpha, len(self.distributions["combined"].sample), self.holdout)
+
+    def sample_size_warning(self, target_fpr: float | None = None) -> str | None:
+        """Why the decision may miss its target: a target below what the calibration can resolve."""
+        return self.promise(target_fpr).warning
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +118,9 @@ class Calibration:
             "sample_sizes": self.sample_sizes,
             "validation_auroc": self.validation_auroc,
             "choices": self.choices,
+            "holdout": self.holdout,
+            "recalibration": self.recalibration,
+            "promise": self.promise().to_dict(),
             "distributions": {name: dist.to_dict() for name, dist in self.distributions.items()},
         }
 
@@ -154,4 +161,6 @@ class Calibration:
             sample_sizes=data.get("sample_sizes", {}),
             validation_auroc=data.get("validation_auroc"),
             choices=data.get("choices", []),
+            holdout=data.get("holdout"),
+            recalibration=data.get("recalibration"),
         )

@@ -84,18 +84,27 @@ def fit_calibration(
     labelled: ScoredSet | None = None,
     sample_sizes: dict[str, int] | None = None,
     choices: list[dict[str, Any]] | None = None,
+    cross_fitted_latent: np.ndarray | None = None,
 ) -> Calibration:
     """Fit each signal's distribution, the combination's, and the heat map pixels', on held-out normals. `scoring`
-    has its choices made (combine is not auto); `choices` records how (Choice.record), for the model card."""
+    has its choices made (combine is not auto); `choices` records how (Choice.record), for the model card.
+    `cross_fitted_latent`: the training normals' out-of-fold latent distances, added to the latent distribution and,
+    when the decision reads the latent distance alone, to the combined one (a fisher combination needs both signals of
+    one image, and only the hold-out has an honest reconstruction error)."""
     if scoring["combine"] == "auto":
         raise AnomalyError("scoring.combine=auto is chosen before calibration (anomaly.scoring.fit)")
     if held_out.reconstruction_scores is None:
         raise AnomalyError("calibration needs both signals' scores: this model's graph does not compute the reconstruction")
+    extra = np.zeros(0) if cross_fitted_latent is None else np.asarray(cross_fitted_latent, dtype=np.float64)
+    latent_scores = np.concatenate([held_out.latent_distances, extra])
     reconstruction = TailFittedDistribution.fit(held_out.reconstruction_scores)
-    latent = TailFittedDistribution.fit(held_out.latent_distances)
-    statistic = combination_statistic(
-        reconstruction.pvalue(held_out.reconstruction_scores), latent.pvalue(held_out.latent_distances), scoring["combine"]
-    )
+    latent = TailFittedDistribution.fit(latent_scores)
+    if scoring["combine"] == "latent":  # the reconstruction's p-value is not read: every honest latent score counts
+        statistic = combination_statistic(np.ones_like(latent_scores), latent.pvalue(latent_scores), "latent")
+    else:
+        statistic = combination_statistic(
+            reconstruction.pvalue(held_out.reconstruction_scores), latent.pvalue(held_out.latent_distances), scoring["combine"]
+        )
     pixels = _pixel_sample(held_out.maps, PIXEL_SAMPLE_SIZE, seed)
     calibration = Calibration(
         model_checksum=model_checksum,
@@ -108,7 +117,8 @@ def fit_calibration(
             "pixel": TailFittedDistribution.fit(pixels),
         },
         target_fpr=scoring["target_fpr"],
-        sample_sizes={**(sample_sizes or {}), "calibration_images": len(held_out.labels), "calibration_pixels": int(pixels.size)},
+        sample_sizes={**(sample_sizes or {}), "calibration_images": len(held_out.labels), "cross_fitted_images": len(extra),
+                      "calibration_pixels": int(pixels.size)},
         choices=choices or [],
     )
     if labelled is None:

@@ -31,6 +31,23 @@ class ScoredSet:
         return replace(self, maps=np.sum(parts, axis=0, dtype=np.float32))
 
     @classmethod
+    def of_normal_outputs(cls, outputs: dict[str, np.ndarray]) -> ScoredSet:
+        """Normal images as an exported graph scored them (anomaly_map, latent_distance, reconstruction_score): what
+        an ONNX model is calibrated on without torch. The graph's heat map is already the mixed one."""
+        maps = outputs["anomaly_map"][:, 0]
+        count = len(maps)
+        return cls(
+            reconstruction_scores=outputs["reconstruction_score"],
+            latent_distances=outputs["latent_distance"],
+            latents=np.zeros((count, 0), dtype=np.float32),  # the served graph has no latent vector output
+            maps=maps,
+            labels=np.zeros(count, dtype=np.int64),
+            masks=np.zeros_like(maps, dtype=bool),
+            categories=["good"] * count,
+            names=[str(i) for i in range(count)],
+        )
+
+    @classmethod
     def concatenate(cls, parts: list[ScoredSet]) -> ScoredSet:
         """Sets scored separately (batches, or workers each scoring a share of the held-out images), in order: each
         image's scores and map depend on that image alone, so calibration fitted on the result is the one-pass one."""

@@ -34,13 +34,14 @@ class AnomalyDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         source = load_source(self.config)
+        calibration_fraction = 0.0 if source.calibration is not None else self.config.calibration_fraction
         split = split_normals(
-            len(source.train), self.config.val_fraction, self.config.calibration_fraction, self.config.split_seed
+            len(source.train), self.config.val_fraction, calibration_fraction, self.config.split_seed, self.config.holdout
         )
         self.split, self._normal_names = split, source.train.names
         self.train_set = source.train.subset(split.train)
         self.val_set = source.train.subset(split.val)
-        self.calibration_set = source.train.subset(split.calibration)
+        self.calibration_set = source.calibration if source.calibration is not None else source.train.subset(split.calibration)
         self.test_set = source.test
         if self.config.synthetic_validation:
             self.synthetic_set = synthetic_anomaly_set(self.val_set, seed=self.config.split_seed)
@@ -56,7 +57,19 @@ class AnomalyDataModule(L.LightningDataModule):
                         [c for part in pair for c in part.categories], [n for part in pair for n in part.names], np.concatenate(masks))
 
     def split_record(self) -> dict[str, object]:
-        return self.split.record(self._normal_names)
+        record = self.split.record(self._normal_names)
+        if not len(self.split.calibration):
+            record["calibration"] = list(self.calibration_set.names)
+        return record
+
+    @property
+    def holdout_description(self) -> str:
+        """How the calibration normals were held out, in words for the model card and /model."""
+        if not len(self.split.calibration):
+            return "a calibration folder (calibration/good), apart from the training images"
+        if self.split.scheme == "random":
+            return "single images drawn at random from the training normals"
+        return "whole runs of consecutive training normals in name order (data.holdout=blocks)"
 
     def _loader(self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
         return DataLoader(

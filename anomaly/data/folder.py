@@ -11,6 +11,7 @@ from anomaly.errors import AnomalyError
 from anomaly.imageio import decode_image, is_image_file, load_mask, read_size
 
 MASK_SUFFIX = "_mask"
+CALIBRATION_FOLDER = "calibration"
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -78,11 +79,22 @@ def _train_files(root: Path) -> list[Path]:
     return train_files
 
 
+def _calibration_normals(root: Path, size: tuple[int, int], channels: int) -> ImageSet | None:
+    """ROOT/calibration/good: normals a user holds out for calibration (say, parts made after the training images)."""
+    folder = root / CALIBRATION_FOLDER / NORMAL_CATEGORY
+    if not folder.is_dir():
+        return None
+    files = _image_files(folder)
+    if not files:
+        raise AnomalyError(f"no images in {folder}: add normal images for calibration, or remove the folder")
+    return normal_set(_decode_all(files, size, channels), [str(path) for path in files])
+
+
 def load_folder(root: Path, size: tuple[int, int], channels: int) -> SourceData:
     """Load an MVTec-layout folder; every problem is reported as a one-line AnomalyError."""
     train_files = _train_files(root)
     train = normal_set(_decode_all(train_files, size, channels), [str(path) for path in train_files])
-    return SourceData(train=train, test=_load_test(root, size, channels))
+    return SourceData(train=train, test=_load_test(root, size, channels), calibration=_calibration_normals(root, size, channels))
 
 
 def native_folder_size(root: Path) -> tuple[int, int]:

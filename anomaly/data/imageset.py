@@ -48,7 +48,9 @@ def normal_set(images: np.ndarray, names: list[str]) -> ImageSet:
 
 @dataclass(frozen=True)
 class SourceData:
-    """Normal training images (to be split further) and the labelled test set."""
+    """Normal training images (to be split further), the labelled test set, and normals supplied for calibration
+    alone (a folder's calibration/good), if any."""
 
     train: ImageSet
     test: ImageSet
+    calibration: ImageSet | None = None

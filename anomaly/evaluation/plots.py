@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -107,8 +108,27 @@ def vae_samples(model: torch.nn.Module, images: np.ndarray, path: Path, count: i
     return _save(figure, path)
 
 
+def calibration_plot(curve: list[dict[str, Any]], path: Path, title: str = "test normals") -> Path:
+    """Realised false-positive rate on the test normals against the target, with the 95% binomial range for that many
+    normals: a calibration that keeps its promise stays inside the band."""
+    targets = np.array([point["target_fpr"] for point in curve])
+    figure, axis = plt.subplots(figsize=(4.8, 4.5))
+    axis.fill_between(targets, [point["interval_low"] for point in curve], [point["interval_high"] for point in curve],
+                      color="grey", alpha=0.25, label="95% binomial range")
+    axis.plot(targets, targets, color="grey", linewidth=0.8)
+    axis.plot(targets, [point["realised_fpr"] for point in curve], marker="o", label="realised")
+    axis.set_xscale("log")
+    axis.set_yscale("symlog", linthresh=1e-3)
+    axis.set_xlabel("target false-positive rate")
+    axis.set_ylabel("realised false-positive rate")
+    axis.set_title(f"{title} ({curve[0]['normals']})")
+    axis.legend()
+    return _save(figure, path)
+
+
 def write_plots(
-    folder: Path, scored: ScoredSet, images: np.ndarray, signals: dict[str, np.ndarray], calibration: Calibration, model: torch.nn.Module
+    folder: Path, scored: ScoredSet, images: np.ndarray, signals: dict[str, np.ndarray], calibration: Calibration, model: torch.nn.Module,
+    curve: list[dict[str, Any]] | None = None,
 ) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [
@@ -118,6 +138,8 @@ def write_plots(
     ]
     if len(np.unique(scored.labels)) == 2:
         paths.append(roc_curves(scored.labels, signals, folder / "roc.png"))
+    if curve and curve[0]["normals"]:
+        paths.append(calibration_plot(curve, folder / "calibration.png"))
     if hasattr(model, "decode"):
         paths.append(vae_samples(model, images, folder / "vae_samples.png"))
     return paths

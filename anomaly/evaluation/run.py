@@ -159,7 +159,8 @@ def evaluate_calibrated(calibrated: Calibrated, output_dir: Path, log_run_id: st
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     pvalues = calibration.pvalues(scored.reconstruction_scores, scored.latent_distances)
-    plots = write_plots(output_dir / "plots", scored, datamodule.test_set.images, signal_scores(scored, pvalues), calibration, detector.model)
+    plots = write_plots(output_dir / "plots", scored, datamodule.test_set.images, signal_scores(scored, pvalues), calibration, detector.model,
+                        metrics["calibration_curve"])
     files = [output_dir / "metrics.json", output_dir / "calibration.json", *plots]
     log_evaluation(log_run_id, tracking_uri, metrics, files, calibration.validation_auroc)
     return metrics

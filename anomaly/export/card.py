@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from anomaly.calibration.artifact import Calibration
+from anomaly.calibration.promise import promise_lines
 from anomaly.config import Config, flatten_mapping
 from anomaly.runtime.bundle import SERVED_OUTPUTS
 
@@ -79,6 +80,11 @@ def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any]
         f"- scoring: {scoring_summary(config)}",
         f"- calibration: {calibration.sample_sizes.get('calibration_images')} held-out normal images,"
         f" target FPR {calibration.target_fpr}, combine {calibration.combine_method}",
+        "",
+        "## What the calibration promises",
+        "",
+        *promise_lines(calibration.promise(), calibration.sample_sizes.get("calibration_images"),
+                       calibration.sample_sizes.get("cross_fitted_images", 0)),
         "",
         "## Test metrics (PyTorch evaluation)",
         "",

@@ -79,20 +79,6 @@ class QuantisationResult:
     directory: Path | None
 
 
-def scored_from_outputs(outputs: dict[str, np.ndarray], labels: np.ndarray) -> ScoredSet:
-    count = len(labels)
-    return ScoredSet(
-        reconstruction_scores=outputs["reconstruction_score"],
-        latent_distances=outputs["latent_distance"],
-        latents=np.zeros((count, 0), dtype=np.float32),  # the served graph has no latent vector output
-        maps=outputs["anomaly_map"][:, 0],
-        labels=labels,
-        masks=np.zeros_like(outputs["anomaly_map"][:, 0], dtype=bool),
-        categories=["unknown"] * count,
-        names=[str(i) for i in range(count)],
-    )
-
-
 def quantise_bundle(
     fp32: OnnxDetector, calibration_images: np.ndarray, validation: ImageSet | None, test: ImageSet, output_dir: Path
 ) -> QuantisationResult:
@@ -105,7 +91,7 @@ def quantise_bundle(
         quantise_model(fp32.directory / MODEL_FILE, candidate / MODEL_FILE, floats)
         int8_scores = run_session(create_session(candidate / MODEL_FILE), calibration_images)
         calibration = fit_calibration(
-            held_out=scored_from_outputs(int8_scores, np.zeros(len(calibration_images), dtype=np.int64)),
+            held_out=ScoredSet.of_normal_outputs(int8_scores),
             scoring=fp32.calibration.scoring,
             preprocessing=fp32.calibration.preprocessing,
             model_checksum=fp32.calibration.model_checksum,

@@ -2,7 +2,9 @@
 
 Layout: model.onnx, calibration.json, model_card.md (files may also sit under extra_files/,
 where MLflow's ONNX flavour puts them). The ONNX metadata records the sha256 of the
-calibration file and the checksum of the weights, so a mismatched pair is refused.
+calibration file and the checksum of the weights, so a mismatched pair is refused. A calibration
+that `anomaly calibrate` refitted names the exported one's sha256 instead, and must carry the same
+weights' checksum: the graph is never rewritten to recalibrate.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class ImageResult:
     is_anomaly: bool
     target_fpr: float
     threshold: float
+    warning: str | None = None  # the target is below what the calibration can resolve (Calibration.promise)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -127,11 +130,14 @@ class OnnxDetector:
         self.directory = directory
         self.session = create_session(model_path, threads)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-        if self.metadata.get(META_CALIBRATION_SHA256) != sha256_file(calibration_path):
-            raise AnomalyError(
-                f"{calibration_path} is not the calibration this model was exported with (checksum differs); export the model again"
-            )
         self.calibration = Calibration.load(calibration_path, expected_model_checksum=self.metadata.get(META_MODEL_CHECKSUM))
+        exported = self.metadata.get(META_CALIBRATION_SHA256)
+        recalibrated_from = (self.calibration.recalibration or {}).get("exported_calibration_sha256")
+        if exported != sha256_file(calibration_path) and exported != recalibrated_from:
+            raise AnomalyError(
+                f"{calibration_path} is neither the calibration this model was exported with nor one `anomaly calibrate` "
+                "made for it (checksum differs); export the model again or run anomaly calibrate"
+            )
         self.outputs = output_names(self.session)
         missing = [name for name in SCORE_NAMES if name not in self.outputs]
         if missing:
@@ -168,6 +174,7 @@ def image_results(
     alpha = calibration.target_fpr if target_fpr is None else target_fpr
     pvalues = calibration.pvalues(reconstruction_scores, latent_distances)
     decisions = calibration.is_anomaly(pvalues, alpha)
+    warning = calibration.sample_size_warning(alpha)
     return [
         ImageResult(
             reconstruction_score=float(reconstruction_scores[i]),
@@ -179,6 +186,7 @@ def image_results(
             is_anomaly=bool(decisions[i]),
             target_fpr=alpha,
             threshold=1.0 - alpha,
+            warning=warning,
         )
         for i in range(len(pvalues.combined))
     ]

@@ -2,7 +2,8 @@
 
 Latent statistics come from the training split (the codes the model was fitted on); the
 score distributions come from the calibration split, which was neither trained on nor used
-for early stopping. Test images are never touched here.
+for early stopping, and the latent distribution also from the training split's out-of-fold
+distances (cross-fitting). Test images are never touched here.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from anomaly.calibration.scored import ScoredSet
 from anomaly.config import Config
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.errors import AnomalyError
+from anomaly.data.splits import contiguous_blocks
 from anomaly.progress import progress
 from anomaly.scoring.detector import AnomalyDetector, weights_checksum
+from anomaly.scoring.latent import PatchNearestNeighbourDistance
 
 
 def preprocessing_spec(config: Config) -> dict[str, Any]:
@@ -109,11 +112,13 @@ def map_scales(held_out: ScoredSet, seed: int) -> tuple[float, float]:
 
 @dataclass
 class FittedDetector:
-    """A detector fitted and calibrated for one candidate setting, with its scores on the labelled validation set."""
+    """A detector fitted and calibrated for one candidate setting, with its scores on the held-out normals (heat maps
+    mixed) and on the labelled validation set."""
 
     detector: AnomalyDetector
     calibration: Calibration
     labelled: ScoredSet | None
+    held_out: ScoredSet
 
     def validation_statistic(self) -> np.ndarray:
         """The combined statistic on the labelled validation set: what candidate settings are compared by."""
@@ -193,7 +198,7 @@ def calibrate_fitted(detector: AnomalyDetector, scores: HeldOutScores, fitted_im
         sample_sizes={"latent_fit_images": fitted_images},
         choices=choices,
     )
-    return FittedDetector(detector, calibration, labelled)
+    return FittedDetector(detector, calibration, labelled, held_out)
 
 
 def chosen_among(candidates: dict[Any, FittedDetector], setting: str, seed: int) -> FittedDetector:
@@ -234,6 +239,58 @@ def fit_level(config: Config, model: nn.Module, datamodule: AnomalyDataModule, l
     return chosen_among(candidates, "scoring.latent.line_length", config.data.split_seed)
 
 
+def fold_without(features: np.ndarray, fold: np.ndarray) -> list[np.ndarray]:
+    """The training features outside one run of consecutive images, as the (at most two) chunks around it."""
+    return [part for part in (features[: fold[0]], features[fold[-1] + 1 :]) if len(part)]
+
+
+@torch.no_grad()
+def cross_fitted_distances(detector: AnomalyDetector, features: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each training image's latent distance from a copy of the detector's latent distance fitted without the run of
+    consecutive images (fold) it belongs to: an honest score for every training normal, as a new part would get."""
+    distances = []
+    for fold in progress(contiguous_blocks(len(features), folds), f"cross-fitted latent distances ({folds} folds)"):
+        distance = copy.deepcopy(detector.latent_distance)
+        if isinstance(distance, PatchNearestNeighbourDistance):
+            distance.fit_chunks(fold_without(features, fold), seed)
+        else:
+            distance.fit(np.concatenate(fold_without(features, fold)))
+        for start in range(fold[0], fold[-1] + 1, CROSS_FIT_BATCH):
+            batch = np.asarray(features[start : min(start + CROSS_FIT_BATCH, fold[-1] + 1)], dtype=np.float32)
+            distances.append(distance(torch.from_numpy(batch)).numpy())
+    return np.concatenate(distances)
+
+
+CROSS_FIT_BATCH = 16  # training images scored at once by a fold's latent distance
+
+
+def with_cross_fitted_latent(fitted: FittedDetector, datamodule: AnomalyDataModule) -> FittedDetector:
+    """The fitted detector recalibrated with the out-of-fold latent distances of its training normals added to the
+    latent (and, for combine=latent, the combined) distribution (scoring.cross_fit_folds)."""
+    detector, calibration = fitted.detector, fitted.calibration
+    config = detector.config
+    folds = config.scoring.cross_fit_folds
+    if not folds or len(datamodule.train_set) < 2 * folds:
+        return fitted
+    with tempfile.TemporaryDirectory(prefix="anomaly-cross-fit-") as folder:
+        features = training_latents(detector, datamodule.train_dataloader_for_fitting(), Path(folder), f"training features again{level_label(detector)}")
+        distances = cross_fitted_distances(detector, features, folds, seed=0)
+        del features  # the memory map must close before its folder goes
+    recalibrated = fit_calibration(
+        held_out=fitted.held_out,
+        scoring=calibration.scoring,
+        preprocessing=calibration.preprocessing,
+        model_checksum=calibration.model_checksum,
+        seed=config.data.split_seed,
+        labelled=fitted.labelled,
+        sample_sizes={**calibration.sample_sizes, "cross_fit_folds": folds},
+        choices=calibration.choices,
+        cross_fitted_latent=distances,
+    )
+    auroc = None if calibration.validation_auroc is None else {**calibration.validation_auroc, **recalibrated.validation_auroc}
+    return replace(fitted, calibration=replace(recalibrated, validation_auroc=auroc))
+
+
 def fit_chosen_detector(config: Config, model: nn.Module, datamodule: AnomalyDataModule) -> tuple[AnomalyDetector, Calibration]:
     """A detector for `model`, fitted and calibrated, with every auto choice resolved. With scoring.latent.level=auto,
     one per candidate level (cheapest first); within a level, the line-run candidates; within each, the combination.
@@ -243,5 +300,6 @@ def fit_chosen_detector(config: Config, model: nn.Module, datamodule: AnomalyDat
     patches = config.scoring.patches
     levels = config.model.auto_patch_levels if patches is not None and patches.level == "auto" else (None,)
     candidates = {level: fit_level(config, model, datamodule, level) for level in levels}
-    fitted = chosen_among(candidates, "scoring.latent.level", config.data.split_seed)
-    return fitted.detector, fitted.calibration
+    fitted = with_cross_fitted_latent(chosen_among(candidates, "scoring.latent.level", config.data.split_seed), datamodule)
+    calibration = replace(fitted.calibration, holdout=datamodule.holdout_description)
+    return fitted.detector, calibration
