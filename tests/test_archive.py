@@ -168,3 +168,47 @@ def test_archive_refusals_are_one_line(tmp_path, monkeypatch, capsys, arguments,
                            *(argument.format(**names) for argument in arguments))
     assert code == 2 and err.strip().count("\n") == 0, err
     assert message in err
+
+
+@pytest.mark.slow
+def test_fdr_flags_by_benjamini_hochberg_over_the_whole_archive(published_model, tmp_path, monkeypatch, capsys):
+    """200 new normal images and 12 of plain noise: --fdr 0.05 flags by scipy's Benjamini-Hochberg over all 212 p-values
+    (an unreadable file has none and is never flagged), records the rule and q-value in every row, and a rerun without
+    --fdr decides every row at its target FPR again."""
+    from scipy.stats import false_discovery_control
+
+    from anomaly.calibration.recalibrate import recalibrate_directory
+    from tests.test_recalibrate import normals_folder
+
+    model = tmp_path / "model"
+    recalibrate_directory(published_model.directory, normals_folder(tmp_path / "calibration", 120, seed=31), model)
+    archive = normals_folder(tmp_path / "archive" / "good", 200, seed=32).parent
+    (archive / "noise").mkdir()
+    for i in range(12):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32), dtype=np.uint8)).save(archive / "noise" / f"{i:02d}.png")
+    (archive / "noise" / "empty.png").write_bytes(b"")
+    output = tmp_path / "results"
+    code, out, err = run_cli(monkeypatch, capsys, "score", "--model", str(model), "--input", str(archive), "--output", str(output), "--local", "--fdr", "0.05")
+    assert code == 0, err
+    summary = json.loads(out)
+    rows = pq.read_table(output).to_pandas().sort_values("path")
+    scored = rows[rows.error.isna()]
+    assert len(scored) == 212 and rows.error.notna().sum() == 1
+    expected = false_discovery_control(scored.p_combined.to_numpy(), method="bh")
+    np.testing.assert_allclose(scored.q_value.to_numpy(), expected, rtol=1e-12)
+    assert (scored.is_anomaly.to_numpy() == (expected <= 0.05)).all()
+    assert set(scored.decision_rule) == {"fdr_bh"} and set(scored.fdr) == {0.05}
+    flagged = scored[scored.is_anomaly.astype(bool)]
+    assert summary["decision_rule"] == "fdr_bh" and summary["flagged"] == len(flagged)
+    assert flagged.path.str.contains("/noise/").sum() >= 10 and flagged.path.str.contains("/good/").sum() <= 2
+    at_target = (scored.p_combined < scored.target_fpr).sum()
+    code, out, err = run_cli(monkeypatch, capsys, "score", "--model", str(model), "--input", str(archive), "--output", str(output), "--local")
+    assert code == 0, err
+    again = pq.read_table(output).to_pandas()
+    again = again[again.error.isna()]
+    assert set(again.decision_rule) == {"target_fpr"} and again.q_value.isna().all()
+    assert (again.is_anomaly == (again.p_combined < again.target_fpr)).all() and json.loads(out)["flagged"] == at_target
+    code, _, err = run_cli(monkeypatch, capsys, "score", "--model", str(model), "--input", str(archive), "--output", str(output), "--fdr", "1.5")
+    assert code == 2 and "--fdr must be in (0, 1), got 1.5" in err
+    code, _, err = run_cli(monkeypatch, capsys, "score", "--model", str(model), "--fdr", "0.05", str(next((archive / "good").iterdir())))
+    assert code == 2 and "--fdr decides over a whole archive: give --input and --output" in err
