@@ -117,6 +117,13 @@ class DataConfig(StrictModel):
         "distribution).",
     )
     split_seed: int = Field(0, description="Seed of the train / validation / calibration split.")
+    cross_fit_folds: int = Field(
+        5, ge=0, le=20, description="Out-of-fold latent distances of the training normals added to the calibration: the "
+        "training split is cut into this many runs of consecutive images, and each run is scored by a latent distance "
+        "fitted without it (nothing is retrained), so the latent distribution rests on every normal image instead of "
+        "the hold-out alone. The reconstruction error of a training image is not honest (the autoencoder saw it), so "
+        "the reconstruction and a fisher combination stay fitted on the hold-out. 0: the hold-out alone.",
+    )
     holdout: Literal["blocks", "random"] = Field(
         "blocks",
         description="How the validation and calibration normals are held out: blocks (whole runs of consecutive images "
@@ -132,6 +139,13 @@ class DataConfig(StrictModel):
     batch_size: int = Field(32, ge=1, description="Images per training and scoring batch.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("cross_fit_folds")
+    @classmethod
+    def _several_folds(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("one fold leaves nothing to fit on: use 0 (the hold-out alone) or at least 2")
+        return value
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -436,20 +450,6 @@ class ScoringConfig(StrictModel):
         0.01, gt=0.0, lt=0.5, description="The false-positive rate the default decision threshold allows on normal "
         "images; each request may ask for another.",
     )
-    cross_fit_folds: int = Field(
-        5, ge=0, le=20, description="Out-of-fold latent distances of the training normals added to the calibration: the "
-        "training split is cut into this many runs of consecutive images, and each run is scored by a latent distance "
-        "fitted without it (nothing is retrained), so the latent distribution rests on every normal image instead of "
-        "the hold-out alone. The reconstruction error of a training image is not honest (the autoencoder saw it), so "
-        "the reconstruction and a fisher combination stay fitted on the hold-out. 0: the hold-out alone.",
-    )
-
-    @field_validator("cross_fit_folds")
-    @classmethod
-    def _several_folds(cls, value: int) -> int:
-        if value == 1:
-            raise ValueError("one fold leaves nothing to fit on: use 0 (the hold-out alone) or at least 2")
-        return value
 
     @property
     def patches(self) -> PatchDistance | None:

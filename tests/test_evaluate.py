@@ -48,12 +48,23 @@ def test_evaluate_writes_metrics_calibration_plots_and_logs_to_the_training_run(
     detector = load_detector(root / "evaluation" / "detector.pt")
     calibration = Calibration.load(root / "evaluation" / "calibration.json", expected_model_checksum=weights_checksum(detector))
     assert calibration.sample_sizes["calibration_images"] == 16
+    # The training split (80 normals less 8 validation and 16 calibration) is scored out of fold in 5 runs.
+    assert calibration.sample_sizes["cross_fitted_images"] == 56 and calibration.sample_sizes["cross_fit_folds"] == 5
+    assert len(calibration.distributions["latent"].sample) == 16 + 56
+    assert calibration.holdout == "whole runs of consecutive training normals in name order (data.holdout=blocks)"
     assert calibration.f1_optimal_score is not None
+    # The calibration curve: at each target, the share of the 8 test normals flagged and its 95% binomial range.
+    curve = {point["target_fpr"]: point for point in metrics["calibration_curve"]}
+    assert list(curve) == [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+    assert all(point["normals"] == 8 and point["realised_fpr"] == point["flagged"] / 8 for point in curve.values())
+    assert curve[0.2]["interval_low"] == 0.0 and curve[0.2]["interval_high"] == 0.5  # binom(8, 0.2): 0 to 4 of 8
+    assert [point["flagged"] for point in curve.values()] == sorted(point["flagged"] for point in curve.values())
+    assert metrics["promise"] == calibration.promise().to_dict()
     # Settings are compared on validation normals and their synthetic anomalies, never on test labels.
     signals = {"reconstruction", "latent", "combined", "pixel"}
     assert set(calibration.validation_auroc) == signals | {f"{kind}.{name}" for kind in ("synthetic_blob", "synthetic_line", "synthetic_shade") for name in signals}
     plots = {path.name for path in (root / "evaluation" / "plots").iterdir()}
-    assert plots == {"score_histograms.png", "examples.png", "latent_pca.png", "roc.png"}
+    assert plots == {"score_histograms.png", "examples.png", "latent_pca.png", "roc.png", "calibration.png"}
     client = mlflow.MlflowClient(uri)
     run = client.get_run(result.run_id)
     assert run.data.metrics["test.image_auroc"] == pytest.approx(metrics["image_auroc"])
@@ -62,11 +73,13 @@ def test_evaluate_writes_metrics_calibration_plots_and_logs_to_the_training_run(
     assert run.data.metrics["validation.synthetic_auroc.synthetic_line.pixel"] == pytest.approx(line_pixel)
     logged = {item.path for item in client.list_artifacts(result.run_id, "evaluation")}
     assert {"evaluation/metrics.json", "evaluation/calibration.json", "evaluation/plots"} <= logged
+    assert "evaluation/plots/calibration.png" in {item.path for item in client.list_artifacts(result.run_id, "evaluation/plots")}
 
 
 def test_auto_combination_is_chosen_at_calibration_and_recorded(trained, tmp_path):
     result, _, _ = trained
-    evaluation = evaluate_checkpoint(result.checkpoint, ["scoring.combine=auto"], tmp_path)
+    # Without cross-fitting, which refits the latent distribution after the choice (and so a fisher statistic's AUROC).
+    evaluation = evaluate_checkpoint(result.checkpoint, ["scoring.combine=auto", "data.cross_fit_folds=0"], tmp_path)
     saved = json.loads((tmp_path / "calibration.json").read_text())
     validation, chosen = saved["validation_auroc"], saved["scoring"]["combine"]
     [choice] = saved["choices"]
@@ -77,7 +90,7 @@ def test_auto_combination_is_chosen_at_calibration_and_recorded(trained, tmp_pat
     low, high = choice["best_lead_interval"]
     assert choice["best"] == chosen or low <= 0 < high
     # from then on the model decides exactly as one configured with the chosen rule
-    fixed = evaluate_checkpoint(result.checkpoint, [f"scoring.combine={chosen}"], tmp_path / "fixed")
+    fixed = evaluate_checkpoint(result.checkpoint, [f"scoring.combine={chosen}", "data.cross_fit_folds=0"], tmp_path / "fixed")
     assert evaluation.metrics["image"]["combined"] == fixed.metrics["image"]["combined"]
     assert evaluation.metrics["test_fpr"] == fixed.metrics["test_fpr"]
 

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_scoring_side_modules_import_without_torch():
     code = (
         "import sys, anomaly.config, anomaly.imageio, anomaly.errors, anomaly.cli, anomaly.runtime.bundle, "
-        "anomaly.runtime.heatmap, anomaly.runtime.cpus, anomaly.calibration.artifact; print('torch' in sys.modules)"
+        "anomaly.runtime.heatmap, anomaly.runtime.cpus, anomaly.calibration.artifact, anomaly.calibration.recalibrate, "
+        "anomaly.archive.decisions, serving.monitor; print('torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "False"

@@ -62,6 +62,12 @@ def test_the_page_scores_uploads_decides_like_the_api_and_redecides_at_another_r
     driver.find_element(By.ID, "files").send_keys("\n".join(str(path) for path in [*uploads, broken]))
     wait.until(lambda d: len(page_cards(d)) == 4 and "scoring…" not in page_cards(d).values())
 
+    # Beside the target, the share the service flagged among the images it scored (the page refreshes it after a batch).
+    wait.until(lambda d: "of the last 3 images" in d.find_element(By.ID, "monitoring").text)
+    assert "target 1.0% (too few to test)" in driver.find_element(By.ID, "monitoring").text
+    facts = driver.find_element(By.ID, "model-facts").text
+    assert "promise" in facts and "normal images (whole runs of consecutive training normals" in facts
+
     api = {path.name: httpx.post(f"{url}/score", files={"image": path.read_bytes()}, headers={"Authorization": f"Bearer {API_KEY}".encode()}).json()
            for path in uploads}
     shown = page_cards(driver)

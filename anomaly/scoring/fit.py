@@ -266,10 +266,10 @@ CROSS_FIT_BATCH = 16  # training images scored at once by a fold's latent distan
 
 def with_cross_fitted_latent(fitted: FittedDetector, datamodule: AnomalyDataModule) -> FittedDetector:
     """The fitted detector recalibrated with the out-of-fold latent distances of its training normals added to the
-    latent (and, for combine=latent, the combined) distribution (scoring.cross_fit_folds)."""
+    latent (and, for combine=latent, the combined) distribution (data.cross_fit_folds)."""
     detector, calibration = fitted.detector, fitted.calibration
     config = detector.config
-    folds = config.scoring.cross_fit_folds
+    folds = config.data.cross_fit_folds
     if not folds or len(datamodule.train_set) < 2 * folds:
         return fitted
     with tempfile.TemporaryDirectory(prefix="anomaly-cross-fit-") as folder:
