@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from anomaly.calibration.promise import binomial_interval
+
 SIGNALS = ("reconstruction_auroc", "latent_auroc", "combined_auroc")
 BASELINES = ("isolation_forest", "pca_reconstruction")
 
@@ -297,10 +299,14 @@ def calibration_lines(record: dict[str, Any]) -> list[str]:
                      f"{row['seconds'] / 60:.1f}"]
         else:
             def mean_rate(variant: str, target: str) -> str:
-                realised = [r[variant]["rates"][target]["realised_fpr"] for r in group]
-                inside = sum(r[variant]["rates"][target]["interval"][0] <= r[variant]["rates"][target]["realised_fpr"]
-                             <= r[variant]["rates"][target]["interval"][1] for r in group)
-                return f"{np.mean(realised):.2%} (inside for {inside} of {len(group)})"
+                """The mean realised rate against the range for the mean number of test normals, and how many digits
+                lie inside their own range."""
+                rates = [r[variant]["rates"][target] for r in group]
+                mean = float(np.mean([rate["realised_fpr"] for rate in rates]))
+                low, high = binomial_interval(round(np.mean([r["test_counts"]["normal"] for r in group])), float(target))
+                inside = sum(rate["interval"][0] <= rate["realised_fpr"] <= rate["interval"][1] for rate in rates)
+                where = "in" if low <= mean <= high else "**outside**"
+                return f"{mean:.2%} {where} {low:.1%}-{high:.1%}; digits inside their own range: {inside} of {len(group)}"
             cells = [f"{np.mean([r['with_cross_fit']['calibration_normals'] for r in group]):.0f}",
                      f"{np.mean([r['test_counts']['normal'] for r in group]):.0f}", f(float(np.mean([r["test_image_auroc"] for r in group]))),
                      *(mean_rate(variant, target) for variant in ("with_cross_fit", "holdout_alone") for target in CALIBRATION_TARGETS),

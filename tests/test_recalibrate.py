@@ -119,6 +119,7 @@ def test_a_registered_model_gets_a_new_version_and_its_alias(published_model, li
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("line")  # this store's own: an earlier test may have left another store's experiment active
     with np.load(published_model.directory.parent / "evaluation" / "sample_images.npz") as stored:
         example = stored["images"]
     version = register_version(published_model.directory, "line", None, example)
