@@ -32,6 +32,11 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in `folder`, in name order."""
+    return sorted(path for path in folder.iterdir() if is_image_file(path))
+
+
 class ImageTooLargeError(AnomalyError):
     """The image has more pixels than allowed: refused before its pixels are decoded."""
 

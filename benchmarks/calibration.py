@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from anomaly.calibration.fit import fit_calibration
-from anomaly.calibration.promise import binomial_interval
+from anomaly.calibration.artifact import Calibration
 from anomaly.data.datamodule import AnomalyDataModule
+from anomaly.evaluation.evaluate import calibration_curve
 from anomaly.evaluation.run import load_calibrated
 from anomaly.scoring.fit import score_loader
 from benchmarks.kept import kept_row
@@ -45,11 +46,12 @@ def runs(datasets: Path, quick: bool) -> dict[str, tuple[str, list[str]]]:
     return rows
 
 
-def rates(pvalues: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Realised false-positive rate on the test normals at each target, with its 95% binomial range."""
-    normal = pvalues[labels == 0]
-    return {str(target): {"flagged": int((normal < target).sum()), "realised_fpr": float((normal < target).mean()),
-                          "interval": binomial_interval(len(normal), target)} for target in TARGETS}
+def rates(calibration: Calibration, combined_pvalues: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Realised false-positive rate on the test normals at each of TARGETS, with its 95% binomial range: the points
+    of evaluation's calibration curve."""
+    curve = {str(point["target_fpr"]): point for point in calibration_curve(calibration, combined_pvalues, labels)}
+    return {str(target): {"flagged": curve[str(target)]["flagged"], "realised_fpr": curve[str(target)]["realised_fpr"],
+                          "interval": (curve[str(target)]["interval_low"], curve[str(target)]["interval_high"])} for target in TARGETS}
 
 
 def holdout_alone(evaluation: Path) -> dict[str, Any]:
@@ -62,10 +64,10 @@ def holdout_alone(evaluation: Path) -> dict[str, Any]:
     held_out = held_out.with_mixed_maps(tuple(float(weight) for weight in detector.map_weights))
     alone = fit_calibration(held_out, calibration.scoring, calibration.preprocessing, calibration.model_checksum, detector.config.data.split_seed)
     test = score_loader(detector, datamodule.test_dataloader(), description="test images again")
-    shipped, holdout = (c.pvalues(test.reconstruction_scores, test.latent_distances).combined for c in (calibration, alone))
     return {
-        "with_cross_fit": {"calibration_normals": calibration.promise().calibration_normals, "rates": rates(shipped, test.labels)},
-        "holdout_alone": {"calibration_normals": alone.promise().calibration_normals, "rates": rates(holdout, test.labels)},
+        name: {"calibration_normals": fitted.promise().calibration_normals,
+               "rates": rates(fitted, fitted.pvalues(test.reconstruction_scores, test.latent_distances).combined, test.labels)}
+        for name, fitted in (("with_cross_fit", calibration), ("holdout_alone", alone))
     }
 
 

@@ -191,8 +191,8 @@ def score_archive(
         else:
             with filesystem_errors(output):  # writing parts and heat maps; one image's read errors stay in its row
                 score_in_process(todo, scorer_args, results, batch_size, rows_per_file)
-    written = read_parts(results, ["path", "error"])
-    flagged = apply_decisions(results, [path for path in part_files(results) if not path.rsplit("/", 1)[-1].startswith(HIDDEN)], fdr)
+    written = read_parts(results, ["path", "error"])  # also removes unfinished parts: what is left is decided on
+    flagged = apply_decisions(results, part_files(results), fdr)
     new = {inputs.display(relative) for relative in todo}
     rows = [error for path, error in zip(written.column("path").to_pylist(), written.column("error").to_pylist()) if path in new]
     return ArchiveSummary(

@@ -10,7 +10,7 @@ below what the calibration can resolve.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import floor
+from math import ceil, floor
 from typing import Any
 
 from scipy import stats
@@ -24,6 +24,11 @@ def binomial_interval(count: int, rate: float, level: float = INTERVAL_LEVEL) ->
     tail = (1 - level) / 2
     low, high = stats.binom.ppf([tail, 1 - tail], count, rate)
     return float(low) / count, float(high) / count
+
+
+def normals_to_resolve(target_fpr: float) -> int:
+    """The fewest calibration normals n that resolve `target_fpr`: floor((n + 1) * target) >= 1."""
+    return ceil(1 / target_fpr) - 1
 
 
 @dataclass(frozen=True)

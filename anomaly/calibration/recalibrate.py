@@ -21,10 +21,10 @@ from PIL import Image
 from anomaly.calibration.artifact import Calibration
 from anomaly.calibration.distribution import MIN_FIT_SAMPLES
 from anomaly.calibration.fit import fit_calibration
-from anomaly.calibration.promise import Promise, promise_lines
+from anomaly.calibration.promise import Promise, normals_to_resolve, promise_lines
 from anomaly.calibration.scored import ScoredSet
 from anomaly.errors import AnomalyError
-from anomaly.imageio import finish_decoding, is_image_file, open_image
+from anomaly.imageio import finish_decoding, image_files, open_image
 from anomaly.progress import progress
 from anomaly.runtime.bundle import CALIBRATION_FILE, CARD_FILE, META_CALIBRATION_SHA256, OnnxDetector, find_file, sha256_file
 
@@ -50,15 +50,15 @@ class Recalibrated:
 def normal_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise AnomalyError(f"normal images folder not found: {folder}")
-    files = sorted(path for path in folder.iterdir() if is_image_file(path))
+    files = image_files(folder)
     if not files:
         raise AnomalyError(f"no images in {folder}: give a folder of normal images (png, jpg, tif, bmp, webp, pgm)")
     return files
 
 
 def required_images(target_fpr: float) -> int:
-    """The fewest calibration normals that resolve `target_fpr` (Promise): floor((n + 1) * target) >= 1."""
-    return max(MIN_FIT_SAMPLES, int(np.ceil(1 / target_fpr)) - 1)
+    """The fewest normals that resolve `target_fpr` and fit a distribution."""
+    return max(MIN_FIT_SAMPLES, normals_to_resolve(target_fpr))
 
 
 def image_bands(image: Image.Image) -> int:

@@ -8,14 +8,10 @@ import numpy as np
 
 from anomaly.data.imageset import NORMAL_CATEGORY, ImageSet, SourceData, normal_set
 from anomaly.errors import AnomalyError
-from anomaly.imageio import decode_image, is_image_file, load_mask, read_size
+from anomaly.imageio import decode_image, image_files, load_mask, read_size
 
 MASK_SUFFIX = "_mask"
 CALIBRATION_FOLDER = "calibration"
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.iterdir() if is_image_file(path))
 
 
 def _decode_all(files: list[Path], size: tuple[int, int], channels: int) -> np.ndarray:
@@ -28,7 +24,7 @@ def _mask_index(root: Path, test_files: dict[str, list[Path]]) -> dict[str, dict
     index: dict[str, dict[str, Path]] = {}
     for category_dir in sorted(path for path in truth.iterdir() if path.is_dir()):
         stems = {path.stem for path in test_files.get(category_dir.name, [])}
-        masks = {mask.stem.removesuffix(MASK_SUFFIX): mask for mask in _image_files(category_dir)}
+        masks = {mask.stem.removesuffix(MASK_SUFFIX): mask for mask in image_files(category_dir)}
         for stem, mask in masks.items():
             if stem not in stems:
                 raise AnomalyError(f"mask {mask} has no image: expected {root / 'test' / category_dir.name}/{stem}.<ext>")
@@ -46,7 +42,7 @@ def _mask_for(root: Path, index: dict[str, dict[str, Path]], category: str, imag
 def _load_test(root: Path, size: tuple[int, int], channels: int) -> ImageSet:
     test_dir = root / "test"
     categories = sorted(p.name for p in test_dir.iterdir() if p.is_dir()) if test_dir.is_dir() else []
-    files = {category: _image_files(test_dir / category) for category in categories}
+    files = {category: image_files(test_dir / category) for category in categories}
     index = _mask_index(root, files) if (root / "ground_truth").is_dir() else None
     ordered = [(category, path) for category in categories for path in files[category]]
     if not ordered:
@@ -73,7 +69,7 @@ def _train_files(root: Path) -> list[Path]:
     train_dir = root / "train" / NORMAL_CATEGORY
     if not train_dir.is_dir():
         raise AnomalyError(f"data folder {root} has no train/{NORMAL_CATEGORY} folder of normal images")
-    train_files = _image_files(train_dir)
+    train_files = image_files(train_dir)
     if not train_files:
         raise AnomalyError(f"no training images in {train_dir}")
     return train_files
@@ -84,7 +80,7 @@ def _calibration_normals(root: Path, size: tuple[int, int], channels: int) -> Im
     folder = root / CALIBRATION_FOLDER / NORMAL_CATEGORY
     if not folder.is_dir():
         return None
-    files = _image_files(folder)
+    files = image_files(folder)
     if not files:
         raise AnomalyError(f"no images in {folder}: add normal images for calibration, or remove the folder")
     return normal_set(_decode_all(files, size, channels), [str(path) for path in files])
