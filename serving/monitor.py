@@ -8,8 +8,8 @@ Two tests over the last WINDOW images a worker scored, each as a p-value:
   whatever share of flagged anomalies the traffic holds. A Kolmogorov-Smirnov test against the uniform catches a
   shift of the normal images (lighting, raw material, a moved camera) before it shows as flagged parts.
 The alarm is raised when either test's p-value falls below ALARM_P, once the window holds MIN_IMAGES images. The tests
-run after every request on the sliding window, so ALARM_P is strict: simulated calibrated traffic (tests/test_monitor.py)
-raises no alarm in 50,000 images, while a shift that makes normal p-values Beta(0.6, 1) is caught within one window.
+run after every request on the sliding window, so ALARM_P is strict, to keep repeated testing from raising false
+alarms on calibrated traffic (how quickly a shift is caught: docs/serving.md).
 """
 
 from __future__ import annotations
