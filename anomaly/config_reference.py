@@ -61,7 +61,10 @@ def table(prefix: str, model: type[BaseModel], heading: str | None = None) -> li
             nested.append((f"{prefix}.{name}", annotation, None))
             continue
         if name == "latent" and model.__name__ == "ScoringConfig":
-            nested += [(f"{prefix}.latent", variant, f"`{prefix}.latent` with `kind: {kind}`") for kind, variant in LATENT_VARIANTS.items()]
+            nested += [
+                (f"{prefix}.latent", variant, f"`{prefix}.latent` with `kind: {kind}`")
+                for kind, variant in LATENT_VARIANTS.items()
+            ]
             continue
         meaning = " ".join((field.description or "").split())
         rows.append(f"| `{prefix}.{name}` | {type_text(annotation)} | {default_text(field)} | {meaning} |")
@@ -77,7 +80,12 @@ def render_reference() -> str:
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             lines += table(name, annotation)
-    lines += ["## Top level", "", f"`output_dir` (default {default_text(Config.model_fields['output_dir'])}): where runs write their outputs.", ""]
+    lines += [
+        "## Top level",
+        "",
+        f"`output_dir` (default {default_text(Config.model_fields['output_dir'])}): where runs write their outputs.",
+        "",
+    ]
     return "\n".join(lines)
 
 

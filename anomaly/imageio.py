@@ -68,7 +68,9 @@ def _identify(source: Path | BinaryIO, name: str) -> None:
             found = image.format
     except Exception:  # any failure here means: not an image Pillow knows
         return
-    raise UnsupportedFormatError(f"image {name} is {found}, which is not accepted; send one of {', '.join(ACCEPTED_FORMATS)}")
+    raise UnsupportedFormatError(
+        f"image {name} is {found}, which is not accepted; send one of {', '.join(ACCEPTED_FORMATS)}"
+    )
 
 
 def open_image(source: Path | bytes | BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:

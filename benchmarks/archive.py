@@ -49,5 +49,10 @@ def run(quick: bool, model_dir: Path, scratch: Path) -> dict[str, Any]:
     finally:
         ray.shutdown()
     two, one = cases["ray_2_actors"]["images_per_s"], cases["ray_1_actor"]["images_per_s"]
-    return {"model": str(model_dir), "images": len(list(archive.glob("*.png"))), "cpus": os.cpu_count(),
-            "cases": cases, "two_to_one_actor_ratio": round(two / one, 2)}
+    return {
+        "model": str(model_dir),
+        "images": len(list(archive.glob("*.png"))),
+        "cpus": os.cpu_count(),
+        "cases": cases,
+        "two_to_one_actor_ratio": round(two / one, 2),
+    }

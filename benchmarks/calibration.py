@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from anomaly.calibration.fit import fit_calibration
 from anomaly.calibration.artifact import Calibration
+from anomaly.calibration.fit import fit_calibration
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.evaluation.evaluate import calibration_curve
 from anomaly.evaluation.run import load_calibrated
@@ -36,9 +36,14 @@ TARGETS = (0.01, 0.05)
 def runs(datasets: Path, quick: bool) -> dict[str, tuple[str, list[str]]]:
     """Each row's pipeline file and overrides."""
     kolektor = [f"data.root={datasets / 'kolektorsdd'}"]
-    rows = {f"kolektorsdd-seed{seed}": ("folder.yaml", [*kolektor, f"train.seed={seed}"]) for seed in (SEEDS[:1] if quick else SEEDS)}
+    rows = {
+        f"kolektorsdd-seed{seed}": ("folder.yaml", [*kolektor, f"train.seed={seed}"])
+        for seed in (SEEDS[:1] if quick else SEEDS)
+    }
     digits = (0,) if quick else range(10)
-    rows.update({f"mnist-{digit}": ("mnist.yaml", [f"data.root={datasets}", f"data.normal_class={digit}"]) for digit in digits})
+    rows.update(
+        {f"mnist-{digit}": ("mnist.yaml", [f"data.root={datasets}", f"data.normal_class={digit}"]) for digit in digits}
+    )
     if not quick:
         rows["kolektorsdd-random-holdout"] = ("folder.yaml", [*kolektor, "train.seed=0", "data.holdout=random"])
         rows["bsdata"] = ("folder.yaml", [f"data.root={datasets / 'bsdata'}"])
@@ -50,8 +55,14 @@ def rates(calibration: Calibration, combined_pvalues: np.ndarray, labels: np.nda
     """Realised false-positive rate on the test normals at each of TARGETS, with its 95% binomial range: the points
     of evaluation's calibration curve."""
     curve = {str(point["target_fpr"]): point for point in calibration_curve(calibration, combined_pvalues, labels)}
-    return {str(target): {"flagged": curve[str(target)]["flagged"], "realised_fpr": curve[str(target)]["realised_fpr"],
-                          "interval": (curve[str(target)]["interval_low"], curve[str(target)]["interval_high"])} for target in TARGETS}
+    return {
+        str(target): {
+            "flagged": curve[str(target)]["flagged"],
+            "realised_fpr": curve[str(target)]["realised_fpr"],
+            "interval": (curve[str(target)]["interval_low"], curve[str(target)]["interval_high"]),
+        }
+        for target in TARGETS
+    }
 
 
 def holdout_alone(evaluation: Path) -> dict[str, Any]:
@@ -60,19 +71,33 @@ def holdout_alone(evaluation: Path) -> dict[str, Any]:
     detector, calibration = calibrated.detector, calibrated.calibration
     datamodule = AnomalyDataModule(detector.config.data)
     datamodule.setup()
-    held_out = score_loader(detector, datamodule.calibration_dataloader(), signal_maps=True, description="held-out normals again")
+    held_out = score_loader(
+        detector, datamodule.calibration_dataloader(), signal_maps=True, description="held-out normals again"
+    )
     held_out = held_out.with_mixed_maps(tuple(float(weight) for weight in detector.map_weights))
-    alone = fit_calibration(held_out, calibration.scoring, calibration.preprocessing, calibration.model_checksum, detector.config.data.split_seed)
+    alone = fit_calibration(
+        held_out,
+        calibration.scoring,
+        calibration.preprocessing,
+        calibration.model_checksum,
+        detector.config.data.split_seed,
+    )
     test = score_loader(detector, datamodule.test_dataloader(), description="test images again")
     return {
-        name: {"calibration_normals": fitted.promise().calibration_normals,
-               "rates": rates(fitted, fitted.pvalues(test.reconstruction_scores, test.latent_distances).combined, test.labels)}
+        name: {
+            "calibration_normals": fitted.promise().calibration_normals,
+            "rates": rates(
+                fitted, fitted.pvalues(test.reconstruction_scores, test.latent_distances).combined, test.labels
+            ),
+        }
         for name, fitted in (("with_cross_fit", calibration), ("holdout_alone", alone))
     }
 
 
 def measure(name: str, pipeline: str, overrides: list[str], scratch: Path, quick: bool) -> dict[str, Any]:
-    run = run_shipped("calibration", name, pipeline, overrides, scratch, (1 if pipeline == "mnist.yaml" else 2) if quick else None)
+    run = run_shipped(
+        "calibration", name, pipeline, overrides, scratch, (1 if pipeline == "mnist.yaml" else 2) if quick else None
+    )
     metrics, calibration = run.metrics, run.calibration
     return {
         "overrides": overrides,

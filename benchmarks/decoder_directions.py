@@ -35,7 +35,7 @@ from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.data.imageset import ImageSet
 from anomaly.data.sizing import resolve_image_size
 from anomaly.models.blocks import DecoderBlock, EncoderBlock
-from anomaly.models.pretrained.torch_model import FeatureAutoencoder, resize_to
+from anomaly.models.pretrained.torch_model import FeatureAutoencoder
 from anomaly.scoring.maps import GaussianBlur
 from anomaly.training.train import pretrained_encoder
 from benchmarks.kept import kept_row
@@ -52,7 +52,9 @@ Maps = dict[int, torch.Tensor]
 
 
 def block(inputs: int, outputs: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(inputs, outputs, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(outputs), nn.LeakyReLU(0.2))
+    return nn.Sequential(
+        nn.Conv2d(inputs, outputs, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(outputs), nn.LeakyReLU(0.2)
+    )
 
 
 class Pointwise(nn.Module):
@@ -63,8 +65,12 @@ class Pointwise(nn.Module):
         self.target = shipped.target
         channels = shipped.standardise.num_features
         hidden = (channels + latent) // 2
-        self.net = nn.Sequential(block(channels, hidden, kernel=1), block(hidden, latent, kernel=1), block(latent, hidden, kernel=1),
-                                 nn.Conv2d(hidden, channels, 1))
+        self.net = nn.Sequential(
+            block(channels, hidden, kernel=1),
+            block(hidden, latent, kernel=1),
+            block(latent, hidden, kernel=1),
+            nn.Conv2d(hidden, channels, 1),
+        )
 
     def forward(self, maps: Maps) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         target = self.target(maps)
@@ -88,12 +94,23 @@ class ReverseDistillation(nn.Module):
 
     def __init__(self, channels: dict[int, int], latent: int = 128) -> None:
         super().__init__()
-        self.squeeze = nn.ModuleDict({"2": nn.Sequential(block(channels[2], 48, 2), block(48, 96, 2)), "3": block(channels[3], 96, 2),
-                                      "4": block(channels[4], 96)})
+        self.squeeze = nn.ModuleDict(
+            {
+                "2": nn.Sequential(block(channels[2], 48, 2), block(48, 96, 2)),
+                "3": block(channels[3], 96, 2),
+                "4": block(channels[4], 96),
+            }
+        )
         self.fuse = nn.Sequential(EncoderBlock(288, 2 * latent, "stride"), block(2 * latent, latent))
         widths = {4: 128, 3: 64, 2: 32}
-        self.up = nn.ModuleDict({str(level): nn.Sequential(DecoderBlock(inputs, widths[level], "bilinear"), block(widths[level], widths[level]))
-                                 for level, inputs in ((4, latent), (3, 128), (2, 64))})
+        self.up = nn.ModuleDict(
+            {
+                str(level): nn.Sequential(
+                    DecoderBlock(inputs, widths[level], "bilinear"), block(widths[level], widths[level])
+                )
+                for level, inputs in ((4, latent), (3, 128), (2, 64))
+            }
+        )
         self.heads = nn.ModuleDict({str(level): nn.Conv2d(widths[level], channels[level], 1) for level in LEVELS})
 
     def forward(self, maps: Maps) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -105,10 +122,16 @@ class ReverseDistillation(nn.Module):
         return restored
 
 
-def error_maps(pairs: dict[int, tuple[torch.Tensor, torch.Tensor]], size: tuple[int, int], cosine: bool) -> torch.Tensor:
+def error_maps(
+    pairs: dict[int, tuple[torch.Tensor, torch.Tensor]], size: tuple[int, int], cosine: bool
+) -> torch.Tensor:
     maps = []
     for reconstruction, target in pairs.values():
-        error = (1 - F.cosine_similarity(reconstruction, target, dim=1)).unsqueeze(1) if cosine else ((reconstruction - target) ** 2).mean(1, keepdim=True)
+        error = (
+            (1 - F.cosine_similarity(reconstruction, target, dim=1)).unsqueeze(1)
+            if cosine
+            else ((reconstruction - target) ** 2).mean(1, keepdim=True)
+        )
         maps.append(F.interpolate(error, size=size, mode="bilinear", align_corners=False))
     return sum(maps) / len(maps)
 
@@ -121,8 +144,10 @@ def loss(pairs: dict[int, tuple[torch.Tensor, torch.Tensor]], cosine: bool) -> t
 
 @torch.no_grad()
 def cached_maps(shipped: FeatureAutoencoder, images: ImageSet) -> Maps:
-    batches = [shipped.backbone_maps(torch.from_numpy(images.images[i : i + 16]).permute(0, 3, 1, 2).float() / 255)
-               for i in range(0, len(images), 16)]
+    batches = [
+        shipped.backbone_maps(torch.from_numpy(images.images[i : i + 16]).permute(0, 3, 1, 2).float() / 255)
+        for i in range(0, len(images), 16)
+    ]
     return {level: torch.cat([batch[level] for batch in batches]).half() for level in LEVELS}
 
 
@@ -130,11 +155,17 @@ def batches(maps: Maps, size: int, order: torch.Tensor) -> list[Maps]:
     return [{level: maps[level][order[i : i + size]].float() for level in LEVELS} for i in range(0, len(order), size)]
 
 
-def measure_direction(name: str, shipped: FeatureAutoencoder, cached: dict[str, Maps], sets: dict[str, ImageSet]) -> dict[str, Any]:
+def measure_direction(
+    name: str, shipped: FeatureAutoencoder, cached: dict[str, Maps], sets: dict[str, ImageSet]
+) -> dict[str, Any]:
     torch.manual_seed(0)
     channels = {level: shipped.backbone.spec.channels[level] for level in LEVELS}
-    model = {"pointwise": lambda: Pointwise(shipped), "spatial": lambda: Spatial(shipped), "spatial_cosine": lambda: Spatial(shipped),
-             "reverse_distillation": lambda: ReverseDistillation(channels)}[name]()
+    model = {
+        "pointwise": lambda: Pointwise(shipped),
+        "spatial": lambda: Spatial(shipped),
+        "spatial_cosine": lambda: Spatial(shipped),
+        "reverse_distillation": lambda: ReverseDistillation(channels),
+    }[name]()
     cosine = name in ("spatial_cosine", "reverse_distillation")
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3)
     started = time.perf_counter()
@@ -163,13 +194,18 @@ def measure_direction(name: str, shipped: FeatureAutoencoder, cached: dict[str, 
             masks = sets[split].masks
             if masks is not None and masks.any():
                 pixels = np.random.default_rng(0).choice(masks.size, min(PIXEL_SAMPLE, masks.size), replace=False)
-                row[f"{split}_pixel_auroc"] = round(float(roc_auc_score(masks.ravel()[pixels] > 0, torch.cat(maps).numpy().ravel()[pixels])), 4)
+                row[f"{split}_pixel_auroc"] = round(
+                    float(roc_auc_score(masks.ravel()[pixels] > 0, torch.cat(maps).numpy().ravel()[pixels])), 4
+                )
     return row
 
 
 def surface_configs(datasets: Path) -> dict[str, tuple[str, list[str]]]:
-    return {"kolektorsdd": ("folder.yaml", [f"data.root={datasets / 'kolektorsdd'}"]),
-            "bsdata": ("folder.yaml", [f"data.root={datasets / 'bsdata'}"]), "elpv": ("elpv.yaml", [])}
+    return {
+        "kolektorsdd": ("folder.yaml", [f"data.root={datasets / 'kolektorsdd'}"]),
+        "bsdata": ("folder.yaml", [f"data.root={datasets / 'bsdata'}"]),
+        "elpv": ("elpv.yaml", []),
+    }
 
 
 def run(quick: bool, datasets: Path, scratch: Path, kept: Path) -> dict[str, Any]:
@@ -184,14 +220,27 @@ def run(quick: bool, datasets: Path, scratch: Path, kept: Path) -> dict[str, Any
         data.setup()
         shipped = FeatureAutoencoder(config.model, config.data.channels, config.data.image_size)
         shipped.backbone.load_state_dict(pretrained_encoder(config).state_dict())
-        sets = {"train": data.train_set, "val": data.val_set, "labelled_val": data.labelled_validation_set(), "test": data.test_set}
+        sets = {
+            "train": data.train_set,
+            "val": data.val_set,
+            "labelled_val": data.labelled_validation_set(),
+            "test": data.test_set,
+        }
         cached: dict[str, Maps] | None = None
         for direction in directions:
+
             def measure() -> dict[str, Any]:
                 nonlocal cached
                 cached = cached or {split: cached_maps(shipped, images) for split, images in sets.items()}
-                return measure_direction(direction, FeatureAutoencoder(config.model, config.data.channels, config.data.image_size)
-                                         if direction != "spatial" else shipped, cached, sets)
+                return measure_direction(
+                    direction,
+                    FeatureAutoencoder(config.model, config.data.channels, config.data.image_size)
+                    if direction != "spatial"
+                    else shipped,
+                    cached,
+                    sets,
+                )
+
             rows.setdefault(surface, {})[direction] = kept_row(kept, f"decoder-{surface}-{direction}", measure)
             print(surface, direction, rows[surface][direction], flush=True)
     return {"epochs": EPOCHS, "input_sizes": "folder default (auto)", "rows": rows}

@@ -19,7 +19,10 @@ DATA_OVERRIDE = "data.kind=elpv"
 
 
 def run(quick: bool, scratch: Path) -> dict[str, Any]:
-    overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-default-elpv.db'}", scratch / "runs", 1 if quick else None), DATA_OVERRIDE]
+    overrides = [
+        *overrides_for(f"sqlite:///{scratch / 'mlflow-default-elpv.db'}", scratch / "runs", 1 if quick else None),
+        DATA_OVERRIDE,
+    ]
     config = load_config(PIPELINES / "folder.yaml", overrides)
     return {
         "pipeline": "pipelines/folder.yaml",

@@ -29,8 +29,11 @@ ENCODERS = {"efficientnet_lite0": [], "own": OWN_ENCODER}
 def surfaces(datasets: Path, quick: bool) -> dict[str, tuple[str, list[str]]]:
     """Each surface's pipeline file and data overrides. ELPV has its own file, not `data.kind=elpv` on folder.yaml:
     a new data kind starts the data section afresh, without folder.yaml's synthetic validation."""
-    found = {"kolektorsdd": ("folder.yaml", [f"data.root={datasets / 'kolektorsdd'}"]),
-             "bsdata": ("folder.yaml", [f"data.root={datasets / 'bsdata'}"]), "elpv": ("elpv.yaml", [])}
+    found = {
+        "kolektorsdd": ("folder.yaml", [f"data.root={datasets / 'kolektorsdd'}"]),
+        "bsdata": ("folder.yaml", [f"data.root={datasets / 'bsdata'}"]),
+        "elpv": ("elpv.yaml", []),
+    }
     return {"kolektorsdd": found["kolektorsdd"]} if quick else found
 
 
@@ -46,9 +49,16 @@ def measure(surface: str, encoder: str, pipeline: str, overrides: list[str], scr
 def measure_row(surface: str, encoder: str, quick: bool, datasets: Path, scratch: Path, kept: Path) -> dict[str, Any]:
     """One surface with one encoder, kept in `kept` as it finishes (benchmarks.kept)."""
     (pipeline, data), settings = surfaces(datasets, quick)[surface], ENCODERS[encoder]
-    overrides = [*overrides_for(f"sqlite:///{scratch / 'mlflow-encoders.db'}", scratch / "runs", 1 if quick else None), *data, *settings]
-    return kept_row(kept, f"encoders-{surface}-{encoder}",
-                    lambda: {**measure(surface, encoder, pipeline, overrides, scratch), "overrides": [*data, *settings]})
+    overrides = [
+        *overrides_for(f"sqlite:///{scratch / 'mlflow-encoders.db'}", scratch / "runs", 1 if quick else None),
+        *data,
+        *settings,
+    ]
+    return kept_row(
+        kept,
+        f"encoders-{surface}-{encoder}",
+        lambda: {**measure(surface, encoder, pipeline, overrides, scratch), "overrides": [*data, *settings]},
+    )
 
 
 def run(quick: bool, datasets: Path, scratch: Path, kept: Path) -> dict[str, Any]:

@@ -23,7 +23,8 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
     flags = set(fields.get("flags", "").split())
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}, {vector})"
+    family, model = fields.get("cpu family", "?"), fields.get("model", "?")
+    return f"{fields.get('model name', 'unknown')} (family {family}, model {model}, {vector})"
 
 
 def environment() -> dict[str, Any]:

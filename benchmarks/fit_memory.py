@@ -65,11 +65,17 @@ def measure(encoder: str, level: int, images: int) -> dict[str, Any]:
         detector.latent_distance.fit(features)
         del features
     return {
-        "encoder": encoder, "patch_level": level, "images": images, "image_size": list(IMAGE_SIZE),
+        "encoder": encoder,
+        "patch_level": level,
+        "images": images,
+        "image_size": list(IMAGE_SIZE),
         "feature_gb": round(feature_bytes / 1e9, 2),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
-        "extract_seconds": round(extracted, 1), "fit_seconds": round(time.perf_counter() - started - extracted, 1),
-        "bank_mb": round(sum(t.numel() * t.element_size() for t in detector.latent_distance.state_dict().values()) / 1e6, 1),
+        "extract_seconds": round(extracted, 1),
+        "fit_seconds": round(time.perf_counter() - started - extracted, 1),
+        "bank_mb": round(
+            sum(t.numel() * t.element_size() for t in detector.latent_distance.state_dict().values()) / 1e6, 1
+        ),
     }
 
 
@@ -79,8 +85,13 @@ def run(quick: bool) -> dict[str, Any]:
     for encoder in ENCODERS:
         levels = (3, 2) if encoder != "own" else (2, 1)
         for level in levels:
-            child = subprocess.run([sys.executable, "-m", "benchmarks.fit_memory", encoder, str(level), str(images)],
-                                   capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+            child = subprocess.run(
+                [sys.executable, "-m", "benchmarks.fit_memory", encoder, str(level), str(images)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).resolve().parents[1],
+            )
             rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     return {"rows": rows, "limit_gb": 8}

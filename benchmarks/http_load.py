@@ -46,12 +46,20 @@ BOUNDARY = "anomaly-load-boundary"
 
 
 def multipart_body(name: str, data: bytes) -> bytes:
-    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    head = (
+        f"--{BOUNDARY}\r\n"
+        f'Content-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
     return head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
 def run_load(
-    base_url: str, images: list[tuple[str, bytes]], clients: int, max_requests: int, max_seconds: float,
+    base_url: str,
+    images: list[tuple[str, bytes]],
+    clients: int,
+    max_requests: int,
+    max_seconds: float,
     headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """Post `images` round-robin to /score from `clients` threads; stop at either budget."""

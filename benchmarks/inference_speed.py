@@ -12,8 +12,9 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,14 @@ from benchmarks.environment import environment
 
 RESULTS = Path(__file__).parent / "results"
 CASES = {
-    "mnist_ae_32x32": {"data": {"kind": "mnist", "normal_class": 0, "image_size": 32}, "model": {"depth": 3, "latent_dim": 32}},
-    "surface_ae_320x128": {"data": {"kind": "folder", "root": "x", "image_size": [320, 128]}, "model": {"depth": 5, "latent_dim": 128, "bottleneck": "spatial"}},
+    "mnist_ae_32x32": {
+        "data": {"kind": "mnist", "normal_class": 0, "image_size": 32},
+        "model": {"depth": 3, "latent_dim": 32},
+    },
+    "surface_ae_320x128": {
+        "data": {"kind": "folder", "root": "x", "image_size": [320, 128]},
+        "model": {"depth": 5, "latent_dim": 128, "bottleneck": "spatial"},
+    },
 }
 
 
@@ -72,8 +79,13 @@ def run(quick: bool) -> dict[str, Any]:
     torch.set_num_threads(threads)
     matmul_gflops = cpu_peak_gflops(threads)
     peak = max(matmul_gflops.values())
-    results: dict[str, Any] = {"environment": environment(), "threads": threads, "cpu_peak_gflops": peak,
-                               "matmul_gflops": matmul_gflops, "cases": {}}
+    results: dict[str, Any] = {
+        "environment": environment(),
+        "threads": threads,
+        "cpu_peak_gflops": peak,
+        "matmul_gflops": matmul_gflops,
+        "cases": {},
+    }
     for name, overrides in CASES.items():
         detector = build_detector(overrides)
         channels, (height, width) = detector.config.data.channels, detector.config.data.image_size
@@ -117,8 +129,11 @@ def main() -> None:
     for name, case in results["cases"].items():
         for batch in ("batch_1", "batch_64"):
             row = case[batch]
-            print(f"{name} {batch}: eager {row['torch_eager']['images_per_s']:.0f}/s, onnx fp32 {row['onnxruntime_fp32']['images_per_s']:.0f}/s "
-                  f"({row['fp32_speedup_vs_eager']:.2f}x), int8 {row['onnxruntime_int8']['images_per_s']:.0f}/s ({row['int8_speedup_vs_fp32']:.2f}x vs fp32)")
+            print(
+                f"{name} {batch}: eager {row['torch_eager']['images_per_s']:.0f}/s, onnx fp32 "
+                f"{row['onnxruntime_fp32']['images_per_s']:.0f}/s ({row['fp32_speedup_vs_eager']:.2f}x), int8 "
+                f"{row['onnxruntime_int8']['images_per_s']:.0f}/s ({row['int8_speedup_vs_fp32']:.2f}x vs fp32)"
+            )
 
 
 if __name__ == "__main__":

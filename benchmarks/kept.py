@@ -23,11 +23,15 @@ MEASURED_CODE = ("anomaly", "pipelines", "benchmarks")
 
 def code_version() -> str:
     """A short hash of the committed trees of MEASURED_CODE, or "uncommitted" outside a git checkout."""
-    result = subprocess.run(["git", "rev-parse", *(f"HEAD:{folder}" for folder in MEASURED_CODE)], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        ["git", "rev-parse", *(f"HEAD:{folder}" for folder in MEASURED_CODE)], capture_output=True, text=True, cwd=ROOT
+    )
     return hashlib.sha256(result.stdout.encode()).hexdigest()[:12] if result.returncode == 0 else "uncommitted"
 
 
-def kept_row(rows: Path, name: str, measure: Callable[[], dict[str, Any]], leaves: Path | None = None) -> dict[str, Any]:
+def kept_row(
+    rows: Path, name: str, measure: Callable[[], dict[str, Any]], leaves: Path | None = None
+) -> dict[str, Any]:
     """rows/<code version>/<name>.json, measured by `measure` only if it is not there yet, or if `leaves` (a file or
     folder the measurement writes, which a later section reads) is missing."""
     record = rows / code_version() / f"{name}.json"

@@ -43,23 +43,34 @@ def chromium_driver(width: int = 1280, height: int = 800) -> webdriver.Chrome:
 
 
 def page_cards(driver: webdriver.Chrome) -> dict[str, str]:
-    """Each shown image's name -> its badge (or error) text, read in one script (the gallery redraws as results come)."""
-    return dict(driver.execute_script(
-        "return [...document.querySelectorAll('#gallery .card')].map(card => "
-        "[card.dataset.name, (card.querySelector('.badge, .error') || {textContent: ''}).textContent]);"))
+    """Each shown image's name -> its badge (or error) text, read in one script (the gallery redraws as results
+    come)."""
+    return dict(
+        driver.execute_script(
+            "return [...document.querySelectorAll('#gallery .card')].map(card => [card.dataset.name, "
+            "(card.querySelector('.badge, .error') || {textContent: ''}).textContent]);"
+        )
+    )
 
 
 def screenshot(model: Path, images: list[Path], output: Path) -> None:
     port = free_port()
-    with tempfile.TemporaryDirectory() as scratch, running_server(serve_command(str(model), port), {}, port, Path(scratch) / "serve.log") as url:
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        running_server(serve_command(str(model), port), {}, port, Path(scratch) / "serve.log") as url,
+    ):
         driver = chromium_driver(1280, 1750)
         try:
             driver.get(f"{url}/")
             WebDriverWait(driver, 60).until(expected_conditions.visibility_of_element_located((By.ID, "scoring")))
             driver.find_element(By.ID, "files").send_keys("\n".join(str(path.resolve()) for path in images))
-            WebDriverWait(driver, 300).until(lambda d: len(page_cards(d)) == len(images) and "scoring…" not in page_cards(d).values())
+            WebDriverWait(driver, 300).until(
+                lambda d: len(page_cards(d)) == len(images) and "scoring…" not in page_cards(d).values()
+            )
             output.parent.mkdir(parents=True, exist_ok=True)
-            Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB").save(output, quality=85)  # .jpg keeps the README light
+            Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB").save(
+                output, quality=85
+            )  # .jpg keeps the README light
         finally:
             driver.quit()
 

@@ -39,7 +39,9 @@ class Mode:
 
 QUICK = Mode(digits=(0, 8), mnist_epochs={"ae": 1}, kolektorsdd_epochs=2, elpv_epochs=2)
 # The MNIST protocol of the scoring issue: the AE 10 epochs, the VAE and U-Net 5.
-FULL = Mode(digits=tuple(range(10)), mnist_epochs={"ae": 10, "vae": 5, "unet": 5}, kolektorsdd_epochs=None, elpv_epochs=None)
+FULL = Mode(
+    digits=tuple(range(10)), mnist_epochs={"ae": 10, "vae": 5, "unet": 5}, kolektorsdd_epochs=None, elpv_epochs=None
+)
 
 
 SPEED_BATCH = 8
@@ -104,7 +106,12 @@ def train_and_evaluate(config: Config, scratch: Path, export_to: Path | None = N
 def overrides_for(tracking_uri: str, output: Path, epochs: int | None) -> list[str]:
     """Where a benchmark run logs and writes; `epochs` None keeps the config's own train.max_epochs."""
     epochs_override = [] if epochs is None else [f"train.max_epochs={epochs}"]
-    return [f"tracking.uri={tracking_uri}", f"output_dir={output}", *epochs_override, "trainer.enable_progress_bar=false"]
+    return [
+        f"tracking.uri={tracking_uri}",
+        f"output_dir={output}",
+        *epochs_override,
+        "trainer.enable_progress_bar=false",
+    ]
 
 
 def mnist(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path, kept: Path) -> dict[str, Any]:
@@ -112,17 +119,27 @@ def mnist(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path, kept: Pa
     for architecture, epochs in mode.mnist_epochs.items():
         rows = {}
         for digit in mode.digits:
-            config = load_config(PIPELINES / "mnist.yaml", [
-                *overrides_for(tracking_uri, scratch / "runs", epochs),
-                f"data.root={datasets}", f"data.normal_class={digit}", f"model.architecture={architecture}",
-            ])
-            rows[str(digit)] = kept_row(kept, f"mnist-{architecture}-{digit}", lambda: train_and_evaluate(config, scratch))
+            config = load_config(
+                PIPELINES / "mnist.yaml",
+                [
+                    *overrides_for(tracking_uri, scratch / "runs", epochs),
+                    f"data.root={datasets}",
+                    f"data.normal_class={digit}",
+                    f"model.architecture={architecture}",
+                ],
+            )
+            rows[str(digit)] = kept_row(
+                kept, f"mnist-{architecture}-{digit}", lambda: train_and_evaluate(config, scratch)
+            )
         results[architecture] = rows
     return results
 
 
 def kolektorsdd_config(mode: Mode, datasets: Path, tracking_uri: str, scratch: Path) -> Config:
-    overrides = [*overrides_for(tracking_uri, scratch / "runs", mode.kolektorsdd_epochs), f"data.root={datasets / 'kolektorsdd'}"]
+    overrides = [
+        *overrides_for(tracking_uri, scratch / "runs", mode.kolektorsdd_epochs),
+        f"data.root={datasets / 'kolektorsdd'}",
+    ]
     return load_config(PIPELINES / "folder.yaml", overrides)
 
 

@@ -4,7 +4,8 @@
 
 Scoring settings (scoring.*) change no weights, so a scoring change is measured on the same three
 trained models without retraining them (the seeds section took 56 minutes when last run). Each model
-is calibrated and evaluated again, logging to a copy of the seeds section's MLflow store so its recorded runs stay as they were.
+is calibrated and evaluated again, logging to a copy of the seeds section's MLflow store so its recorded runs stay as
+they were.
 Per seed: the test metrics, the validation AUROC (held-out normals plus synthetic anomalies) that
 settings are chosen by, the seeds section's numbers for the same model, and the exported model's
 size and ONNX Runtime images/s.
@@ -25,8 +26,16 @@ from anomaly.runtime.bundle import MODEL_FILE
 from benchmarks.quality import PIPELINES, chosen_scoring, metrics_row, onnx_images_per_s
 from benchmarks.seeds import mean_and_std
 
-KEYS = ("combined_auroc", "reconstruction_auroc", "latent_auroc", "pixel_auroc", "pixel_aupro", "test_fpr", "recall_at_target_fpr",
-        "onnx_images_per_s")
+KEYS = (
+    "combined_auroc",
+    "reconstruction_auroc",
+    "latent_auroc",
+    "pixel_auroc",
+    "pixel_aupro",
+    "test_fpr",
+    "recall_at_target_fpr",
+    "onnx_images_per_s",
+)
 
 
 def scoring_overrides(pipeline: Path) -> list[str]:
@@ -58,7 +67,10 @@ def run(quick: bool, datasets: Path, scratch: Path, results: Path) -> dict[str, 
     seeds_file = results / "seeds.json"
     store = scratch / "mlflow-seeds.db"
     if not seeds_file.is_file() or not store.is_file():
-        raise SystemExit(f"rescored_seeds re-scores the seeds section's models: run --sections seeds{' --quick' if quick else ''} first")
+        raise SystemExit(
+            f"rescored_seeds re-scores the seeds section's models: run --sections seeds{' --quick' if quick else ''} "
+            f"first"
+        )
     seeds_record = json.loads(seeds_file.read_text())
     copy = scratch / "mlflow-seeds-rescored.db"
     shutil.copyfile(store, copy)
@@ -68,8 +80,11 @@ def run(quick: bool, datasets: Path, scratch: Path, results: Path) -> dict[str, 
     rows = {}
     for seed, before in seeds_record["seeds"]["seeds"].items():
         checkpoint = scratch / "runs" / before["mlflow_run_id"] / "checkpoints" / "best.ckpt"
-        rows[seed] = {**rescore(checkpoint, overrides, scratch / f"rescored-seed-{seed}"),
-                      "mlflow_run_id": before["mlflow_run_id"], "seeds_section": {key: before[key] for key in KEYS if key in before}}
+        rows[seed] = {
+            **rescore(checkpoint, overrides, scratch / f"rescored-seed-{seed}"),
+            "mlflow_run_id": before["mlflow_run_id"],
+            "seeds_section": {key: before[key] for key in KEYS if key in before},
+        }
     return {
         "pipeline": "pipelines/folder.yaml",
         "scoring": scoring,

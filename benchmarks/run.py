@@ -9,10 +9,14 @@
     uv run python -m benchmarks.run --sections rescored_seeds   # the seeds' models with folder.yaml's current scoring
     uv run python -m benchmarks.run --sections encoders   # own and pretrained encoders on KolektorSDD, BSData, ELPV
     uv run python -m benchmarks.run --sections fit_memory   # peak memory of fitting on 2,000 images at 640 x 256
-    uv run python -m benchmarks.run --sections archive   # archive scoring images/s: one process, Ray with 1 and 2 actors
-    uv run python -m benchmarks.run --sections decoder_directions   # the feature autoencoder's decoder directions, reconstruction alone
-    uv run python -m benchmarks.run --sections signals   # the shipped pipelines: each signal alone and the chosen combination, minutes per step
-    uv run python -m benchmarks.run --sections calibration   # realised false-positive rates at 1% and 5% on every surface
+    uv run python -m benchmarks.run --sections archive   # archive scoring images/s: one process, Ray with 1 and 2
+    actors
+    uv run python -m benchmarks.run --sections decoder_directions   # the feature autoencoder's decoder directions,
+    reconstruction alone
+    uv run python -m benchmarks.run --sections signals   # the shipped pipelines: each signal alone and the chosen
+    combination, minutes per step
+    uv run python -m benchmarks.run --sections calibration   # realised false-positive rates at 1% and 5% on every
+    surface
 
 Each section's JSON is written as soon as it finishes. Quality needs MNIST and KolektorSDD under
 --datasets (default ../shared/datasets); ELPV comes with the elpv-dataset package. The HTTP
@@ -30,20 +34,51 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import archive, calibration, decoder_directions, default_elpv, encoders, fit_memory, quality, report, rescored_seeds, scaling, seeds, signals, speed
+from benchmarks import (
+    archive,
+    calibration,
+    decoder_directions,
+    default_elpv,
+    encoders,
+    fit_memory,
+    quality,
+    report,
+    rescored_seeds,
+    scaling,
+    seeds,
+    signals,
+    speed,
+)
 from benchmarks.environment import environment
 from benchmarks.kept import MEASURED_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("quality", "speed", "scaling")
 # Reported when present; not in a default run (each takes from several minutes to about two hours on 2 cores).
-OPTIONAL_SECTIONS = ("seeds", "default_elpv", "rescored_seeds", "encoders", "fit_memory", "archive", "decoder_directions", "signals", "calibration")
+OPTIONAL_SECTIONS = (
+    "seeds",
+    "default_elpv",
+    "rescored_seeds",
+    "encoders",
+    "fit_memory",
+    "archive",
+    "decoder_directions",
+    "signals",
+    "calibration",
+)
 
 
 def commit() -> str:
     """The checkout's short commit hash, "+changes" when the measured code (not the results) differs from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    changed = subprocess.run(["git", "status", "--porcelain", "--", *MEASURED_CODE, ":(exclude)benchmarks/results"], capture_output=True, text=True, cwd=ROOT).stdout
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--", *MEASURED_CODE, ":(exclude)benchmarks/results"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout
     return (head or "unknown") + ("+changes" if changed.strip() else "")
 
 
@@ -52,8 +87,15 @@ def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path
         return quality.run(quick, datasets, work, work / "elpv-model", output / "rows")
     if name in ("speed", "archive"):
         if not (work / "elpv-model").is_dir():
-            raise SystemExit(f"the {name} section scores with the ELPV model exported by the quality section: run that first ({work})")
-        return speed.run(quick, work / "elpv-model", work) if name == "speed" else archive.run(quick, work / "elpv-model", work)
+            raise SystemExit(
+                f"the {name} section scores with the ELPV model exported by the quality section: run that first "
+                f"({work})"
+            )
+        return (
+            speed.run(quick, work / "elpv-model", work)
+            if name == "speed"
+            else archive.run(quick, work / "elpv-model", work)
+        )
     if name == "seeds":
         return seeds.run(quick, datasets, work, output / "rows")
     if name == "default_elpv":
@@ -76,8 +118,14 @@ def run_section(name: str, quick: bool, datasets: Path, work: Path, output: Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer digits, epochs and repeats")
-    parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets", help="holds MNIST/ and kolektorsdd/")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS + OPTIONAL_SECTIONS)}")
+    parser.add_argument(
+        "--datasets", type=Path, default=ROOT.parent / "shared" / "datasets", help="holds MNIST/ and kolektorsdd/"
+    )
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS + OPTIONAL_SECTIONS)}",
+    )
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     output = ROOT / "benchmarks" / "results" / ("quick" if args.quick else "")
@@ -88,8 +136,15 @@ def main() -> None:
     for name in filter(None, args.sections.split(",")):
         started = time.perf_counter()
         result = run_section(name, args.quick, args.datasets.resolve(), work, output)
-        record = {"command": command, "mode": mode, "date": datetime.date.today().isoformat(), "commit": commit(),
-                  "environment": environment(), "seconds": round(time.perf_counter() - started, 1), name: result}
+        record = {
+            "command": command,
+            "mode": mode,
+            "date": datetime.date.today().isoformat(),
+            "commit": commit(),
+            "environment": environment(),
+            "seconds": round(time.perf_counter() - started, 1),
+            name: result,
+        }
         (output / f"{name}.json").write_text(json.dumps(record, indent=1))
         print(f"{name}: {record['seconds']:.0f} s, written to {output / (name + '.json')}", flush=True)
     if all((output / f"{name}.json").is_file() for name in SECTIONS):

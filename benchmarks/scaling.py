@@ -44,7 +44,9 @@ def run(quick: bool) -> dict[str, Any]:
         detector = build_detector(config_for(size))
         by_size[str(size)] = {
             "gflops_per_image": flops_per_image(detector) / 1e9,
-            "train_images_per_s": training_throughput(detector.config.model_dump(mode="json"), steps, BATCH)["images_per_s"],
+            "train_images_per_s": training_throughput(detector.config.model_dump(mode="json"), steps, BATCH)[
+                "images_per_s"
+            ],
             "onnx_images_per_s": onnx_images_per_s(detector, repeats),
         }
     by_train_size = {}
@@ -54,7 +56,8 @@ def run(quick: bool) -> dict[str, Any]:
     return {
         "image_size": by_size,
         "train_set_size": by_train_size,
-        "notes": "AE depth 4, dense 128-d bottleneck (so the latent statistics cost the same at every size), 1 channel, batch 16, random images (no data loading). An epoch is "
-                 "ceil(N / 16) optimisation steps at 64 px. Inference does not depend on N: the Mahalanobis distance keeps one "
-                 "covariance, the patch bank a fixed number of features per place.",
+        "notes": "AE depth 4, dense 128-d bottleneck (so the latent statistics cost the same at every size), 1 "
+        "channel, batch 16, random images (no data loading). An epoch is ceil(N / 16) optimisation steps at 64 px. "
+        "Inference does not depend on N: the Mahalanobis distance keeps one covariance, the patch bank a fixed number "
+        "of features per place.",
     }

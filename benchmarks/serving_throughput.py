@@ -45,11 +45,15 @@ def request_images(model: Path, folder: Path | None, count: int = 32) -> list[tu
     return images
 
 
-def measure(model: Path, images: list[tuple[str, bytes]], batching: bool, clients: int, seconds: float, logs: Path) -> dict[str, Any]:
+def measure(
+    model: Path, images: list[tuple[str, bytes]], batching: bool, clients: int, seconds: float, logs: Path
+) -> dict[str, Any]:
     port = free_port()
     env = {"ANOMALY_ADAPTIVE_BATCHING": str(batching).lower()}
     with running_server(serve_command(str(model), port), env, port, logs / f"serve-batching-{batching}.log") as url:
-        run_load(url, images, clients, max_requests=clients * 4, max_seconds=seconds)  # warm-up, trains BentoML's batch optimiser
+        run_load(
+            url, images, clients, max_requests=clients * 4, max_seconds=seconds
+        )  # warm-up, trains BentoML's batch optimiser
         return run_load(url, images, clients, max_requests=10**9, max_seconds=seconds).summary()
 
 
@@ -77,7 +81,8 @@ def main() -> None:
     results = {
         "environment": environment(),
         "model": {"input": [detector.channels, *detector.image_size], "directory": str(args.model)},
-        "command": f"python -m benchmarks.serving_throughput --model {args.model} --clients {args.clients} --seconds {args.seconds}",
+        "command": f"python -m benchmarks.serving_throughput --model {args.model} --clients {args.clients} --seconds "
+        f"{args.seconds}",
         **comparison,
     }
     RESULTS.mkdir(exist_ok=True)

@@ -29,7 +29,10 @@ SEEDS = (0, 1, 2)
 def runs(datasets: Path, quick: bool) -> dict[str, tuple[str, list[str]]]:
     """Each row's pipeline file and overrides."""
     kolektor = [f"data.root={datasets / 'kolektorsdd'}"]
-    rows = {f"kolektorsdd-seed{seed}": ("folder.yaml", [*kolektor, f"train.seed={seed}"]) for seed in (SEEDS[:1] if quick else SEEDS)}
+    rows = {
+        f"kolektorsdd-seed{seed}": ("folder.yaml", [*kolektor, f"train.seed={seed}"])
+        for seed in (SEEDS[:1] if quick else SEEDS)
+    }
     if not quick:
         rows["bsdata"] = ("folder.yaml", [f"data.root={datasets / 'bsdata'}"])
         rows["elpv"] = ("elpv.yaml", [])
@@ -47,17 +50,31 @@ class ShippedRun:
     seconds: float
 
 
-def run_shipped(section: str, name: str, pipeline: str, overrides: list[str], scratch: Path, epochs: int | None) -> ShippedRun:
+def run_shipped(
+    section: str, name: str, pipeline: str, overrides: list[str], scratch: Path, epochs: int | None
+) -> ShippedRun:
     """Run pipelines/<pipeline> with `overrides` into scratch/<section>/<name>, logging to the section's own store."""
     output = scratch / section / name
-    settings = [*overrides, f"tracking.uri=sqlite:///{scratch / f'mlflow-{section}.db'}", f"tracking.registered_model={section}-{name}",
-                "trainer.enable_progress_bar=false", *([] if epochs is None else [f"train.max_epochs={epochs}"])]
+    settings = [
+        *overrides,
+        f"tracking.uri=sqlite:///{scratch / f'mlflow-{section}.db'}",
+        f"tracking.registered_model={section}-{name}",
+        "trainer.enable_progress_bar=false",
+        *([] if epochs is None else [f"train.max_epochs={epochs}"]),
+    ]
     started = time.perf_counter()
-    summary = run_pipeline(load_config(PIPELINES / pipeline, settings), output, restart=True, report=lambda line: print(line, flush=True))
+    summary = run_pipeline(
+        load_config(PIPELINES / pipeline, settings), output, restart=True, report=lambda line: print(line, flush=True)
+    )
     seconds = time.perf_counter() - started
     evaluation = output / "evaluation"
-    return ShippedRun(output, summary, json.loads((evaluation / "metrics.json").read_text()),
-                      json.loads((evaluation / "calibration.json").read_text()), seconds)
+    return ShippedRun(
+        output,
+        summary,
+        json.loads((evaluation / "metrics.json").read_text()),
+        json.loads((evaluation / "calibration.json").read_text()),
+        seconds,
+    )
 
 
 def measure(name: str, pipeline: str, overrides: list[str], scratch: Path, quick: bool) -> dict[str, Any]:
@@ -72,7 +89,10 @@ def measure(name: str, pipeline: str, overrides: list[str], scratch: Path, quick
         "test_fpr_at_target": metrics["test_fpr"],
         "target_fpr": metrics["target_fpr"],
         "test_counts": metrics["counts"],
-        "scoring": {"combine": calibration["scoring"]["combine"], "patch_level": calibration["scoring"]["latent"].get("level")},
+        "scoring": {
+            "combine": calibration["scoring"]["combine"],
+            "patch_level": calibration["scoring"]["latent"].get("level"),
+        },
         "choices": calibration["choices"],
         "validation_auroc": {key: value for key, value in calibration["validation_auroc"].items() if "." not in key},
         "step_seconds": summary["step_seconds"],

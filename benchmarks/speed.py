@@ -12,7 +12,10 @@ from benchmarks.compute import training_throughput
 from benchmarks.serving_throughput import compare, request_images
 
 TRAINING_CASES = {
-    "mnist_ae_32x32": {"data": {"kind": "mnist", "normal_class": 0, "image_size": 32, "batch_size": 128}, "model": {"depth": 3, "latent_dim": 32}},
+    "mnist_ae_32x32": {
+        "data": {"kind": "mnist", "normal_class": 0, "image_size": 32, "batch_size": 128},
+        "model": {"depth": 3, "latent_dim": 32},
+    },
     "surface_ae_320x128": {
         "data": {"kind": "folder", "root": "x", "image_size": [320, 128], "batch_size": 16},
         "model": {"depth": 5, "latent_dim": 128, "bottleneck": "spatial"},
@@ -31,7 +34,10 @@ def training(quick: bool) -> dict[str, Any]:
 
 
 def http(model_dir: Path, quick: bool, logs: Path) -> dict[str, Any]:
-    return {"model_input": str(model_dir), **compare(model_dir, request_images(model_dir, None), 32, 8.0 if quick else 20.0, logs)}
+    return {
+        "model_input": str(model_dir),
+        **compare(model_dir, request_images(model_dir, None), 32, 8.0 if quick else 20.0, logs),
+    }
 
 
 def run(quick: bool, model_dir: Path, logs: Path) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -44,7 +45,14 @@ class BodyRefused(Exception):
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, api_key: str | None, max_body_bytes: int, upload_paths: frozenset[str], read_timeout_s: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        max_body_bytes: int,
+        upload_paths: frozenset[str],
+        read_timeout_s: float,
+    ) -> None:
         self.app = app
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
@@ -53,7 +61,10 @@ class RequestGuard:
 
     def authorised(self, headers: dict[str, bytes]) -> bool:
         """A bearer token compared as bytes: the key in UTF-8 (what curl and HTTP libraries send), or in Latin-1 (what
-        browsers send, and can only send) when it fits there. So a key may hold any characters."""
+        browsers send, and can only send) when it fits there. So a key may hold any characters. Without a key
+        configured every request is."""
+        if self.api_key is None:
+            return True
         scheme, _, token = headers.get("authorization", b"").partition(b" ")
         if scheme.lower() != b"bearer":
             return False
@@ -73,10 +84,14 @@ class RequestGuard:
         if media_type in PICKLE_MEDIA_TYPES:
             return 415, f"content type {media_type} is refused: pickled bodies are never accepted", {}
         if scope["method"] == "POST" and path in self.upload_paths and media_type != MULTIPART:
-            return 415, (
-                f"send images as {MULTIPART} file uploads, not {media_type or 'no content type'}; "
-                "the server does not fetch URLs"
-            ), {}
+            return (
+                415,
+                (
+                    f"send images as {MULTIPART} file uploads, not {media_type or 'no content type'}; the server does "
+                    f"not fetch URLs"
+                ),
+                {},
+            )
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
@@ -114,7 +129,7 @@ class RequestGuard:
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.read_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 stopped = BodyRefused(408, f"the request body stalled: nothing arrived for {self.read_timeout_s:g} s")
                 raise stopped from None
             received += len(message.get("body", b""))
@@ -125,7 +140,8 @@ class RequestGuard:
             return message
 
         async def guarded_send(message: Message) -> None:
-            """The route's answer, unless the guard has refused the body (the route then answers an error of its own)."""
+            """The route's answer, unless the guard has refused the body (the route then answers an error of its
+            own)."""
             nonlocal answered
             if stopped is None:
                 answered = answered or message["type"] == "http.response.start"

@@ -49,16 +49,28 @@ def service_metrics() -> ServiceMetrics:
 
     return ServiceMetrics(
         requests=Counter("anomaly_http_requests", "HTTP requests by route and status code", ["route", "status"]),
-        latency=Histogram("anomaly_http_request_seconds", "HTTP request latency by route", ["route"], buckets=LATENCY_BUCKETS),
-        scores=Histogram("anomaly_score", "anomaly_score (1 - combined p-value) of scored images", buckets=SCORE_BUCKETS),
+        latency=Histogram(
+            "anomaly_http_request_seconds", "HTTP request latency by route", ["route"], buckets=LATENCY_BUCKETS
+        ),
+        scores=Histogram(
+            "anomaly_score", "anomaly_score (1 - combined p-value) of scored images", buckets=SCORE_BUCKETS
+        ),
         images=Counter("anomaly_images_scored", "Images scored"),
         flagged=Counter("anomaly_images_flagged", "Images flagged as anomalous at the requested target FPR"),
         monitor={
             "images": gauge("anomaly_monitor_window_images", "Images in the worker's window of served p-values"),
-            "flagged_share": gauge("anomaly_monitor_flagged_share", "Share of the window flagged at the calibrated target FPR"),
-            "target_fpr": gauge("anomaly_monitor_target_fpr", "The calibrated target FPR the flagged share is held against"),
-            "flagged_test_p": gauge("anomaly_monitor_flagged_test_p", "Binomial test p-value: flagged share above the target"),
-            "uniformity_test_p": gauge("anomaly_monitor_uniformity_test_p", "KS test p-value: normal-looking p-values still uniform"),
+            "flagged_share": gauge(
+                "anomaly_monitor_flagged_share", "Share of the window flagged at the calibrated target FPR"
+            ),
+            "target_fpr": gauge(
+                "anomaly_monitor_target_fpr", "The calibrated target FPR the flagged share is held against"
+            ),
+            "flagged_test_p": gauge(
+                "anomaly_monitor_flagged_test_p", "Binomial test p-value: flagged share above the target"
+            ),
+            "uniformity_test_p": gauge(
+                "anomaly_monitor_uniformity_test_p", "KS test p-value: normal-looking p-values still uniform"
+            ),
             "alarm": gauge("anomaly_monitor_alarm", "1 when the calibration no longer holds on the window's traffic"),
         },
     )

@@ -38,9 +38,17 @@ class MonitorState:
     alarm: bool
 
     def to_dict(self) -> dict[str, object]:
-        return {"window_images": self.images, "flagged_share": self.flagged_share, "target_fpr": self.target_fpr,
-                "flagged_test_p": self.flagged_test_p, "uniformity_test_p": self.uniformity_test_p, "alarm": self.alarm,
-                "window": WINDOW, "min_images": MIN_IMAGES, "alarm_p": ALARM_P}
+        return {
+            "window_images": self.images,
+            "flagged_share": self.flagged_share,
+            "target_fpr": self.target_fpr,
+            "flagged_test_p": self.flagged_test_p,
+            "uniformity_test_p": self.uniformity_test_p,
+            "alarm": self.alarm,
+            "window": WINDOW,
+            "min_images": MIN_IMAGES,
+            "alarm_p": ALARM_P,
+        }
 
 
 class PValueMonitor:
@@ -74,5 +82,11 @@ class PValueMonitor:
                 uniformity_p = float(stats.kstest(rescaled, "uniform").pvalue)
             else:  # hardly any image looks normal any more: that is drift too
                 uniformity_p = 0.0
-        return MonitorState(count, flagged / count if count else 0.0, self.target_fpr, flagged_p, uniformity_p,
-                            min(flagged_p, uniformity_p) < ALARM_P)
+        return MonitorState(
+            count,
+            flagged / count if count else 0.0,
+            self.target_fpr,
+            flagged_p,
+            uniformity_p,
+            min(flagged_p, uniformity_p) < ALARM_P,
+        )

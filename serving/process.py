@@ -13,9 +13,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from anomaly.errors import AnomalyError
 
@@ -43,12 +43,24 @@ def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float) -> No
 
 @contextmanager
 def running_server(
-    command: list[str], env: dict[str, str], port: int, log_path: Path, timeout_s: float = 120.0
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    log_path: Path,
+    timeout_s: float = 120.0,
+    inherit_environment: bool = True,
 ) -> Iterator[str]:
-    """Run `command` (which must listen on 127.0.0.1:`port`); yield its base URL; stop it after."""
+    """Run `command` (which must listen on 127.0.0.1:`port`) with this process's environment updated by `env`, or
+    with `env` alone; yield its base URL; stop it after."""
     base_url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **env} if inherit_environment else env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             wait_ready(base_url, process, timeout_s)
             yield base_url

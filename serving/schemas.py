@@ -2,39 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 
 class ModelIdentity(BaseModel):
     name: str = Field(description="Registered model name, or the model directory's name.")
-    version: Optional[str] = Field(description="Registry version; null for a plain model directory.")
+    version: str | None = Field(description="Registry version; null for a plain model directory.")
     model_checksum: str = Field(description="Checksum of the weights; changes with every trained model.")
 
 
 class ImageScore(BaseModel):
-    filename: Optional[str]
-    image_height: int = Field(description="The uploaded image's height in pixels, before resizing to the model's input.")
+    filename: str | None
+    image_height: int = Field(
+        description="The uploaded image's height in pixels, before resizing to the model's input."
+    )
     image_width: int = Field(description="The uploaded image's width in pixels.")
-    reconstruction_score: float = Field(description=(
-        "The reconstruction error's image score (the mean of its highest pixels)."))
-    latent_distance: float = Field(description="Distance of the image's code, or of its patches, to the training images'.")
-    p_reconstruction: float = Field(ge=0, le=1, description=(
-        "p-value of the reconstruction score among held-out normal images."))
+    reconstruction_score: float = Field(
+        description=("The reconstruction error's image score (the mean of its highest pixels).")
+    )
+    latent_distance: float = Field(
+        description="Distance of the image's code, or of its patches, to the training images'."
+    )
+    p_reconstruction: float = Field(
+        ge=0, le=1, description=("p-value of the reconstruction score among held-out normal images.")
+    )
     p_latent: float = Field(ge=0, le=1, description="p-value of the latent distance among held-out normal images.")
     p_combined: float = Field(ge=0, le=1, description="p-value of both signals combined.")
     anomaly_score: float = Field(ge=0, le=1, description="1 - p_combined.")
     is_anomaly: bool = Field(description="p_combined < target_fpr.")
     target_fpr: float = Field(description="False-positive rate the decision was made at.")
     threshold: float = Field(description="anomaly_score above which an image is flagged: 1 - target_fpr.")
-    warning: Optional[str] = Field(None, description=(
-        "Set when target_fpr is below what the calibration can resolve (/model's calibration.promise): the decision is "
-        "made, but the realised rate can be several times the target."))
-    heatmap_png_base64: Optional[str] = Field(None, description=(
-        "With heatmap=true: the anomaly map as a PNG, over the image at the model's input size (heatmap_size=input) or "
-        "alone with its opacity in alpha at the upload's size (heatmap_size=original). Yellow at the pixel threshold for "
-        "the request's target_fpr, red at twice it."))
+    warning: str | None = Field(
+        None,
+        description=(
+            "Set when target_fpr is below what the calibration can resolve (/model's calibration.promise): the "
+            "decision is made, but the realised rate can be several times the target."
+        ),
+    )
+    heatmap_png_base64: str | None = Field(
+        None,
+        description=(
+            "With heatmap=true: the anomaly map as a PNG, over the image at the model's input size "
+            "(heatmap_size=input) or alone with its opacity in alpha at the upload's size (heatmap_size=original). "
+            "Yellow at the pixel threshold for the request's target_fpr, red at twice it."
+        ),
+    )
 
 
 class ScoreResponse(ImageScore):
@@ -65,12 +79,17 @@ class CalibrationSummary(BaseModel):
     combine: str
     sample_sizes: dict[str, int]
     thresholds: dict[str, float]
-    f1_optimal_score: Optional[float]
-    holdout: Optional[str] = Field(description="How the calibration normals were held out.")
-    promise: dict[str, Any] = Field(description=(
-        "At the default target: how many normal images the decision rests on, and the range of realised false-positive "
-        "rates (95%) they support; warning when the target is below what they can resolve."))
-    recalibration: Optional[dict[str, Any]] = Field(description="Set when `anomaly calibrate` refitted the exported calibration.")
+    f1_optimal_score: float | None
+    holdout: str | None = Field(description="How the calibration normals were held out.")
+    promise: dict[str, Any] = Field(
+        description=(
+            "At the default target: how many normal images the decision rests on, and the range of realised "
+            "false-positive rates (95%) they support; warning when the target is below what they can resolve."
+        )
+    )
+    recalibration: dict[str, Any] | None = Field(
+        description="Set when `anomaly calibrate` refitted the exported calibration."
+    )
 
 
 class Monitoring(BaseModel):
@@ -80,7 +99,9 @@ class Monitoring(BaseModel):
     flagged_share: float = Field(description="Share of the window flagged at the calibrated target.")
     target_fpr: float
     flagged_test_p: float = Field(description="One-sided binomial test p-value: flagged share above the target.")
-    uniformity_test_p: float = Field(description="Kolmogorov-Smirnov p-value: the normal-looking p-values are still uniform.")
+    uniformity_test_p: float = Field(
+        description="Kolmogorov-Smirnov p-value: the normal-looking p-values are still uniform."
+    )
     alarm: bool = Field(description="Either test below alarm_p, with at least min_images in the window.")
     window: int
     min_images: int
@@ -90,16 +111,19 @@ class Monitoring(BaseModel):
 class ModelDescription(BaseModel):
     model: ModelIdentity
     reference: str = Field(description="What the service was started with (a directory or models:/NAME@ALIAS).")
-    training_run: Optional[str]
-    dataset: Optional[str]
-    architecture: Optional[str]
+    training_run: str | None
+    dataset: str | None
+    architecture: str | None
     input: InputSpec
     calibration: CalibrationSummary
     adaptive_batching: bool
     monitoring: Monitoring
-    test_metrics: dict[str, float] = Field(description="Measured on the test images before export (image_auroc, pixel_auroc, ...); empty for models exported before they were recorded.")
+    test_metrics: dict[str, float] = Field(
+        description="Measured on the test images before export (image_auroc, pixel_auroc, ...); empty for models "
+        "exported before they were recorded."
+    )
 
 
 class ErrorResponse(BaseModel):
     error: str
-    detail: Optional[Any] = None
+    detail: Any | None = None

@@ -100,19 +100,30 @@ class ModelView:
     def channels(self) -> int:
         return int(self.calibration.preprocessing["channels"])
 
-    def score(self, uploads: list[DecodedUpload], packed: np.ndarray, target_fpr: float | None, heatmap: HeatmapSize | None) -> list[ImageScore]:
+    def score(
+        self, uploads: list[DecodedUpload], packed: np.ndarray, target_fpr: float | None, heatmap: HeatmapSize | None
+    ) -> list[ImageScore]:
         reconstruction, latent, maps = unpack_outputs(packed, self.image_size)
         results = image_results(self.calibration, reconstruction, latent, target_fpr)
         heatmaps: list[str | None] = [None] * len(results)
         if heatmap is not None and maps is not None:
-            heatmaps = [self.heatmap(upload, anomaly_map, target_fpr, heatmap) for upload, anomaly_map in zip(uploads, maps)]
+            heatmaps = [
+                self.heatmap(upload, anomaly_map, target_fpr, heatmap) for upload, anomaly_map in zip(uploads, maps)
+            ]
         return [
-            ImageScore(filename=upload.filename, image_height=upload.original_size[0], image_width=upload.original_size[1],
-                       **result.to_dict(), heatmap_png_base64=drawn)
+            ImageScore(
+                filename=upload.filename,
+                image_height=upload.original_size[0],
+                image_width=upload.original_size[1],
+                **result.to_dict(),
+                heatmap_png_base64=drawn,
+            )
             for upload, result, drawn in zip(uploads, results, heatmaps)
         ]
 
-    def heatmap(self, upload: DecodedUpload, anomaly_map: np.ndarray, target_fpr: float | None, size: HeatmapSize) -> str:
+    def heatmap(
+        self, upload: DecodedUpload, anomaly_map: np.ndarray, target_fpr: float | None, size: HeatmapSize
+    ) -> str:
         """The map over the model's input image, or alone at the upload's size: base64 PNG, coloured against the
         pixel threshold at `target_fpr` (the calibrated rate when None)."""
         threshold = self.calibration.pixel_threshold(target_fpr)

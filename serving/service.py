@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import anyio
 import bentoml
@@ -38,15 +38,17 @@ from serving.metrics import RequestMetrics, service_metrics
 from serving.monitor import PValueMonitor
 from serving.schemas import BatchScoreResponse, ErrorResponse, ImageScore, ModelDescription, ScoreResponse
 from serving.scoring import DecodedUpload, HeatmapSize, ModelView, describe_loaded, pack_outputs
-from serving.supervision import exit_with_parent
 from serving.settings import MAX_TARGET_FPR, MIN_TARGET_FPR, ServingSettings
 from serving.slow_clients import enforce_header_timeout
+from serving.supervision import exit_with_parent
 
 logger = logging.getLogger("bentoml.serve.anomaly")  # under "bentoml", whose handlers BentoML sets up
 SETTINGS = ServingSettings.from_env()
 enforce_header_timeout(SETTINGS.header_timeout_s)
 # Both inference endpoints share one adaptive-batching policy, set by the ANOMALY_* environment.
-batched_api = bentoml.api(batchable=SETTINGS.adaptive_batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+batched_api = bentoml.api(
+    batchable=SETTINGS.adaptive_batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
+)
 PAGE = (Path(__file__).parent / "page" / "index.html").read_text(encoding="utf-8")
 UPLOAD_ROUTES = frozenset({"/score", "/score_batch"})
 API_ROUTES = UPLOAD_ROUTES | {"/model", "/livez", "/readyz", "/metrics"}
@@ -87,8 +89,11 @@ class AnomalyModel:
         self.detector.run(np.zeros((1, height, width, self.detector.channels), dtype=np.uint8))
         logger.info(
             "serving %s version %s (weights %s) from %s with %d ONNX Runtime threads",
-            self.resolved.name, self.resolved.version or "-", self.detector.calibration.model_checksum[:12],
-            self.resolved.directory, threads,
+            self.resolved.name,
+            self.resolved.version or "-",
+            self.detector.calibration.model_checksum[:12],
+            self.resolved.directory,
+            threads,
         )
 
     @batched_api
@@ -153,13 +158,26 @@ async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
 
 
 TargetFpr = Annotated[
-    Optional[float],
-    Query(ge=MIN_TARGET_FPR, le=MAX_TARGET_FPR, allow_inf_nan=False, description=f"Decide at this false-positive rate instead of the calibrated one ({MIN_TARGET_FPR} to {MAX_TARGET_FPR})."),
+    float | None,
+    Query(
+        ge=MIN_TARGET_FPR,
+        le=MAX_TARGET_FPR,
+        allow_inf_nan=False,
+        description=f"Decide at this false-positive rate instead of the calibrated one ({MIN_TARGET_FPR} to "
+        f"{MAX_TARGET_FPR}).",
+    ),
 ]
 Heatmap = Annotated[bool, Query(description="Also return the anomaly map as a base64 PNG.")]
-HeatmapSizeQuery = Annotated[HeatmapSize, Query(description=(
-    "input: the map over the image at the model's input size (RGB); original: the map alone (RGBA, its opacity in "
-    f"alpha) at the uploaded image's size, scaled down to at most {MAX_ORIGINAL_PIXELS:,} pixels, to lay over the upload."))]
+HeatmapSizeQuery = Annotated[
+    HeatmapSize,
+    Query(
+        description=(
+            f"input: the map over the image at the model's input size (RGB); original: the map alone (RGBA, its "
+            f"opacity in alpha) at the uploaded image's size, scaled down to at most {MAX_ORIGINAL_PIXELS:,} pixels, "
+            f"to lay over the upload."
+        )
+    ),
+]
 
 
 @bentoml.service(name="anomaly", workers=SETTINGS.api_workers, traffic={"timeout": 120})
@@ -200,6 +218,12 @@ class AnomalyService:
                 self.view = view
         return self.view
 
+    def watched(self) -> PValueMonitor:
+        """The p-value monitor of the loaded model (made with the view, in `loaded`)."""
+        if self.monitor is None:
+            raise ServingError(503, "the model is not loaded yet; retry when /readyz answers 200")
+        return self.monitor
+
     async def decode(self, view: ModelView, upload: UploadFile, index: int | None = None) -> DecodedUpload:
         """The upload's pixels at the model's input size. The header is read first: format, pixel count and the
         memory decoding will take are checked before any pixel is, and that memory is reserved from the worker's
@@ -216,7 +240,9 @@ class AnomalyService:
                         f"{SETTINGS.decode_budget_mb:g} MB (ANOMALY_DECODE_BUDGET_MB)"
                     )
                 async with self.decoding.reserve(needed):
-                    pixels = await anyio.to_thread.run_sync(lambda: finish_decoding(image, label, view.channels, view.image_size))
+                    pixels = await anyio.to_thread.run_sync(
+                        lambda: finish_decoding(image, label, view.channels, view.image_size)
+                    )
                 return DecodedUpload(pixels, upload.filename, (image.size[1], image.size[0]))
         except ImageTooLargeError as error:
             raise ServingError(413, str(error)) from None
@@ -225,7 +251,9 @@ class AnomalyService:
         except AnomalyError as error:
             raise ServingError(400, str(error)) from None
 
-    async def run(self, view: ModelView, uploads: list[DecodedUpload], target_fpr: float | None, heatmap: HeatmapSize | None) -> list[ImageScore]:
+    async def run(
+        self, view: ModelView, uploads: list[DecodedUpload], target_fpr: float | None, heatmap: HeatmapSize | None
+    ) -> list[ImageScore]:
         infer = self.model.to_async.infer_with_maps if heatmap else self.model.to_async.infer
         try:
             packed = await infer(np.stack([upload.pixels for upload in uploads]))
@@ -235,23 +263,49 @@ class AnomalyService:
         results = await anyio.to_thread.run_sync(lambda: view.score(uploads, np.asarray(packed), target_fpr, heatmap))
         metrics = service_metrics()
         metrics.observe_results([r.anomaly_score for r in results], [r.is_anomaly for r in results])
-        state = self.monitor.observe([r.p_combined for r in results])
+        state = self.watched().observe([r.p_combined for r in results])
         metrics.observe_monitor(view.identity.name, view.identity.version or "", state)
         return results
 
     @app.post("/score", response_model=ScoreResponse)
-    async def score(self, request: Request, image: Annotated[UploadFile, File(description="PNG, JPEG, TIFF, BMP, WebP or PGM", json_schema_extra={"minLength": 1})], target_fpr: TargetFpr = None, heatmap: Heatmap = False, heatmap_size: HeatmapSizeQuery = "input") -> ScoreResponse:
+    async def score(
+        self,
+        request: Request,
+        image: Annotated[
+            UploadFile, File(description="PNG, JPEG, TIFF, BMP, WebP or PGM", json_schema_extra={"minLength": 1})
+        ],
+        target_fpr: TargetFpr = None,
+        heatmap: Heatmap = False,
+        heatmap_size: HeatmapSizeQuery = "input",
+    ) -> ScoreResponse:
         """Score one image: signals, p-values, decision, and optionally the heat map."""
         started = time.perf_counter()
         sent = len((await request.form()).getlist("image"))  # the form FastAPI already parsed, not read again
         if sent > 1:
-            raise ServingError(422, f"/score takes one 'image' field, this request has {sent}; send several images to /score_batch")
+            raise ServingError(
+                422, f"/score takes one 'image' field, this request has {sent}; send several images to /score_batch"
+            )
         view = await self.loaded()
-        (result,) = await self.run(view, [await self.decode(view, image)], target_fpr, heatmap_size if heatmap else None)
+        (result,) = await self.run(
+            view, [await self.decode(view, image)], target_fpr, heatmap_size if heatmap else None
+        )
         return ScoreResponse(**result.model_dump(), model=view.identity, time_ms=(time.perf_counter() - started) * 1000)
 
     @app.post("/score_batch", response_model=BatchScoreResponse)
-    async def score_batch(self, images: Annotated[list[UploadFile], File(description="Several image files, repeated field 'images'.", min_length=1, max_length=SETTINGS.max_batch_images)], target_fpr: TargetFpr = None, heatmap: Heatmap = False, heatmap_size: HeatmapSizeQuery = "input") -> BatchScoreResponse:
+    async def score_batch(
+        self,
+        images: Annotated[
+            list[UploadFile],
+            File(
+                description="Several image files, repeated field 'images'.",
+                min_length=1,
+                max_length=SETTINGS.max_batch_images,
+            ),
+        ],
+        target_fpr: TargetFpr = None,
+        heatmap: Heatmap = False,
+        heatmap_size: HeatmapSizeQuery = "input",
+    ) -> BatchScoreResponse:
         """Score several images; one result each, in upload order. One unreadable image refuses the request."""
         started = time.perf_counter()
         view = await self.loaded()
@@ -268,9 +322,15 @@ class AnomalyService:
     async def describe_model(self) -> ModelDescription:
         """Which model answers: name, version, training run, data, input spec, calibration."""
         view = await self.loaded()
-        return view.describe(SETTINGS, self.monitor.state())
+        return view.describe(SETTINGS, self.watched().state())
 
 
-AnomalyService.add_asgi_middleware(RequestMetrics, routes=API_ROUTES)
-AnomalyService.add_asgi_middleware(RequestGuard, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, upload_paths=UPLOAD_ROUTES,
-                                   read_timeout_s=SETTINGS.read_timeout_s)
+# bentoml.service returns a Service wrapping the class; its stubs say the class itself.
+AnomalyService.add_asgi_middleware(RequestMetrics, routes=API_ROUTES)  # type: ignore[attr-defined]
+AnomalyService.add_asgi_middleware(  # type: ignore[attr-defined]
+    RequestGuard,
+    api_key=SETTINGS.api_key,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    upload_paths=UPLOAD_ROUTES,
+    read_timeout_s=SETTINGS.read_timeout_s,
+)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -22,22 +21,35 @@ ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "262144", "MALLOC_TRIM_THRESHOLD_": "
 class ServingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: Optional[str] = Field(None, description="Model directory or models:/NAME@ALIAS (ANOMALY_MODEL).")
-    api_key: Optional[str] = Field(None, description="When set, every route but the page (/), /livez and /readyz needs 'Authorization: Bearer <key>': /metrics and the API description (/docs, /docs.json) included.")
+    model: str | None = Field(None, description="Model directory or models:/NAME@ALIAS (ANOMALY_MODEL).")
+    api_key: str | None = Field(
+        None,
+        description="When set, every route but the page (/), /livez and /readyz needs 'Authorization: Bearer <key>': "
+        "/metrics and the API description (/docs, /docs.json) included.",
+    )
     max_body_mb: float = Field(20.0, gt=0, description="Larger request bodies get 413.")
     max_image_pixels: int = Field(40_000_000, gt=0, description="Images declaring more pixels get 413 before decoding.")
     decode_budget_mb: float = Field(
-        256.0, gt=0, description="Memory that decoding images may take at once in one API worker, all requests together; "
-        "an image needing more alone gets 413, others wait their turn.")
+        256.0,
+        gt=0,
+        description="Memory that decoding images may take at once in one API worker, all requests together; an image "
+        "needing more alone gets 413, others wait their turn.",
+    )
     read_timeout_s: float = Field(10.0, gt=0, description="A request body that sends nothing for this long gets 408.")
-    header_timeout_s: float = Field(10.0, gt=0, description="A connection whose request headers are not complete this long after it opened is closed.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection whose request headers are not complete this long after it opened is closed.",
+    )
     max_batch_images: int = Field(64, ge=1, description="Most images in one /score_batch request.")
     adaptive_batching: bool = Field(True, description="Merge concurrent requests into one model call.")
     max_batch_size: int = Field(64, ge=1, description="Most requests merged into one model call.")
     max_latency_ms: int = Field(10_000, ge=1, description="Queueing budget; requests that would exceed it get 503.")
     model_workers: int = Field(1, ge=1, description="Processes running the ONNX model.")
     api_workers: int = Field(1, ge=1, description="Processes decoding images and answering HTTP.")
-    ort_threads: Optional[int] = Field(None, ge=1, description="ONNX Runtime intra-op threads per model worker (default: usable CPUs / model workers).")
+    ort_threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime intra-op threads per model worker (default: usable CPUs / model workers)."
+    )
 
     @property
     def max_body_bytes(self) -> int:

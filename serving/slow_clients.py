@@ -10,7 +10,8 @@ request guard's (408).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -31,6 +32,7 @@ def _armed(connection_made: Callable[..., None], seconds: float) -> Callable[...
 
 
 def enforce_header_timeout(seconds: float) -> None:
-    """Arm the deadline on the HTTP/1.1 protocol uvicorn runs (httptools where installed, else h11), once per process."""
+    """Arm the deadline on the HTTP/1.1 protocol uvicorn runs (httptools where installed, else h11), once per
+    process."""
     if not getattr(AutoHTTPProtocol.connection_made, "header_deadline", False):
         AutoHTTPProtocol.connection_made = _armed(AutoHTTPProtocol.connection_made, seconds)  # type: ignore[method-assign]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -120,8 +123,69 @@ def published_model(tmp_path_factory) -> PublishedModel:
     from anomaly.export.publish import publish
     from tests.test_export import evaluated
 
-    folder = write_texture_folder(tmp_path_factory.mktemp("served-data") / "textures", train=60, test_good=6, test_defect=6)
+    folder = write_texture_folder(
+        tmp_path_factory.mktemp("served-data") / "textures", train=60, test_good=6, test_defect=6
+    )
     root = tmp_path_factory.mktemp("served")
     evaluation = evaluated(folder, root, f"sqlite:///{root / 'mlflow.db'}", "ae")
     run_id = json.loads((evaluation / "run.json").read_text())["mlflow_run_id"]
     return PublishedModel(publish(evaluation, root / "model", [], run_id).directory, folder)
+
+
+SHIPPED_TRAIN_IMAGES, SHIPPED_TEST_IMAGES = 64, 6  # 12 held-out normals at calibration_fraction 0.2
+
+
+class Shipped(NamedTuple):
+    model: Path  # the pipeline's exported model directory
+    evaluation: Path  # the evaluated PyTorch detector the export was made from
+    images: list[Path]  # the test images every way of asking scores: defects first, then normal parts
+
+
+def kolektor_slice(source: Path, target: Path) -> Path:
+    """The first training images and a few test images of each kind (with masks), in MVTec layout."""
+    for kind, count in (
+        ("train/good", SHIPPED_TRAIN_IMAGES),
+        ("test/good", SHIPPED_TEST_IMAGES),
+        ("test/defect", SHIPPED_TEST_IMAGES),
+    ):
+        (target / kind).mkdir(parents=True)
+        for path in sorted((source / kind).glob("*.jpg"))[:count]:
+            shutil.copyfile(path, target / kind / path.name)
+    (target / "ground_truth" / "defect").mkdir(parents=True)
+    for path in (target / "test" / "defect").iterdir():
+        mask = f"{path.stem}_mask.png"
+        shutil.copyfile(source / "ground_truth" / "defect" / mask, target / "ground_truth" / "defect" / mask)
+    return target
+
+
+@pytest.fixture(scope="session")
+def shipped(shared_datasets, tmp_path_factory) -> Shipped:
+    """The shipped folder default as the README's own-folder command runs it, on a slice of KolektorSDD at its
+    production input size (640 x 256), one epoch: about 2 minutes on 2 cores. What the end-to-end tests serve."""
+    root = tmp_path_factory.mktemp("shipped")
+    folder = kolektor_slice(shared_datasets / "kolektorsdd", root / "kolektorsdd")
+    result = run_cli_process(
+        *("pipeline", "run", "--config", "pipelines/folder.yaml", "--output", str(root / "run")),
+        *("--set", f"data.root={folder}", "train.max_epochs=1", "data.calibration_fraction=0.2"),
+        f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = sorted((folder / "test" / "defect").iterdir()) + sorted((folder / "test" / "good").iterdir())
+    return Shipped(root / "run" / "model", root / "run" / "evaluation", images)
+
+
+@contextmanager
+def page_in_chromium(url: str) -> Iterator[Any]:
+    """A headless Chromium driver on the page at `url`/; without Chromium the test fails saying what to install."""
+    from anomaly.errors import AnomalyError
+    from benchmarks.page_screenshot import chromium_driver
+
+    try:
+        driver = chromium_driver()
+    except AnomalyError as error:  # never skip silently
+        pytest.fail(str(error))
+    try:
+        driver.get(f"{url}/")
+        yield driver
+    finally:
+        driver.quit()

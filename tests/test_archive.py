@@ -58,14 +58,29 @@ def ray_cluster():
 
 
 @pytest.mark.slow
-def test_ray_resumes_a_killed_job_scores_nothing_twice_and_matches_anomaly_score(published_model, tmp_path, ray_cluster):
+def test_ray_resumes_a_killed_job_scores_nothing_twice_and_matches_anomaly_score(
+    published_model, tmp_path, ray_cluster
+):
     archive, output = tmp_path / "archive", tmp_path / "results.parquet"
     images = write_archive(archive, published_model.data, copies=40)
 
     # A real interruption: the one-process engine is killed as soon as its first part is complete.
-    job = subprocess.Popen(cli_command("score", "--model", str(published_model.directory), "--input", str(archive),
-                                       "--output", str(output), "--local", "--rows-per-file", "8"),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    job = subprocess.Popen(
+        cli_command(
+            "score",
+            "--model",
+            str(published_model.directory),
+            "--input",
+            str(archive),
+            "--output",
+            str(output),
+            "--local",
+            "--rows-per-file",
+            "8",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not any(not Path(path).name.startswith(".") for path in part_files(ArchiveLocation(str(output)))):
         assert job.poll() is None and time.monotonic() < deadline, job.stderr.read().decode() if job.stderr else ""
@@ -90,10 +105,16 @@ def test_ray_resumes_a_killed_job_scores_nothing_twice_and_matches_anomaly_score
         row = by_path[str(archive / relative)]
         assert row["p_combined"] is None and str(archive / relative) in row["error"]
     checksum = OnnxDetector(published_model.directory).metadata[META_MODEL_CHECKSUM]
-    expected = anomaly_score_lines(published_model.directory, [path for relative, path in images.items() if relative.endswith("-000.png")])
+    expected = anomaly_score_lines(
+        published_model.directory, [path for relative, path in images.items() if relative.endswith("-000.png")]
+    )
     for image, line in expected.items():
         row = by_path[image]
-        assert row["error"] is None and row["model_checksum"] == checksum and row["model_name"] == published_model.directory.name
+        assert (
+            row["error"] is None
+            and row["model_checksum"] == checksum
+            and row["model_name"] == published_model.directory.name
+        )
         assert row["is_anomaly"] == line["is_anomaly"]
         for name in ("latent_distance", "p_latent", "p_combined", "anomaly_score"):
             assert row[name] == pytest.approx(line[name], rel=1e-5, abs=1e-7), name
@@ -107,7 +128,9 @@ def test_ray_resumes_a_killed_job_scores_nothing_twice_and_matches_anomaly_score
 def test_one_process_archive_writes_heat_maps_and_skips_what_is_done(published_model, tmp_path):
     archive, output = tmp_path / "archive", tmp_path / "results.parquet"
     images = write_archive(archive, published_model.data)
-    summary = score_archive(str(published_model.directory), str(archive), str(output), local=True, heatmaps=True, target_fpr=0.2)
+    summary = score_archive(
+        str(published_model.directory), str(archive), str(output), local=True, heatmaps=True, target_fpr=0.2
+    )
     assert (summary.engine, summary.scored, summary.errors) == ("local", len(images) + len(CORRUPT), len(CORRUPT))
 
     detector = OnnxDetector(published_model.directory)
@@ -146,26 +169,42 @@ def test_a_part_cut_short_is_removed_and_its_images_scored_again(published_model
     assert len(paths) == len(set(paths)) == len(images) + len(CORRUPT)
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    (["--input", "{missing}", "--output", "{out}"], "input folder not found"),
-    (["--input", "{empty}", "--output", "{out}"], "no image files under"),
-    (["--input", "{empty}"], "--input and --output together"),
-    (["--input", "{empty}", "--output", "{out}", "{image}"], "--input and --output together"),
-    (["--input", "{archive}", "--output", "{file}"], "is not a folder of Parquet files"),
-    (["--input", "{archive}", "--output", "{out}", "--target-fpr", "0.7"], "--target-fpr must be in (0, 0.5)"),
-    (["--input", "{archive}", "--output", "{out}"], "model directory not found"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--input", "{missing}", "--output", "{out}"], "input folder not found"),
+        (["--input", "{empty}", "--output", "{out}"], "no image files under"),
+        (["--input", "{empty}"], "--input and --output together"),
+        (["--input", "{empty}", "--output", "{out}", "{image}"], "--input and --output together"),
+        (["--input", "{archive}", "--output", "{file}"], "is not a folder of Parquet files"),
+        (["--input", "{archive}", "--output", "{out}", "--target-fpr", "0.7"], "--target-fpr must be in (0, 0.5)"),
+        (["--input", "{archive}", "--output", "{out}"], "model directory not found"),
+    ],
+)
 def test_archive_refusals_are_one_line(tmp_path, monkeypatch, capsys, arguments, message):
     """Each refused before any work starts, so no trained model is needed: the model path does not exist."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "archive").mkdir()
-    image = (tmp_path / "archive" / "a.png")
+    image = tmp_path / "archive" / "a.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
     (tmp_path / "file").write_text("x")
-    names = {"missing": tmp_path / "missing", "out": tmp_path / "out", "empty": tmp_path / "empty", "image": image,
-             "archive": tmp_path / "archive", "file": tmp_path / "file"}
-    code, _, err = run_cli(monkeypatch, capsys, "score", "--model", str(tmp_path / "no-model"), "--local",
-                           *(argument.format(**names) for argument in arguments))
+    names = {
+        "missing": tmp_path / "missing",
+        "out": tmp_path / "out",
+        "empty": tmp_path / "empty",
+        "image": image,
+        "archive": tmp_path / "archive",
+        "file": tmp_path / "file",
+    }
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "score",
+        "--model",
+        str(tmp_path / "no-model"),
+        "--local",
+        *(argument.format(**names) for argument in arguments),
+    )
     assert code == 2 and err.strip().count("\n") == 0, err
     assert message in err
 
@@ -185,10 +224,25 @@ def test_fdr_flags_by_benjamini_hochberg_over_the_whole_archive(published_model,
     archive = normals_folder(tmp_path / "archive" / "good", 200, seed=32).parent
     (archive / "noise").mkdir()
     for i in range(12):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32), dtype=np.uint8)).save(archive / "noise" / f"{i:02d}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32), dtype=np.uint8)).save(
+            archive / "noise" / f"{i:02d}.png"
+        )
     (archive / "noise" / "empty.png").write_bytes(b"")
     output = tmp_path / "results"
-    code, out, err = run_cli(monkeypatch, capsys, "score", "--model", str(model), "--input", str(archive), "--output", str(output), "--local", "--fdr", "0.05")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "score",
+        "--model",
+        str(model),
+        "--input",
+        str(archive),
+        "--output",
+        str(output),
+        "--local",
+        "--fdr",
+        "0.05",
+    )
     assert code == 0, err
     summary = json.loads(out)
     rows = pq.read_table(output).to_pandas().sort_values("path")
@@ -202,13 +256,29 @@ def test_fdr_flags_by_benjamini_hochberg_over_the_whole_archive(published_model,
     assert summary["decision_rule"] == "fdr_bh" and summary["flagged"] == len(flagged)
     assert flagged.path.str.contains("/noise/").sum() >= 10 and flagged.path.str.contains("/good/").sum() <= 2
     at_target = (scored.p_combined < scored.target_fpr).sum()
-    code, out, err = run_cli(monkeypatch, capsys, "score", "--model", str(model), "--input", str(archive), "--output", str(output), "--local")
+    code, out, err = run_cli(
+        monkeypatch, capsys, "score", "--model", str(model), "--input", str(archive), "--output", str(output), "--local"
+    )
     assert code == 0, err
     again = pq.read_table(output).to_pandas()
     again = again[again.error.isna()]
     assert set(again.decision_rule) == {"target_fpr"} and again.q_value.isna().all()
     assert (again.is_anomaly == (again.p_combined < again.target_fpr)).all() and json.loads(out)["flagged"] == at_target
-    code, _, err = run_cli(monkeypatch, capsys, "score", "--model", str(model), "--input", str(archive), "--output", str(output), "--fdr", "1.5")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "score",
+        "--model",
+        str(model),
+        "--input",
+        str(archive),
+        "--output",
+        str(output),
+        "--fdr",
+        "1.5",
+    )
     assert code == 2 and "--fdr must be in (0, 1), got 1.5" in err
-    code, _, err = run_cli(monkeypatch, capsys, "score", "--model", str(model), "--fdr", "0.05", str(next((archive / "good").iterdir())))
+    code, _, err = run_cli(
+        monkeypatch, capsys, "score", "--model", str(model), "--fdr", "0.05", str(next((archive / "good").iterdir()))
+    )
     assert code == 2 and "--fdr decides over a whole archive: give --input and --output" in err

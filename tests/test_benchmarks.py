@@ -24,11 +24,13 @@ def test_baselines_rank_bright_scratches_above_normal_stripes():
 def test_readme_quotes_only_numbers_from_measurement_documents():
     """Every number in the README's results table appears, whole, in BENCHMARKS.md or docs/pretrained-encoders.md."""
     readme = (PROJECT_ROOT / "README.md").read_text()
-    results = readme[readme.index("## Results"):readme.index("## Install")]
+    results = readme[readme.index("## Results") : readme.index("## Install")]
     quoted = re.findall(r"\d+\.\d+x?", results)
     assert len(quoted) >= 12
     sources = [(PROJECT_ROOT / name).read_text() for name in ("BENCHMARKS.md", "docs/pretrained-encoders.md")]
-    measured = {number for text in sources for number in re.findall(r"\d+\.\d+x?", text)}  # whole numbers: 0.9 is not 0.902
+    measured = {
+        number for text in sources for number in re.findall(r"\d+\.\d+x?", text)
+    }  # whole numbers: 0.9 is not 0.902
     assert [number for number in quoted if number not in measured] == []
 
 
@@ -55,7 +57,9 @@ def test_benchmark_rows_are_measured_once_per_code_version(tmp_path, monkeypatch
     monkeypatch.setattr(kept, "code_version", lambda: "another")
     assert kept.kept_row(tmp_path, "row", measure) == {"auroc": 0.7}  # another version of the code measures afresh
     model = tmp_path / "model"
-    assert kept.kept_row(tmp_path, "row", measure, leaves=model) == {"auroc": 0.8}  # what it left is gone: measured again
+    assert kept.kept_row(tmp_path, "row", measure, leaves=model) == {
+        "auroc": 0.8
+    }  # what it left is gone: measured again
     model.mkdir()
     assert kept.kept_row(tmp_path, "row", measure, leaves=model) == {"auroc": 0.8} and len(calls) == 3
 
@@ -66,8 +70,13 @@ def test_benchmark_records_name_the_commit_and_whether_measured_code_differed(tm
     from benchmarks import run
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
-                              capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
 
     (tmp_path / "anomaly").mkdir()
     (tmp_path / "anomaly" / "model.py").write_text("A = 1\n")

@@ -10,11 +10,11 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from anomaly.calibration.artifact import Calibration
-from anomaly.calibration.combine import combination_statistic
-from anomaly.calibration.promise import Promise
-from anomaly.calibration.distribution import TailFittedDistribution
 from anomaly.calibration.choice import auroc, choose_simplest
+from anomaly.calibration.combine import combination_statistic
+from anomaly.calibration.distribution import TailFittedDistribution
 from anomaly.calibration.fit import choose_combination, fit_calibration
+from anomaly.calibration.promise import Promise
 from anomaly.calibration.scored import ScoredSet
 from anomaly.config import ScoringConfig
 from anomaly.errors import AnomalyError
@@ -86,13 +86,22 @@ def correlated_scores(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def make_calibration(seed: int = 6) -> Calibration:
     reconstruction, latent = correlated_scores(2000, seed)
-    fitted = {"reconstruction": TailFittedDistribution.fit(reconstruction), "latent": TailFittedDistribution.fit(latent)}
-    statistic = combination_statistic(fitted["reconstruction"].pvalue(reconstruction), fitted["latent"].pvalue(latent), "fisher")
+    fitted = {
+        "reconstruction": TailFittedDistribution.fit(reconstruction),
+        "latent": TailFittedDistribution.fit(latent),
+    }
+    statistic = combination_statistic(
+        fitted["reconstruction"].pvalue(reconstruction), fitted["latent"].pvalue(latent), "fisher"
+    )
     return Calibration(
         model_checksum="a" * 64,
         preprocessing={"image_size": [32, 32], "channels": 1},
         scoring={"combine": "fisher"},
-        distributions={**fitted, "combined": TailFittedDistribution.fit(statistic), "pixel": TailFittedDistribution.fit(reconstruction)},
+        distributions={
+            **fitted,
+            "combined": TailFittedDistribution.fit(statistic),
+            "pixel": TailFittedDistribution.fit(reconstruction),
+        },
         target_fpr=0.01,
         sample_sizes={"calibration_images": 2000},
     )
@@ -124,7 +133,16 @@ def test_calibration_round_trip(tmp_path: Path):
 def scored_set(reconstruction: np.ndarray, latent: np.ndarray, labels: np.ndarray) -> ScoredSet:
     count = len(labels)
     maps = np.repeat(reconstruction[:, None, None], 4, axis=1).repeat(4, axis=2)
-    return ScoredSet(reconstruction, latent, latent[:, None], maps, labels, np.zeros_like(maps, dtype=bool), ["x"] * count, [str(i) for i in range(count)])
+    return ScoredSet(
+        reconstruction,
+        latent,
+        latent[:, None],
+        maps,
+        labels,
+        np.zeros_like(maps, dtype=bool),
+        ["x"] * count,
+        [str(i) for i in range(count)],
+    )
 
 
 def test_validation_auroc_measures_each_signal_on_normals_and_synthetic_anomalies(tmp_path: Path):
@@ -137,7 +155,9 @@ def test_validation_auroc_measures_each_signal_on_normals_and_synthetic_anomalie
         np.concatenate([normal_latent, anomalous_latent + 3.0]),
         np.array([0] * 200 + [1] * 200),
     )
-    calibration = fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0, labelled=labelled)
+    calibration = fit_calibration(
+        held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0, labelled=labelled
+    )
     auroc = calibration.validation_auroc
     assert auroc["latent"] > 0.97
     assert 0.4 < auroc["reconstruction"] < 0.6
@@ -149,9 +169,14 @@ def test_validation_auroc_measures_each_signal_on_normals_and_synthetic_anomalie
     masks[200:, :2, :2] = True  # each anomaly marks one corner, which its map raises
     maps = labelled.maps + 5.0 * masks
     with_masks = replace(labelled, maps=maps, masks=masks)
-    pixel = fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0, labelled=with_masks).validation_auroc["pixel"]
+    pixel = fit_calibration(
+        held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0, labelled=with_masks
+    ).validation_auroc["pixel"]
     assert pixel == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel())) and pixel > 0.95
-    assert fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0).validation_auroc is None
+    assert (
+        fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0).validation_auroc
+        is None
+    )
 
 
 def test_validation_auroc_is_also_given_per_kind_of_synthetic_anomaly():
@@ -165,23 +190,39 @@ def test_validation_auroc_is_also_given_per_kind_of_synthetic_anomaly():
         np.array([0] * 200 + [1] * 200),
     )
     labelled.categories = ["good"] * 200 + ["synthetic_blob"] * 100 + ["synthetic_line"] * 100
-    auroc = fit_calibration(held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0, labelled=labelled).validation_auroc
+    auroc = fit_calibration(
+        held_out, ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0, labelled=labelled
+    ).validation_auroc
     assert auroc["synthetic_blob.latent"] > 0.97 and 0.35 < auroc["synthetic_line.latent"] < 0.65
     assert auroc["synthetic_line.latent"] < auroc["latent"] < auroc["synthetic_blob.latent"]
-    assert {key.split(".")[0] for key in auroc} == {"reconstruction", "latent", "combined", "synthetic_blob", "synthetic_line"}
+    assert {key.split(".")[0] for key in auroc} == {
+        "reconstruction",
+        "latent",
+        "combined",
+        "synthetic_blob",
+        "synthetic_line",
+    }
 
 
 def test_a_target_beyond_the_calibration_sample_is_flagged():
     calibration = make_calibration()  # 2000 held-out normals
     assert calibration.sample_size_warning() is None and calibration.sample_size_warning(0.001) is None
     assert calibration.sample_size_warning(0.0001) == (
-        "the 0.01% false-positive target is below what 2000 calibration normal images can resolve (at least 0.05%): its "
-        "threshold is extrapolated past every calibration score, so the realised rate can be several times the target; "
-        "add normal images (anomaly calibrate --normals DIR) or ask for a larger target"
+        "the 0.01% false-positive target is below what 2000 calibration normal images can resolve (at least 0.05%): "
+        "its threshold is extrapolated past every calibration score, so the realised rate can be several times the "
+        "target; add normal images (anomaly calibrate --normals DIR) or ask for a larger target"
     )
-    small = fit_calibration(scored_set(*correlated_scores(28, seed=3), np.zeros(28, dtype=np.int64)),
-                            ScoringConfig().model_dump(mode="json"), {}, "a" * 64, seed=0)
-    assert "the 1.00% false-positive target is below what 28 calibration normal images can resolve" in small.sample_size_warning()
+    small = fit_calibration(
+        scored_set(*correlated_scores(28, seed=3), np.zeros(28, dtype=np.int64)),
+        ScoringConfig().model_dump(mode="json"),
+        {},
+        "a" * 64,
+        seed=0,
+    )
+    assert (
+        "the 1.00% false-positive target is below what 28 calibration normal images can resolve"
+        in small.sample_size_warning()
+    )
     assert small.sample_size_warning(0.05) is None
     promise = small.promise(0.05).to_dict()
     assert promise["calibration_normals"] == 28 and promise["warning"] is None
@@ -234,9 +275,15 @@ def test_auto_combination_is_chosen_on_the_labelled_validation_set(reconstructio
     choice = choose_combination(held_out, labelled, seed=0)
     assert choice.chosen == chosen
     assert choice.best == chosen
-    assert choice.aurocs["fisher"] > choice.aurocs["latent"] if reconstruction_shift else choice.aurocs["reconstruction"] < 0.6
+    assert (
+        choice.aurocs["fisher"] > choice.aurocs["latent"]
+        if reconstruction_shift
+        else choice.aurocs["reconstruction"] < 0.6
+    )
     scoring = ScoringConfig(combine=chosen).model_dump(mode="json")
-    calibration = fit_calibration(held_out, scoring, {}, "a" * 64, seed=0, labelled=labelled, choices=[choice.record("scoring.combine")])
+    calibration = fit_calibration(
+        held_out, scoring, {}, "a" * 64, seed=0, labelled=labelled, choices=[choice.record("scoring.combine")]
+    )
     assert calibration.validation_auroc["combined"] == pytest.approx(choice.aurocs[chosen])
     assert Calibration.from_dict(json.loads(json.dumps(calibration.to_dict()))).choices[0]["chosen"] == chosen
     with pytest.raises(AnomalyError, match="combine=auto is chosen before calibration"):
@@ -247,6 +294,7 @@ def test_a_lead_within_the_validation_noise_keeps_the_simpler_candidate():
     """Two candidates whose validation AUROCs differ by about two pairs of images out of 40 x 40: the later one leads,
     but by less than the bootstrap interval's width, so the first (simpler) one is kept; the same lead on a set
     ten times larger is beyond the noise, and the later one is chosen."""
+
     def candidates(per_class: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         rng = np.random.default_rng(seed)
         labels = np.repeat([0, 1], per_class)
@@ -261,12 +309,15 @@ def test_a_lead_within_the_validation_noise_keeps_the_simpler_candidate():
     scores, labels = candidates(400, seed=0)
     large = choose_simplest(scores, labels, seed=0)
     assert large.chosen == "elaborate" and large.lead_interval == (0.0, 0.0)
-    assert choose_simplest({3: scores["simple"], 2: scores["simple"] + 1e-12}, labels).chosen == 3  # an exact tie: the first
+    assert (
+        choose_simplest({3: scores["simple"], 2: scores["simple"] + 1e-12}, labels).chosen == 3
+    )  # an exact tie: the first
     assert auroc(labels, scores["simple"]) == pytest.approx(roc_auc_score(labels, scores["simple"]))
 
 
 def test_calibration_needs_both_signals():
-    """Every exported graph computes both signals: scores without the reconstruction are refused, not half-calibrated."""
+    """Every exported graph computes both signals: scores without the reconstruction are refused, not
+    half-calibrated."""
     reconstruction, latent = correlated_scores(300, seed=12)
     latent_only = scored_set(reconstruction, latent, np.zeros(300, dtype=np.int64))
     latent_only.reconstruction_scores = None
@@ -278,10 +329,19 @@ def test_calibration_from_held_out_sets_scored_apart_equals_one_pass():
     """Held-out images scored on several workers, their sets concatenated in order, calibrate exactly as one pass."""
     held_out = scored_set(*correlated_scores(120, seed=12), np.zeros(120, dtype=np.int64))
     labelled = scored_set(*correlated_scores(80, seed=13), np.repeat([0, 1], 40))
-    parts = [ScoredSet(held_out.reconstruction_scores[part], held_out.latent_distances[part], held_out.latents[part],
-                       held_out.maps[part], held_out.labels[part], held_out.masks[part],
-                       held_out.categories[part], held_out.names[part])
-             for part in (slice(0, 50), slice(50, 51), slice(51, 120))]
+    parts = [
+        ScoredSet(
+            held_out.reconstruction_scores[part],
+            held_out.latent_distances[part],
+            held_out.latents[part],
+            held_out.maps[part],
+            held_out.labels[part],
+            held_out.masks[part],
+            held_out.categories[part],
+            held_out.names[part],
+        )
+        for part in (slice(0, 50), slice(50, 51), slice(51, 120))
+    ]
     scoring = ScoringConfig().model_dump(mode="json")
     whole = fit_calibration(held_out, scoring, {}, "a" * 64, seed=0, labelled=labelled)
     merged = fit_calibration(ScoredSet.concatenate(parts), scoring, {}, "a" * 64, seed=0, labelled=labelled)
@@ -290,7 +350,8 @@ def test_calibration_from_held_out_sets_scored_apart_equals_one_pass():
 
 def test_cross_fitted_latent_distances_join_the_latent_and_a_latent_decision(tmp_path: Path):
     """Out-of-fold latent distances of training normals count in the latent distribution; the combined one takes
-    them when the decision reads the latent distance alone, and not for fisher, whose held-out pairs alone are honest."""
+    them when the decision reads the latent distance alone, and not for fisher, whose held-out pairs alone are
+    honest."""
     held_out = scored_set(*correlated_scores(30, seed=3), np.zeros(30, dtype=np.int64))
     cross_fitted = correlated_scores(270, seed=4)[1]
     for combine, combined_count in (("latent", 300), ("fisher", 30)):
@@ -299,8 +360,18 @@ def test_cross_fitted_latent_distances_join_the_latent_and_a_latent_decision(tmp
         assert len(calibration.distributions["latent"].sample) == 300
         assert len(calibration.distributions["reconstruction"].sample) == 30
         assert len(calibration.distributions["combined"].sample) == combined_count
-        assert calibration.sample_sizes["cross_fitted_images"] == 270 and calibration.sample_sizes["calibration_images"] == 30
+        assert (
+            calibration.sample_sizes["cross_fitted_images"] == 270
+            and calibration.sample_sizes["calibration_images"] == 30
+        )
     # With 30 held-out normals 1% cannot be resolved; with the cross-fitted ones it can.
     assert calibration.sample_size_warning() is not None
-    latent = fit_calibration(held_out, ScoringConfig(combine="latent").model_dump(mode="json"), {}, "a" * 64, seed=0, cross_fitted_latent=cross_fitted)
+    latent = fit_calibration(
+        held_out,
+        ScoringConfig(combine="latent").model_dump(mode="json"),
+        {},
+        "a" * 64,
+        seed=0,
+        cross_fitted_latent=cross_fitted,
+    )
     assert latent.sample_size_warning() is None

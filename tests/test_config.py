@@ -9,7 +9,9 @@ BASE = {"data": {"kind": "folder", "root": "somewhere", "image_size": 32}, "mode
 
 
 def test_overrides_are_parsed_as_yaml_values():
-    config = build_config(BASE, ["model.depth=2", "data.image_size=[16, 24]", "data.augment.hflip=true", "train.lr=0.01"])
+    config = build_config(
+        BASE, ["model.depth=2", "data.image_size=[16, 24]", "data.augment.hflip=true", "train.lr=0.01"]
+    )
     assert config.model.depth == 2
     assert config.data.image_size == (16, 24)
     assert config.data.augment.hflip is True
@@ -44,13 +46,19 @@ def test_patch_level_must_be_within_the_encoder():
     with pytest.raises(AnomalyError, match=r"scoring\.latent\.level 4 needs model\.depth >= 4, got 3"):
         build_config(BASE, [*PATCHES, "scoring.latent.level=4"])
     for wrong in ("deep", "0"):
-        with pytest.raises(AnomalyError, match=rf"scoring\.latent\.level: .*must be a positive integer or 'auto', got '?{wrong}'?$"):
+        with pytest.raises(
+            AnomalyError, match=rf"scoring\.latent\.level: .*must be a positive integer or 'auto', got '?{wrong}'?$"
+        ):
             build_config(BASE, [*PATCHES, f"scoring.latent.level={wrong}"])
 
 
 def test_patch_settings_exist_only_for_patches():
     for option in ("level=2", "aligned=false", "bank_size=10", "line_length=9", "line_cap=3.5"):
-        with pytest.raises(AnomalyError, match=rf"unknown key 'scoring\.latent\.{option.split('=')[0]}' \(not a setting of scoring\.latent\.kind=code"):
+        with pytest.raises(
+            AnomalyError,
+            match=rf"unknown key 'scoring\.latent\.{option.split('=')[0]}' \(not a setting of "
+            rf"scoring\.latent\.kind=code",
+        ):
             build_config(BASE, [f"scoring.latent.{option}"])
     with pytest.raises(AnomalyError, match=r"unknown key 'scoring\.latent\.round_trip'$"):
         build_config(BASE, [*PATCHES, "scoring.latent.round_trip=true"])
@@ -60,8 +68,12 @@ def test_patch_settings_exist_only_for_patches():
 
 def test_a_new_latent_kind_starts_its_section_afresh():
     patches = build_config(BASE, [*PATCHES, "scoring.latent.bank_size=7"]).model_dump(mode="json")
-    assert build_config(patches, ["scoring.latent.kind=code", "scoring.latent.round_trip=true"]).scoring.latent.round_trip
-    assert build_config(patches, ["scoring.latent.kind=patches"]).scoring.latent.bank_size == 7  # the same kind keeps its settings
+    assert build_config(
+        patches, ["scoring.latent.kind=code", "scoring.latent.round_trip=true"]
+    ).scoring.latent.round_trip
+    assert (
+        build_config(patches, ["scoring.latent.kind=patches"]).scoring.latent.bank_size == 7
+    )  # the same kind keeps its settings
 
 
 def test_line_cap_needs_aligned_parts_and_banks_default_by_kind():
@@ -80,7 +92,9 @@ def test_auto_choices_need_synthetic_validation_and_two_encoder_blocks():
         build_config(BASE, ["scoring.combine=auto"])
     auto = [*PATCHES, "scoring.latent.level=auto"]
     assert build_config(BASE, [*auto, "data.synthetic_validation=true"]).scoring.latent.level == "auto"
-    with pytest.raises(AnomalyError, match=r"scoring\.combine and scoring\.latent\.level=auto need data\.synthetic_validation=true"):
+    with pytest.raises(
+        AnomalyError, match=r"scoring\.combine and scoring\.latent\.level=auto need data\.synthetic_validation=true"
+    ):
         build_config(BASE, [*auto, "scoring.combine=auto"])
     with pytest.raises(AnomalyError, match=r"scoring\.latent\.level auto needs model\.depth >= 2, got 1"):
         build_config(BASE, [*auto, "data.synthetic_validation=true", "model.depth=1"])
@@ -93,10 +107,18 @@ def test_line_runs_keep_their_length_in_pixels_at_every_level():
 
 
 def test_resolved_scoring_writes_in_what_fitting_chose():
-    scoring = build_config(BASE, [*PATCHES, "scoring.latent.level=auto", "scoring.combine=auto", "data.synthetic_validation=true"]).scoring
+    scoring = build_config(
+        BASE, [*PATCHES, "scoring.latent.level=auto", "scoring.combine=auto", "data.synthetic_validation=true"]
+    ).scoring
     resolved = scoring.resolved(level=2).resolved(combine="latent")
-    assert resolved.model_dump(mode="json")["latent"] == {"kind": "patches", "level": 2, "aligned": True, "bank_size": 96, "line_length": 1,
-                                                          "line_cap": None}
+    assert resolved.model_dump(mode="json")["latent"] == {
+        "kind": "patches",
+        "level": 2,
+        "aligned": True,
+        "bank_size": 96,
+        "line_length": 1,
+        "line_cap": None,
+    }
     assert resolved.combine == "latent" and scoring.latent.level == "auto"  # a copy
 
 
@@ -104,9 +126,12 @@ def test_scoring_has_at_most_twelve_settings():
     from anomaly.config import CodeDistance, PatchDistance, ReconstructionSignal, ScoringConfig
 
     nested = {"reconstruction", "latent"}
-    settings = [*ReconstructionSignal.model_fields, *CodeDistance.model_fields,
-                *(name for name in PatchDistance.model_fields if name != "kind"),
-                *(name for name in ScoringConfig.model_fields if name not in nested)]
+    settings = [
+        *ReconstructionSignal.model_fields,
+        *CodeDistance.model_fields,
+        *(name for name in PatchDistance.model_fields if name != "kind"),
+        *(name for name in ScoringConfig.model_fields if name not in nested),
+    ]
     assert len(settings) <= 12, settings
 
 
@@ -117,7 +142,9 @@ def test_image_size_must_be_divisible_by_depth():
 
 def test_image_size_auto_is_left_for_the_data_to_resolve():
     assert build_config(BASE, ["data.image_size=auto"]).data.image_size == "auto"
-    with pytest.raises(AnomalyError, match=r"data\.image_size: must be \[height, width\], one integer or 'auto', got 'large'$"):
+    with pytest.raises(
+        AnomalyError, match=r"data\.image_size: must be \[height, width\], one integer or 'auto', got 'large'$"
+    ):
         build_config(BASE, ["data.image_size=large"])
 
 
@@ -168,11 +195,30 @@ def test_configuration_reference_in_docs_is_current():
 
 
 # The folder default's resolved scoring on KolektorSDD as a detector file before the nesting stored it.
-FLAT_SCORING = {"map": "squared", "smoothing_sigma": 2.0, "reduction": "topk", "topk_fraction": 0.01, "latent": "patch_knn",
-                "latent_vector": "code", "knn_k": 1, "knn_bank_size": 4096, "patch_level": 3, "patch_standardise": True,
-                "patch_intensity_weight": 0.0, "patch_position_normalise": True, "patch_bank": "position", "patch_bank_radius": 2,
-                "patch_bank_per_position": 96, "patch_line_length": 9, "patch_line_cap": 3.5, "heatmap": "patch_distance",
-                "combine": "latent", "tail_fraction": 0.1, "target_fpr": 0.01, "pixel_sample_size": 20000}
+FLAT_SCORING = {
+    "map": "squared",
+    "smoothing_sigma": 2.0,
+    "reduction": "topk",
+    "topk_fraction": 0.01,
+    "latent": "patch_knn",
+    "latent_vector": "code",
+    "knn_k": 1,
+    "knn_bank_size": 4096,
+    "patch_level": 3,
+    "patch_standardise": True,
+    "patch_intensity_weight": 0.0,
+    "patch_position_normalise": True,
+    "patch_bank": "position",
+    "patch_bank_radius": 2,
+    "patch_bank_per_position": 96,
+    "patch_line_length": 9,
+    "patch_line_cap": 3.5,
+    "heatmap": "patch_distance",
+    "combine": "latent",
+    "tail_fraction": 0.1,
+    "target_fpr": 0.01,
+    "pixel_sample_size": 20000,
+}
 
 
 def test_stored_flat_scoring_is_upgraded_to_the_same_detector_or_refused():
@@ -180,25 +226,46 @@ def test_stored_flat_scoring_is_upgraded_to_the_same_detector_or_refused():
 
     stored = {**BASE, "model": {"encoder": "efficientnet_lite0"}, "scoring": FLAT_SCORING}
     upgraded = Config.model_validate(upgrade_stored_config(stored)).scoring
-    assert upgraded.latent.model_dump() == {"kind": "patches", "level": 3, "aligned": True, "bank_size": 96, "line_length": 72,
-                                            "line_cap": 3.5}
+    assert upgraded.latent.model_dump() == {
+        "kind": "patches",
+        "level": 3,
+        "aligned": True,
+        "bank_size": 96,
+        "line_length": 72,
+        "line_cap": 3.5,
+    }
     assert upgraded.latent.positions_in_run(3) == 9 and upgraded.combine == "latent"  # the same 9 positions at stride 8
     code = {**FLAT_SCORING, "latent": "mahalanobis", "latent_vector": "code_and_round_trip", "reduction": "mean"}
     upgraded = Config.model_validate(upgrade_stored_config({**BASE, "scoring": code})).scoring
     assert upgraded.latent.round_trip and upgraded.reconstruction.top_fraction == 1.0
-    assert upgrade_stored_config(build_config(BASE).model_dump(mode="json"))["scoring"]["latent"] == {"kind": "code", "round_trip": False}
-    for removed in ({"latent": "knn"}, {"combine": "min_p"}, {"patch_intensity_weight": 0.5}, {"heatmap": "reconstruction"}):
+    assert upgrade_stored_config(build_config(BASE).model_dump(mode="json"))["scoring"]["latent"] == {
+        "kind": "code",
+        "round_trip": False,
+    }
+    for removed in (
+        {"latent": "knn"},
+        {"combine": "min_p"},
+        {"patch_intensity_weight": 0.5},
+        {"heatmap": "reconstruction"},
+    ):
         with pytest.raises(AnomalyError, match="written by an older anomaly with"):
             upgrade_stored_config({**BASE, "scoring": {**FLAT_SCORING, **removed}})
 
 
 def test_own_encoder_settings_set_with_a_pretrained_encoder_are_named_in_one_warning():
-    pretrained = {"data": {"kind": "folder", "root": "somewhere", "image_size": 64}, "model": {"encoder": "efficientnet_lite0"}}
+    pretrained = {
+        "data": {"kind": "folder", "root": "somewhere", "image_size": 64},
+        "model": {"encoder": "efficientnet_lite0"},
+    }
     assert ignored_settings_warning(build_config(pretrained)) is None
     assert ignored_settings_warning(build_config(BASE)) is None  # the own encoder reads them
-    warned = ignored_settings_warning(build_config(pretrained, ["model.depth=5", "model.bottleneck=spatial", "model.latent_dim=64"]))
-    assert warned == ("model.depth, model.bottleneck apply to model.encoder=own only and are ignored with "
-                      "model.encoder=efficientnet_lite0")
+    warned = ignored_settings_warning(
+        build_config(pretrained, ["model.depth=5", "model.bottleneck=spatial", "model.latent_dim=64"])
+    )
+    assert warned == (
+        "model.depth, model.bottleneck apply to model.encoder=own only and are ignored with "
+        "model.encoder=efficientnet_lite0"
+    )
     for name in ("folder", "elpv"):  # the shipped defaults set none of them
         assert ignored_settings_warning(load_config(Path("pipelines") / f"{name}.yaml", ["data.root=x"])) is None
 

@@ -80,7 +80,10 @@ def test_auto_input_size_keeps_the_aspect_within_the_pixel_budget():
 
 
 def test_auto_size_of_a_real_folder(shared_datasets: Path):
-    folder = {"data": {"kind": "folder", "root": str(shared_datasets / "kolektorsdd"), "image_size": "auto"}, "model": {"depth": 5}}
+    folder = {
+        "data": {"kind": "folder", "root": str(shared_datasets / "kolektorsdd"), "image_size": "auto"},
+        "model": {"depth": 5},
+    }
     assert native_folder_size(shared_datasets / "kolektorsdd") == (1259, 500)
     assert resolve_image_size(build_config(folder)).data.image_size == (640, 256)
     halved = build_config(folder, [f"data.max_input_pixels={320 * 128}"])
@@ -101,14 +104,18 @@ def test_sixteen_bit_images_map_to_eight_bit_by_one_fixed_rule(tmp_path: Path):
     Image.fromarray(dark.astype(np.uint16) * 257).save(tmp_path / "dark16.png")
     assert Image.open(tmp_path / "dark16.png").mode == "I;16"
     assert np.array_equal(decode_image(tmp_path / "dark16.png", 1), decode_image(tmp_path / "dark8.png", 1))
-    assert np.array_equal(decode_image(tmp_path / "dark16.png", 1, (12, 9)), decode_image(tmp_path / "dark8.png", 1, (12, 9)))
+    assert np.array_equal(
+        decode_image(tmp_path / "dark16.png", 1, (12, 9)), decode_image(tmp_path / "dark8.png", 1, (12, 9))
+    )
     Image.fromarray(np.full((5, 5), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
     assert set(decode_image(tmp_path / "deep.png", 3).ravel().tolist()) == {156}  # 40000 / 257 = 155.6
 
 
 def test_only_the_listed_formats_are_decoded(tmp_path: Path):
     Image.new("L", (8, 8), 90).save(tmp_path / "grey.gif")
-    with pytest.raises(UnsupportedFormatError, match=r"image grey.gif is GIF, which is not accepted; send one of PNG, JPEG"):
+    with pytest.raises(
+        UnsupportedFormatError, match=r"image grey.gif is GIF, which is not accepted; send one of PNG, JPEG"
+    ):
         decode_image((tmp_path / "grey.gif").read_bytes(), 1, name="grey.gif")
     with pytest.raises(AnomalyError, match="cannot read image junk: not a readable image"):
         decode_image(b"not an image at all", 1, name="junk")
@@ -120,7 +127,9 @@ def test_only_the_listed_formats_are_decoded(tmp_path: Path):
 def test_the_configured_pixel_limit_is_the_one_enforced_and_quoted(tmp_path: Path):
     Image.new("1", (20_000, 10_000)).save(tmp_path / "wide.png")  # 200 M pixels, above Pillow's own bomb limit
     assert open_image(tmp_path / "wide.png", "wide.png", max_pixels=250_000_000).size == (20_000, 10_000)
-    with pytest.raises(ImageTooLargeError, match=r"image wide.png is 20000x10000 pixels, above the limit of 199,999,999 pixels"):
+    with pytest.raises(
+        ImageTooLargeError, match=r"image wide.png is 20000x10000 pixels, above the limit of 199,999,999 pixels"
+    ):
         open_image(tmp_path / "wide.png", "wide.png", max_pixels=199_999_999)
     with pytest.raises(ImageTooLargeError, match="above the limit of 178,956,970 pixels"):
         open_image(tmp_path / "wide.png", "wide.png")
@@ -161,18 +170,24 @@ def test_a_calibration_folder_replaces_the_calibration_hold_out(texture_folder: 
         Image.fromarray(image).save(texture_folder / "calibration" / "good" / f"c{i:02d}.png")
     datamodule = AnomalyDataModule(DataConfig(root=texture_folder, image_size=(32, 32)))
     datamodule.setup()
-    assert len(datamodule.calibration_set) == 12 and all("/calibration/good/" in name for name in datamodule.calibration_set.names)
+    assert len(datamodule.calibration_set) == 12 and all(
+        "/calibration/good/" in name for name in datamodule.calibration_set.names
+    )
     assert len(datamodule.train_set) + len(datamodule.val_set) == 24  # every training normal is trained on or validates
     assert datamodule.split_record()["calibration"] == datamodule.calibration_set.names
     assert "calibration folder" in datamodule.holdout_description
     for path in (texture_folder / "calibration" / "good").iterdir():
         path.unlink()
-    with pytest.raises(AnomalyError, match="no images in .*calibration/good: add normal images for calibration, or remove the folder"):
+    with pytest.raises(
+        AnomalyError, match="no images in .*calibration/good: add normal images for calibration, or remove the folder"
+    ):
         AnomalyDataModule(DataConfig(root=texture_folder, image_size=(32, 32))).setup()
 
 
 def test_datamodule_records_splits_and_builds_synthetic_validation(texture_folder: Path):
-    datamodule = AnomalyDataModule(DataConfig(kind="folder", root=texture_folder, image_size=(32, 32), synthetic_validation=True, batch_size=4))
+    datamodule = AnomalyDataModule(
+        DataConfig(kind="folder", root=texture_folder, image_size=(32, 32), synthetic_validation=True, batch_size=4)
+    )
     datamodule.setup()
     record = datamodule.split_record()
     assert len(record["train"]) + len(record["val"]) + len(record["calibration"]) == 24
@@ -180,7 +195,9 @@ def test_datamodule_records_splits_and_builds_synthetic_validation(texture_folde
     batch = next(iter(datamodule.labelled_val_dataloader()))
     assert batch["image"].shape[1:] == (1, 32, 32)
     labelled = [sample["label"] for sample in datamodule.labelled_val_dataloader().dataset]
-    assert labelled.count(0) == len(record["val"]) and labelled.count(1) == 3 * len(record["val"])  # a blob, a line and a shade each
+    assert labelled.count(0) == len(record["val"]) and labelled.count(1) == 3 * len(
+        record["val"]
+    )  # a blob, a line and a shade each
 
 
 def test_perlin_noise_and_synthetic_anomalies():
@@ -220,8 +237,12 @@ def test_shaded_regions_are_large_smooth_intensity_changes_that_keep_the_texture
     signs = set()
     for image, shaded, mask in zip(texture, corrupted, masks):
         inside = mask.bool() & (torch.nn.functional.avg_pool2d(mask[None], 9, stride=1, padding=4)[0] > 0.999)
-        gain = (shaded - image)[inside] / ((0.0 if shaded[inside].mean() < image[inside].mean() else 1.0) - image[inside])
-        assert 0.25 - 1e-4 <= gain.min() and gain.max() <= 0.6 + 1e-4 and gain.std() < 1e-4  # one gain: texture kept, scaled
+        gain = (shaded - image)[inside] / (
+            (0.0 if shaded[inside].mean() < image[inside].mean() else 1.0) - image[inside]
+        )
+        assert (
+            0.25 - 1e-4 <= gain.min() and gain.max() <= 0.6 + 1e-4 and gain.std() < 1e-4
+        )  # one gain: texture kept, scaled
         signs.add(bool(shaded[inside].mean() > image[inside].mean()))
     assert signs == {False, True}  # darker and brighter regions both occur
 

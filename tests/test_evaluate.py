@@ -23,11 +23,15 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     folder = write_texture_folder(root / "textures", train=80, test_good=8, test_defect=8)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    config = build_config(tiny_config(
-        folder, data={"calibration_fraction": 0.2, "synthetic_validation": True},
-        train={"max_epochs": 3, "early_stopping_patience": 0},
-        tracking={"uri": uri}, output_dir=str(root / "runs"),
-    ))
+    config = build_config(
+        tiny_config(
+            folder,
+            data={"calibration_fraction": 0.2, "synthetic_validation": True},
+            train={"max_epochs": 3, "early_stopping_patience": 0},
+            tracking={"uri": uri},
+            output_dir=str(root / "runs"),
+        )
+    )
     return train(config), uri, root
 
 
@@ -46,7 +50,9 @@ def test_evaluate_writes_metrics_calibration_plots_and_logs_to_the_training_run(
     assert metrics["image"]["reconstruction"]["auroc"] > 0.9
     assert metrics["pixel_auroc"] > 0.9
     detector = load_detector(root / "evaluation" / "detector.pt")
-    calibration = Calibration.load(root / "evaluation" / "calibration.json", expected_model_checksum=weights_checksum(detector))
+    calibration = Calibration.load(
+        root / "evaluation" / "calibration.json", expected_model_checksum=weights_checksum(detector)
+    )
     assert calibration.sample_sizes["calibration_images"] == 16
     # The training split (80 normals less 8 validation and 16 calibration) is scored out of fold in 5 runs.
     assert calibration.sample_sizes["cross_fitted_images"] == 56 and calibration.sample_sizes["cross_fit_folds"] == 5
@@ -62,18 +68,24 @@ def test_evaluate_writes_metrics_calibration_plots_and_logs_to_the_training_run(
     assert metrics["promise"] == calibration.promise().to_dict()
     # Settings are compared on validation normals and their synthetic anomalies, never on test labels.
     signals = {"reconstruction", "latent", "combined", "pixel"}
-    assert set(calibration.validation_auroc) == signals | {f"{kind}.{name}" for kind in ("synthetic_blob", "synthetic_line", "synthetic_shade") for name in signals}
+    assert set(calibration.validation_auroc) == signals | {
+        f"{kind}.{name}" for kind in ("synthetic_blob", "synthetic_line", "synthetic_shade") for name in signals
+    }
     plots = {path.name for path in (root / "evaluation" / "plots").iterdir()}
     assert plots == {"score_histograms.png", "examples.png", "latent_pca.png", "roc.png", "calibration.png"}
     client = mlflow.MlflowClient(uri)
     run = client.get_run(result.run_id)
     assert run.data.metrics["test.image_auroc"] == pytest.approx(metrics["image_auroc"])
-    assert run.data.metrics["validation.synthetic_auroc.combined"] == pytest.approx(calibration.validation_auroc["combined"])
+    assert run.data.metrics["validation.synthetic_auroc.combined"] == pytest.approx(
+        calibration.validation_auroc["combined"]
+    )
     line_pixel = calibration.validation_auroc["synthetic_line.pixel"]
     assert run.data.metrics["validation.synthetic_auroc.synthetic_line.pixel"] == pytest.approx(line_pixel)
     logged = {item.path for item in client.list_artifacts(result.run_id, "evaluation")}
     assert {"evaluation/metrics.json", "evaluation/calibration.json", "evaluation/plots"} <= logged
-    assert "evaluation/plots/calibration.png" in {item.path for item in client.list_artifacts(result.run_id, "evaluation/plots")}
+    assert "evaluation/plots/calibration.png" in {
+        item.path for item in client.list_artifacts(result.run_id, "evaluation/plots")
+    }
 
 
 def test_auto_combination_is_chosen_at_calibration_and_recorded(trained, tmp_path):
@@ -90,7 +102,9 @@ def test_auto_combination_is_chosen_at_calibration_and_recorded(trained, tmp_pat
     low, high = choice["best_lead_interval"]
     assert choice["best"] == chosen or low <= 0 < high
     # from then on the model decides exactly as one configured with the chosen rule
-    fixed = evaluate_checkpoint(result.checkpoint, [f"scoring.combine={chosen}", "data.cross_fit_folds=0"], tmp_path / "fixed")
+    fixed = evaluate_checkpoint(
+        result.checkpoint, [f"scoring.combine={chosen}", "data.cross_fit_folds=0"], tmp_path / "fixed"
+    )
     assert evaluation.metrics["image"]["combined"] == fixed.metrics["image"]["combined"]
     assert evaluation.metrics["test_fpr"] == fixed.metrics["test_fpr"]
 
@@ -100,7 +114,9 @@ PATCH_SCORING = ["scoring.latent.kind=patches", "scoring.latent.bank_size=16", "
 
 def test_auto_choices_are_resolved_once_for_detector_and_calibration(trained, tmp_path):
     result, _, _ = trained
-    evaluation = evaluate_checkpoint(result.checkpoint, [*PATCH_SCORING, "scoring.latent.level=auto", "scoring.combine=auto"], tmp_path)
+    evaluation = evaluate_checkpoint(
+        result.checkpoint, [*PATCH_SCORING, "scoring.latent.level=auto", "scoring.combine=auto"], tmp_path
+    )
     saved = json.loads((tmp_path / "calibration.json").read_text())
     validation, chosen = saved["validation_auroc"], saved["scoring"]["latent"]["level"]
     level_choice, combine_choice = saved["choices"]  # the level's choice, then the chosen level's combination
@@ -113,7 +129,9 @@ def test_auto_choices_are_resolved_once_for_detector_and_calibration(trained, tm
     assert detector.latent_distance.image_distance.length == {2: 3, 1: 5}[chosen]  # 12 pixels at either stride
     # from then on the model decides exactly as one configured with the chosen level and combination
     fixed = evaluate_checkpoint(
-        result.checkpoint, [*PATCH_SCORING, f"scoring.latent.level={chosen}", f"scoring.combine={saved['scoring']['combine']}"], tmp_path / "fixed"
+        result.checkpoint,
+        [*PATCH_SCORING, f"scoring.latent.level={chosen}", f"scoring.combine={saved['scoring']['combine']}"],
+        tmp_path / "fixed",
     )
     assert evaluation.metrics["image"] == fixed.metrics["image"]
     assert evaluation.metrics["pixel_auroc"] == fixed.metrics["pixel_auroc"]
@@ -125,7 +143,9 @@ def test_line_runs_are_a_candidate_read_from_the_same_fitted_bank(trained, tmp_p
     result, _, _ = trained
     # the default 96 vectors per place, more than the training images: the fitted bank is smaller than asked for
     patches = ["scoring.latent.kind=patches", "scoring.latent.level=2"]
-    evaluation = evaluate_checkpoint(result.checkpoint, [*patches, "scoring.latent.line_length=auto", "scoring.combine=latent"], tmp_path)
+    evaluation = evaluate_checkpoint(
+        result.checkpoint, [*patches, "scoring.latent.line_length=auto", "scoring.combine=latent"], tmp_path
+    )
     saved = json.loads((tmp_path / "calibration.json").read_text())
     [choice] = saved["choices"]
     assert choice["setting"] == "scoring.latent.line_length" and set(choice["validation_auroc"]) == {"1", "68"}
@@ -136,13 +156,19 @@ def test_line_runs_are_a_candidate_read_from_the_same_fitted_bank(trained, tmp_p
     fixed = evaluate_checkpoint(result.checkpoint, [*patches, *fixed_run, "scoring.combine=latent"], tmp_path / "fixed")
     assert evaluation.metrics["image"] == fixed.metrics["image"]
     other = 68 if length == 1 else 1  # the other candidate, configured alone, ranks validation as the choice recorded
-    other_run = ["scoring.latent.line_length=68", "scoring.latent.line_cap=3.5"] if other == 68 else ["scoring.latent.line_length=1"]
+    other_run = (
+        ["scoring.latent.line_length=68", "scoring.latent.line_cap=3.5"]
+        if other == 68
+        else ["scoring.latent.line_length=1"]
+    )
     evaluate_checkpoint(result.checkpoint, [*patches, *other_run, "scoring.combine=latent"], tmp_path / "other")
     other_auroc = json.loads((tmp_path / "other" / "calibration.json").read_text())["validation_auroc"]["combined"]
     assert other_auroc == pytest.approx(choice["validation_auroc"][str(other)])
 
 
-@pytest.mark.parametrize("scoring", [[], [*PATCH_SCORING, "scoring.combine=fisher"], [*PATCH_SCORING, "scoring.combine=reconstruction"]])
+@pytest.mark.parametrize(
+    "scoring", [[], [*PATCH_SCORING, "scoring.combine=fisher"], [*PATCH_SCORING, "scoring.combine=reconstruction"]]
+)
 def test_the_pixel_threshold_is_fitted_on_the_heat_map_that_is_served(trained, tmp_path, scoring):
     """The pixel distribution's sample is the held-out normals' heat map exactly as the detector computes it (the
     reconstruction error for the code distance; for patches the maps mixed as the combination chose), so the served
@@ -162,12 +188,17 @@ def test_the_pixel_threshold_is_fitted_on_the_heat_map_that_is_served(trained, t
 
 def test_evaluation_scoring_can_change_but_the_model_cannot(trained, tmp_path):
     result, _, _ = trained
-    evaluation = evaluate_checkpoint(result.checkpoint, [*PATCH_SCORING, "scoring.reconstruction.map=ssim", "scoring.target_fpr=0.05"], tmp_path)
+    evaluation = evaluate_checkpoint(
+        result.checkpoint, [*PATCH_SCORING, "scoring.reconstruction.map=ssim", "scoring.target_fpr=0.05"], tmp_path
+    )
     assert evaluation.metrics["target_fpr"] == 0.05
     assert json.loads((tmp_path / "calibration.json").read_text())["scoring"]["latent"]["kind"] == "patches"
     with pytest.raises(AnomalyError, match="only data, scoring, tracking, output_dir can change after training"):
         evaluate_checkpoint(result.checkpoint, ["model.depth=2"], tmp_path)
-    with pytest.raises(AnomalyError, match=r"data.image_size is fixed by the trained model \(\(32, 32\)\); it cannot change to \(64, 64\)"):
+    with pytest.raises(
+        AnomalyError,
+        match=r"data.image_size is fixed by the trained model \(\(32, 32\)\); it cannot change to \(64, 64\)",
+    ):
         evaluate_checkpoint(result.checkpoint, ["data.image_size=64"], tmp_path)
 
 
@@ -198,8 +229,14 @@ def test_evaluate_cli_errors(trained, tmp_path, monkeypatch, capsys):
 
 
 def test_too_few_calibration_images_is_a_clear_error(texture_folder, tmp_path):
-    config = build_config(tiny_config(texture_folder, train={"max_epochs": 1, "early_stopping_patience": 0},
-                                      tracking={"uri": f"sqlite:///{tmp_path / 'm.db'}"}, output_dir=str(tmp_path / "runs")))
+    config = build_config(
+        tiny_config(
+            texture_folder,
+            train={"max_epochs": 1, "early_stopping_patience": 0},
+            tracking={"uri": f"sqlite:///{tmp_path / 'm.db'}"},
+            output_dir=str(tmp_path / "runs"),
+        )
+    )
     result = train(config)
     with pytest.raises(AnomalyError, match="calibration needs at least 10 held-out normal images, got 2"):
         evaluate_checkpoint(result.checkpoint, [], tmp_path / "evaluation")
@@ -208,14 +245,31 @@ def test_too_few_calibration_images_is_a_clear_error(texture_folder, tmp_path):
 @pytest.mark.slow
 def test_oneclass_protocol_on_mnist(shared_datasets, tmp_path, monkeypatch, capsys):
     config = tmp_path / "mnist.yaml"
-    config.write_text(json.dumps(tiny_config(
-        shared_datasets, data={"kind": "mnist", "normal_class": 0, "batch_size": 64},
-        trainer={"enable_progress_bar": False, "limit_train_batches": 5, "limit_val_batches": 2},
-        train={"max_epochs": 1, "early_stopping_patience": 0},
-        tracking={"uri": f"sqlite:///{tmp_path / 'm.db'}"}, output_dir=str(tmp_path / "runs"),
-    )))
-    code, out, err = run_cli(monkeypatch, capsys, "oneclass", "-c", str(config), "--classes", "1", "--architectures", "ae,vae",
-                             "-o", str(tmp_path / "oneclass"))
+    config.write_text(
+        json.dumps(
+            tiny_config(
+                shared_datasets,
+                data={"kind": "mnist", "normal_class": 0, "batch_size": 64},
+                trainer={"enable_progress_bar": False, "limit_train_batches": 5, "limit_val_batches": 2},
+                train={"max_epochs": 1, "early_stopping_patience": 0},
+                tracking={"uri": f"sqlite:///{tmp_path / 'm.db'}"},
+                output_dir=str(tmp_path / "runs"),
+            )
+        )
+    )
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "oneclass",
+        "-c",
+        str(config),
+        "--classes",
+        "1",
+        "--architectures",
+        "ae,vae",
+        "-o",
+        str(tmp_path / "oneclass"),
+    )
     assert code == 0, err
     results = json.loads((tmp_path / "oneclass" / "oneclass.json").read_text())
     assert set(results["architectures"]) == {"ae", "vae"}

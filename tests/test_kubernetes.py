@@ -5,7 +5,6 @@ the images actually do."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -21,8 +20,13 @@ KUBERNETES_VERSION = "1.33"
 
 
 def documents() -> list[dict]:
-    return [doc for path in sorted(MANIFESTS.glob("*.yaml")) if path.name != "kustomization.yaml"
-            for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [
+        doc
+        for path in sorted(MANIFESTS.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
 
 
 def resource(kind: str, name: str) -> dict:
@@ -56,7 +60,9 @@ def test_serving_pods_match_the_service_and_its_image():
         assert container[probe]["httpGet"]["path"] in OPEN_PATHS  # answered without the API key
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(re.search(r"--uid (\d+) anomaly", dockerfile).group(1))
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(
+        re.search(r"--uid (\d+) anomaly", dockerfile).group(1)
+    )
     service = resource("Service", "anomaly")
     assert service["spec"]["ports"][0]["targetPort"] == port["name"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -64,11 +70,17 @@ def test_serving_pods_match_the_service_and_its_image():
 
     config = resource("ConfigMap", "anomaly-config")["data"]
     assert [ref["configMapRef"]["name"] for ref in container["envFrom"]] == ["anomaly-config"]
-    settings = ServingSettings.from_env({**config, "ANOMALY_API_KEY": "from the secret"})  # every ANOMALY_ key is a setting
+    settings = ServingSettings.from_env(
+        {**config, "ANOMALY_API_KEY": "from the secret"}
+    )  # every ANOMALY_ key is a setting
     known = {f"ANOMALY_{name.upper()}" for name in ServingSettings.model_fields}
     assert {key for key in config if key.startswith("ANOMALY_")} <= known
     resources = container["resources"]
-    assert cpus(resources["requests"]["cpu"]) == cpus(resources["limits"]["cpu"]) == settings.ort_threads * settings.model_workers
+    assert (
+        cpus(resources["requests"]["cpu"])
+        == cpus(resources["limits"]["cpu"])
+        == settings.ort_threads * settings.model_workers
+    )
 
     mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
     assert config["ANOMALY_MODEL"].startswith(mounts["models"]["mountPath"] + "/") and mounts["models"]["readOnly"]
@@ -85,5 +97,9 @@ def test_training_job_arguments_load_as_a_pipeline_config():
     config = load_config(PROJECT_ROOT / config_path, overrides)
     data_mount = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}["data"]
     assert str(config.data.root) == data_mount and config.tracking.registered_model == "anomaly"
-    claims = {volume["persistentVolumeClaim"]["claimName"] for volume in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in volume}
+    claims = {
+        volume["persistentVolumeClaim"]["claimName"]
+        for volume in job["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in volume
+    }
     assert claims <= {doc["metadata"]["name"] for doc in documents() if doc["kind"] == "PersistentVolumeClaim"}

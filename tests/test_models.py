@@ -18,12 +18,21 @@ from tests.conftest import stripes
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize(
     ("size", "depth", "bottleneck", "downsample", "upsample"),
-    [((32, 32), 3, "dense", "stride", "bilinear"), ((64, 48), 4, "spatial", "pool", "transposed"), ((16, 80), 2, "dense", "pool", "bilinear")],
+    [
+        ((32, 32), 3, "dense", "stride", "bilinear"),
+        ((64, 48), 4, "spatial", "pool", "transposed"),
+        ((16, 80), 2, "dense", "pool", "bilinear"),
+    ],
 )
 def test_output_contract(architecture, channels, size, depth, bottleneck, downsample, upsample):
     config = ModelConfig(
-        architecture=architecture, depth=depth, base_channels=8, latent_dim=12,
-        bottleneck=bottleneck, downsample=downsample, upsample=upsample,
+        architecture=architecture,
+        depth=depth,
+        base_channels=8,
+        latent_dim=12,
+        bottleneck=bottleneck,
+        downsample=downsample,
+        upsample=upsample,
     )
     model = build_model(config, channels, size).eval()
     images = torch.rand(3, channels, *size)
@@ -64,14 +73,22 @@ def test_kl_divergence_matches_hand_computed_value():
 def _train_unet(corruption: str, steps: int = 300) -> AutoencoderModule:
     L.seed_everything(0, verbose=False)
     train = normal_set(stripes(256, 32, 32, seed=0)[..., None], [str(i) for i in range(256)])
-    config = build_config({
-        "data": {"kind": "folder", "root": "unused", "image_size": 32, "channels": 1},
-        "model": {"architecture": "unet", "depth": 3, "base_channels": 16},
-        "train": {"corruption": corruption, "lr": 3e-3},
-    })
+    config = build_config(
+        {
+            "data": {"kind": "folder", "root": "unused", "image_size": 32, "channels": 1},
+            "model": {"architecture": "unet", "depth": 3, "base_channels": 16},
+            "train": {"corruption": corruption, "lr": 3e-3},
+        }
+    )
     module = AutoencoderModule(config.model_dump(mode="json"))
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(module, DataLoader(ImageSetDataset(train), batch_size=32, shuffle=True, drop_last=True))
     return module.eval()
 

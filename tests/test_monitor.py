@@ -37,12 +37,18 @@ def test_a_shift_of_the_normal_images_raises_the_alarm_within_a_window():
     arrived = first_alarm(monitor, shifted)
     assert arrived is not None and arrived <= WINDOW
     state = monitor.state()
-    assert state.alarm and min(state.uniformity_test_p, state.flagged_test_p) < ALARM_P and state.images == WINDOW >= MIN_IMAGES
+    assert (
+        state.alarm
+        and min(state.uniformity_test_p, state.flagged_test_p) < ALARM_P
+        and state.images == WINDOW >= MIN_IMAGES
+    )
 
 
 def test_more_flagged_parts_than_promised_raise_the_alarm():
     rng = np.random.default_rng(2)
     monitor = PValueMonitor(0.01)
-    flagged_often = np.where(rng.uniform(size=WINDOW) < 0.08, rng.uniform(0, 0.01, size=WINDOW), rng.uniform(size=WINDOW))
+    flagged_often = np.where(
+        rng.uniform(size=WINDOW) < 0.08, rng.uniform(0, 0.01, size=WINDOW), rng.uniform(size=WINDOW)
+    )
     assert first_alarm(monitor, flagged_often) is not None
     assert monitor.state().flagged_test_p < ALARM_P and monitor.state().flagged_share > 0.04

@@ -1,6 +1,7 @@
 """Install boundaries and the README's promises."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,18 +29,35 @@ def test_serving_install_does_not_pull_torch():
     uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
     result = subprocess.run(
         [uv, "export", "--locked", "--no-dev", "--extra", "serve", "--format", "requirements-txt", "--no-hashes"],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
     packages = {line.split("==")[0].lower() for line in result.stdout.splitlines() if "==" in line}
     assert {"onnxruntime", "bentoml", "numpy", "pillow"} <= packages
-    assert not {name for name in packages if name in {"torch", "torchvision", "lightning", "triton"} or name.startswith("nvidia-cu")}
+    assert not {
+        name
+        for name in packages
+        if name in {"torch", "torchvision", "lightning", "triton"} or name.startswith("nvidia-cu")
+    }
 
 
-def test_ci_runs_the_readme_test_command():
+QUALITY_GATES = "uv run ruff check . && uv run ruff format --check . && uv run mypy"
+
+
+def test_ci_passes_the_quality_gates_then_runs_the_readme_test_command_as_written():
     readme = (ROOT / "README.md").read_text()
     commands = re.findall(r"```bash\n(.+?)\n```", readme)
     test_command = next(command for command in commands if "pytest" in command)
-    assert test_command in (ROOT / ".ci" / "run").read_text()
+    script = ROOT / ".ci" / "run"
+    lines = [
+        line.strip() for line in script.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert lines[-1] == test_command  # the last thing CI does is the README's command, word for word
+    assert QUALITY_GATES in lines[: lines.index(test_command)]  # and before it, the gates
+    assert f"```bash\n{QUALITY_GATES}\n```" in (ROOT / "docs" / "development.md").read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0 and os.access(script, os.X_OK)
 
 
 @pytest.mark.slow
@@ -48,14 +66,30 @@ def test_readme_main_command_runs_the_default_pipeline_end_to_end(tmp_path):
     ELPV from its package and the pretrained encoder from its wheel, through every step to a promoted model."""
     main_command = re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text())[0]
     setup, _, pipeline = main_command.rpartition(" && uv run anomaly ")
-    assert setup == "python3 -m pip install uv && uv sync --locked --all-extras" and pipeline == "pipeline run --config pipelines/elpv.yaml"
-    small = ["--output", str(tmp_path / "run"), "--set", "train.max_epochs=1", "data.image_size=[64,64]", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    assert (
+        setup == "python3 -m pip install uv && uv sync --locked --all-extras"
+        and pipeline == "pipeline run --config pipelines/elpv.yaml"
+    )
+    small = [
+        "--output",
+        str(tmp_path / "run"),
+        "--set",
+        "train.max_epochs=1",
+        "data.image_size=[64,64]",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
     result = run_cli_process(*pipeline.split(), *small)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["champion"] is True and summary["image_auroc"] > 0.75
-    assert f"serve it:  uv run anomaly serve --model {tmp_path / 'run' / 'model'}" in result.stderr  # the how-to goes to stderr
-    assert {path.name for path in (tmp_path / "run" / "model").iterdir()} == {"model.onnx", "calibration.json", "model_card.md"}
+    assert (
+        f"serve it:  uv run anomaly serve --model {tmp_path / 'run' / 'model'}" in result.stderr
+    )  # the how-to goes to stderr
+    assert {path.name for path in (tmp_path / "run" / "model").iterdir()} == {
+        "model.onnx",
+        "calibration.json",
+        "model_card.md",
+    }
 
 
 def test_cli_exits_non_zero_with_one_line_on_bad_input(tmp_path):
@@ -93,25 +127,35 @@ def test_readme_own_folder_quickstart_trains_and_scores(tmp_path):
     from tests.conftest import write_texture_folder
 
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## On your own images"):readme.index("## What the answer means")]
+    section = readme[readme.index("## On your own images") : readme.index("## What the answer means")]
     pipeline, serve = re.findall(r"```bash\n(.+?)\n(.+?)\n```", section)[0]
     assert pipeline.startswith("uv run anomaly ") and serve == "uv run anomaly serve --model runs/parts/model"
-    write_texture_folder(tmp_path / "parts", train=120, test_good=6, test_defect=6)  # 12 held-out normals at the default 10%
+    write_texture_folder(
+        tmp_path / "parts", train=120, test_good=6, test_defect=6
+    )  # 12 held-out normals at the default 10%
     arguments = pipeline.removeprefix("uv run anomaly ").replace("data.root=parts", f"data.root={tmp_path / 'parts'}")
     arguments = arguments.replace("--output runs/parts", f"--output {tmp_path / 'runs' / 'parts'}")
     small = ["train.max_epochs=1", "data.image_size=[64,64]", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
     result = run_cli_process(*arguments.split(), *small)
     assert result.returncode == 0, result.stderr[-2000:]
     model = tmp_path / "runs" / "parts" / "model"
-    scored = run_cli_process("score", "--model", str(model), str(next((tmp_path / "parts" / "test" / "good").iterdir())))
+    scored = run_cli_process(
+        "score", "--model", str(model), str(next((tmp_path / "parts" / "test" / "good").iterdir()))
+    )
     assert scored.returncode == 0, scored.stderr[-2000:]
     answer = json.loads(scored.stdout.splitlines()[0])
     assert 0 <= answer["anomaly_score"] <= 1 and answer["target_fpr"] == 0.01
 
-    (archive_command,) = re.findall(r"```bash\n(uv run anomaly score .+? --input .+?)\n```", readme)  # Beyond one machine
+    (archive_command,) = re.findall(
+        r"```bash\n(uv run anomaly score .+? --input .+?)\n```", readme
+    )  # Beyond one machine
     archive_arguments = archive_command.removeprefix("uv run anomaly ").replace("runs/parts/model", str(model))
-    archive_arguments = archive_arguments.replace("archive/", str(tmp_path / "parts" / "test")).replace("results.parquet", str(tmp_path / "results.parquet"))
+    archive_arguments = archive_arguments.replace("archive/", str(tmp_path / "parts" / "test")).replace(
+        "results.parquet", str(tmp_path / "results.parquet")
+    )
     archived = run_cli_process(*archive_arguments.split(), "--local")
     assert archived.returncode == 0, archived.stderr[-2000:]
     summary = json.loads(archived.stdout)
-    assert (summary["scored"], summary["errors"]) == (12, 0) and len(list((tmp_path / "results-heatmaps").rglob("*.png"))) == 12
+    assert (summary["scored"], summary["errors"]) == (12, 0) and len(
+        list((tmp_path / "results-heatmaps").rglob("*.png"))
+    ) == 12

@@ -14,6 +14,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from anomaly.errors import AnomalyError
 from benchmarks.page_screenshot import chromium_driver, page_cards
 from serving.process import free_port, running_server, serve_command
+from tests.conftest import page_in_chromium
 
 pytestmark = pytest.mark.slow  # real servers, browsers or trained pipelines: `-m "not slow"` skips them
 
@@ -25,22 +26,20 @@ def page(published_model, tmp_path_factory):
     """(driver on the page, base URL) with the API key on."""
     port = free_port()
     log = tmp_path_factory.mktemp("logs") / "serve.log"
-    with running_server(serve_command(str(published_model.directory), port), {"ANOMALY_API_KEY": API_KEY}, port, log) as url:
-        try:
-            driver = chromium_driver()
-        except AnomalyError as error:  # no Chromium here: say what to install, never skip silently
-            pytest.fail(str(error))
-        try:
-            driver.get(f"{url}/")
+    with running_server(
+        serve_command(str(published_model.directory), port), {"ANOMALY_API_KEY": API_KEY}, port, log
+    ) as url:
+        with page_in_chromium(url) as driver:
             yield driver, url
-        finally:
-            driver.quit()
 
 
 def set_rate(driver: webdriver.Chrome, rate: float) -> str:
     """Move the false-positive-rate slider (log scale) as a user would, and return the flagged count shown."""
-    driver.execute_script("const s = document.getElementById('fpr'); s.value = Math.log10(arguments[0]); "
-                          "s.dispatchEvent(new Event('input', {bubbles: true}));", rate)
+    driver.execute_script(
+        "const s = document.getElementById('fpr'); s.value = Math.log10(arguments[0]); s.dispatchEvent(new "
+        "Event('input', {bubbles: true}));",
+        rate,
+    )
     return driver.find_element(By.ID, "flagged").text
 
 
@@ -54,8 +53,13 @@ def test_the_page_scores_uploads_decides_like_the_api_and_redecides_at_another_r
 
     data = published_model.data
     uploads = []
-    for source in [*sorted((data / "test" / "good").glob("*.png"))[:2], sorted((data / "test" / "scratch").glob("*.png"))[0]]:
-        uploads.append(tmp_path / f"{source.parent.name}-{source.name}")  # good-000.png, scratch-000.png: distinct names
+    for source in [
+        *sorted((data / "test" / "good").glob("*.png"))[:2],
+        sorted((data / "test" / "scratch").glob("*.png"))[0],
+    ]:
+        uploads.append(
+            tmp_path / f"{source.parent.name}-{source.name}"
+        )  # good-000.png, scratch-000.png: distinct names
         shutil.copyfile(source, uploads[-1])
     broken = tmp_path / "broken.png"
     broken.write_bytes(uploads[0].read_bytes()[:100])
@@ -68,10 +72,16 @@ def test_the_page_scores_uploads_decides_like_the_api_and_redecides_at_another_r
     facts = driver.find_element(By.ID, "model-facts").text
     assert "promise" in facts and "normal images (whole runs of consecutive training normals" in facts
 
-    api = {path.name: httpx.post(f"{url}/score", files={"image": path.read_bytes()}, headers={"Authorization": f"Bearer {API_KEY}".encode()}).json()
-           for path in uploads}
+    api = {
+        path.name: httpx.post(
+            f"{url}/score", files={"image": path.read_bytes()}, headers={"Authorization": f"Bearer {API_KEY}".encode()}
+        ).json()
+        for path in uploads
+    }
     shown = page_cards(driver)
-    assert {name: shown[name] for name in api} == {name: "anomaly" if result["is_anomaly"] else "normal" for name, result in api.items()}
+    assert {name: shown[name] for name in api} == {
+        name: "anomaly" if result["is_anomaly"] else "normal" for name, result in api.items()
+    }
     assert "not a readable image" in shown["broken.png"] or "truncated" in shown["broken.png"]
 
     pvalues = sorted(result["p_combined"] for result in api.values())
@@ -90,8 +100,12 @@ def test_the_page_is_open_and_its_requests_never_get_5xx(page):
     response = httpx.get(f"{url}/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     assert "<title>anomaly: inspect images</title>" in response.text
-    odd = httpx.post(f"{url}/score", params={"heatmap": "true", "heatmap_size": "sideways"}, files={"image": b"x"},
-                     headers={"Authorization": f"Bearer {API_KEY}".encode()})
+    odd = httpx.post(
+        f"{url}/score",
+        params={"heatmap": "true", "heatmap_size": "sideways"},
+        files={"image": b"x"},
+        headers={"Authorization": f"Bearer {API_KEY}".encode()},
+    )
     assert odd.status_code == 422 and "heatmap_size" in odd.json()["error"]
 
 

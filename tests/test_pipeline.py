@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow  # real servers, browsers or trained pipelines: `-
 
 def pipeline_config(folder: Path, tmp_path: Path, **train) -> dict:
     return tiny_config(
-        folder, data={"calibration_fraction": 0.2}, train={"max_epochs": 2, "early_stopping_patience": 0, **train},
+        folder,
+        data={"calibration_fraction": 0.2},
+        train={"max_epochs": 2, "early_stopping_patience": 0, **train},
         tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "registered_model": "textures"},
     )
 
@@ -55,16 +57,25 @@ def folder(tmp_path_factory) -> Path:
 def test_pipeline_on_a_folder_writes_metrics_and_a_model_that_serves(folder, tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(pipeline_config(folder, tmp_path)))
-    result = subprocess.run(pipeline_command(config, tmp_path / "out"), capture_output=True, text=True, cwd=PROJECT_ROOT)
+    result = subprocess.run(
+        pipeline_command(config, tmp_path / "out"), capture_output=True, text=True, cwd=PROJECT_ROOT
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     for key in ("image_auroc", "image_aupr", "pixel_auroc", "target_fpr", "test_fpr", "threshold", "model_uri"):
         assert key in metrics and summary[key] == metrics[key], key
     assert metrics["image_auroc"] > 0.9 and metrics["model_uri"] == "models:/textures/1" and metrics["champion"] is True
-    assert {path.name for path in (tmp_path / "out" / "model").iterdir()} == {"model.onnx", "calibration.json", "model_card.md"}
+    assert {path.name for path in (tmp_path / "out" / "model").iterdir()} == {
+        "model.onnx",
+        "calibration.json",
+        "model_card.md",
+    }
     assert "anomaly serve --model" in result.stderr
-    assert "warning: the 1.00% false-positive target is below what 12 calibration normal images can resolve" in result.stderr  # 60 x 0.2, fisher
+    assert (
+        "warning: the 1.00% false-positive target is below what 12 calibration normal images can resolve"
+        in result.stderr
+    )  # 60 x 0.2, fisher
 
     runs = runs_by_name(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = runs["pipeline-out"][0]
@@ -73,7 +84,11 @@ def test_pipeline_on_a_folder_writes_metrics_and_a_model_that_serves(folder, tmp
         (child,) = runs[step]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED", step
     train_tags = runs["train"][0].data.tags  # set although training logs into the step's existing run
-    assert train_tags["architecture"] == "ae" and train_tags["torch.version"] == torch.__version__ and int(train_tags["torch.threads"]) >= 1
+    assert (
+        train_tags["architecture"] == "ae"
+        and train_tags["torch.version"] == torch.__version__
+        and int(train_tags["torch.threads"]) >= 1
+    )
 
     port = free_port()  # served from the registry: the champion alias, resolved at start
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
@@ -83,9 +98,20 @@ def test_pipeline_on_a_folder_writes_metrics_and_a_model_that_serves(folder, tmp
         described = httpx.get(f"{url}/model").json()
     answer = response.json()
     # 12 calibration normals cannot resolve 1% (the warning above): the scratch stands out at 5%.
-    assert response.status_code == 200 and answer["p_combined"] < 0.05 and answer["is_anomaly"] == (answer["p_combined"] < 0.01)
-    assert response.json()["model"] == {"name": "textures", "version": "1", "model_checksum": described["model"]["model_checksum"]}
-    assert described["reference"] == "models:/textures@champion" and described["training_run"] == metrics["training_run_id"]
+    assert (
+        response.status_code == 200
+        and answer["p_combined"] < 0.05
+        and answer["is_anomaly"] == (answer["p_combined"] < 0.01)
+    )
+    assert response.json()["model"] == {
+        "name": "textures",
+        "version": "1",
+        "model_checksum": described["model"]["model_checksum"],
+    }
+    assert (
+        described["reference"] == "models:/textures@champion"
+        and described["training_run"] == metrics["training_run_id"]
+    )
 
     again = subprocess.run(pipeline_command(config, tmp_path / "out"), capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert again.returncode == 0 and "nothing to run" in again.stderr
@@ -97,9 +123,17 @@ def test_killed_during_training_resumes_without_losing_or_duplicating_epochs(fol
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(pipeline_config(folder, tmp_path, max_epochs=epochs)))
     output = tmp_path / "out"
-    first = subprocess.Popen(pipeline_command(config, output), cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen(
+        pipeline_command(config, output),
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
-    while not list(output.glob("train/*/checkpoints/last.ckpt")) and time.monotonic() < deadline and first.poll() is None:
+    while (
+        not list(output.glob("train/*/checkpoints/last.ckpt")) and time.monotonic() < deadline and first.poll() is None
+    ):
         time.sleep(0.2)
     time.sleep(0.5)  # a little into the next epochs
     assert first.poll() is None, "training finished before it could be killed"
@@ -122,9 +156,12 @@ def test_killed_during_training_resumes_without_losing_or_duplicating_epochs(fol
 
 
 def test_an_epoch_logged_but_not_yet_checkpointed_is_recorded_once_after_resume(folder, tmp_path, monkeypatch):
-    """The narrow window the kill test can only hit by chance: epoch 1's metrics are in MLflow, its checkpoint is not."""
+    """The narrow window the kill test can only hit by chance: epoch 1's metrics are in MLflow, its checkpoint is
+    not."""
     epochs = 3
-    config = build_config({**pipeline_config(folder, tmp_path, max_epochs=epochs), "output_dir": str(tmp_path / "runs")})
+    config = build_config(
+        {**pipeline_config(folder, tmp_path, max_epochs=epochs), "output_dir": str(tmp_path / "runs")}
+    )
     save_checkpoints = ModelCheckpoint.on_validation_end
 
     def killed_before_epoch_1_is_saved(self, trainer, module):
@@ -144,7 +181,9 @@ def test_an_epoch_logged_but_not_yet_checkpointed_is_recorded_once_after_resume(
     result = train(config, run_id)
     history = client.get_metric_history(run_id, "val_loss")
     assert result.epochs == epochs
-    assert sorted(point.step for point in history) == sorted({point.step for point in history}) and len(history) == epochs
+    assert (
+        sorted(point.step for point in history) == sorted({point.step for point in history}) and len(history) == epochs
+    )
     assert [point.value for point in history[:2]] == [point.value for point in first_attempt]
 
 
@@ -168,7 +207,10 @@ def test_a_failing_step_stops_keeps_earlier_outputs_and_resumes_there(folder, tm
     monkeypatch.undo()
     lines: list[str] = []
     metrics = pipeline.run_pipeline(config, output, report=lines.append)
-    assert "step train: done in an earlier run, skipped" in lines and "step calibrate: done in an earlier run, skipped" in lines
+    assert (
+        "step train: done in an earlier run, skipped" in lines
+        and "step calibrate: done in an earlier run, skipped" in lines
+    )
     assert metrics["image_auroc"] > 0.9
     runs = runs_by_name(tracking)
     assert len(runs["train"]) == 1 and len(runs["calibrate"]) == 1

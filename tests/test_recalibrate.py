@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -45,7 +44,17 @@ def scored(directory: Path, images: list[Path]) -> list[dict]:
 
 def test_recalibration_changes_p_values_and_not_weights(published_model, line_now, tmp_path, monkeypatch, capsys):
     source = published_model.directory
-    code, out, err = run_cli(monkeypatch, capsys, "calibrate", "--model", str(source), "--normals", str(line_now), "--output", str(tmp_path / "today"))
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "calibrate",
+        "--model",
+        str(source),
+        "--normals",
+        str(line_now),
+        "--output",
+        str(tmp_path / "today"),
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["images"] == 120 and report["registered_version"] is None
@@ -57,11 +66,17 @@ def test_recalibration_changes_p_values_and_not_weights(published_model, line_no
     assert after["model_checksum"] == before["model_checksum"]
     assert after["recalibration"]["replaced_calibration_sha256"] == sha256_file(source / CALIBRATION_FILE)
     assert after["scoring"] == before["scoring"] and after["choices"] == before["choices"]
-    assert (recalibrated / f"calibration-{sha256_file(source / CALIBRATION_FILE)[:12]}.json").read_text() == (source / CALIBRATION_FILE).read_text()
+    assert (recalibrated / f"calibration-{sha256_file(source / CALIBRATION_FILE)[:12]}.json").read_text() == (
+        source / CALIBRATION_FILE
+    ).read_text()
     assert "## Recalibrated" in (recalibrated / "model_card.md").read_text()
-    probe = sorted((published_model.data / "test" / "scratch").glob("*.png")) + sorted((published_model.data / "test" / "good").glob("*.png"))
+    probe = sorted((published_model.data / "test" / "scratch").glob("*.png")) + sorted(
+        (published_model.data / "test" / "good").glob("*.png")
+    )
     old, new = scored(source, probe), scored(recalibrated, probe)
-    assert [o["reconstruction_score"] for o in old] == [n["reconstruction_score"] for n in new]  # same graph, same scores
+    assert [o["reconstruction_score"] for o in old] == [
+        n["reconstruction_score"] for n in new
+    ]  # same graph, same scores
     assert [o["p_combined"] for o in old] != [n["p_combined"] for n in new]  # another calibration, other p-values
     # A second recalibration, in place, still names the exported calibration: the chain stays bound to the graph.
     code, _, err = run_cli(monkeypatch, capsys, "calibrate", "--model", str(recalibrated), "--normals", str(line_now))
@@ -70,9 +85,21 @@ def test_recalibration_changes_p_values_and_not_weights(published_model, line_no
     assert again["exported_calibration_sha256"] == after["recalibration"]["exported_calibration_sha256"]
 
 
-def test_the_checksum_binding_refuses_a_foreign_or_edited_calibration(published_model, line_now, tmp_path, monkeypatch, capsys):
+def test_the_checksum_binding_refuses_a_foreign_or_edited_calibration(
+    published_model, line_now, tmp_path, monkeypatch, capsys
+):
     copy = tmp_path / "copy"
-    code, _, err = run_cli(monkeypatch, capsys, "calibrate", "--model", str(published_model.directory), "--normals", str(line_now), "--output", str(copy))
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "calibrate",
+        "--model",
+        str(published_model.directory),
+        "--normals",
+        str(line_now),
+        "--output",
+        str(copy),
+    )
     assert code == 0, err
     data = json.loads((copy / CALIBRATION_FILE).read_text())
     (copy / CALIBRATION_FILE).write_text(json.dumps({**data, "model_checksum": "f" * 64}))
@@ -81,15 +108,26 @@ def test_the_checksum_binding_refuses_a_foreign_or_edited_calibration(published_
     forged = {**data, "recalibration": {**data["recalibration"], "exported_calibration_sha256": "0" * 64}}
     (copy / CALIBRATION_FILE).write_text(json.dumps(forged))
     code, _, err = run_cli(monkeypatch, capsys, "score", "--model", str(copy), str(next(line_now.iterdir())))
-    assert code == 2 and "is neither the calibration this model was exported with nor one `anomaly calibrate` made" in err
+    assert (
+        code == 2 and "is neither the calibration this model was exported with nor one `anomaly calibrate` made" in err
+    )
 
 
 def test_refusals_are_one_line_each(published_model, line_now, tmp_path, monkeypatch, capsys):
     model = str(published_model.directory)
     cases = {
-        "few": (normals_folder(tmp_path / "few", 20, seed=3), "20 normal images cannot resolve the 1.00% target: give at least 99"),
-        "colour": (normals_folder(tmp_path / "colour", 120, seed=3, colour=True), "is a colour image and the model reads grayscale ones"),
-        "small": (normals_folder(tmp_path / "small", 120, seed=3, size=(20, 18)), "is 20 x 18 pixels, smaller than the model's input 32 x 32"),
+        "few": (
+            normals_folder(tmp_path / "few", 20, seed=3),
+            "20 normal images cannot resolve the 1.00% target: give at least 99",
+        ),
+        "colour": (
+            normals_folder(tmp_path / "colour", 120, seed=3, colour=True),
+            "is a colour image and the model reads grayscale ones",
+        ),
+        "small": (
+            normals_folder(tmp_path / "small", 120, seed=3, size=(20, 18)),
+            "is 20 x 18 pixels, smaller than the model's input 32 x 32",
+        ),
         "empty": (tmp_path / "empty", "no images in"),
         "missing": (tmp_path / "absent", "normal images folder not found"),
     }
@@ -97,19 +135,47 @@ def test_refusals_are_one_line_each(published_model, line_now, tmp_path, monkeyp
     noise = tmp_path / "noise"
     noise.mkdir()
     for i in range(120):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32), dtype=np.uint8)).save(noise / f"{i:03d}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32), dtype=np.uint8)).save(
+            noise / f"{i:03d}.png"
+        )
     cases["not normal"] = (noise, "of 120 images in")
     # The published model's 12 held-out normals cannot resolve 1% (noise gets p of about 2%): the folder of plain noise
     # is judged by a calibration on 120 normals, which can.
     resolving = tmp_path / "resolving"
-    assert run_cli(monkeypatch, capsys, "calibrate", "--model", model, "--normals", str(line_now), "--output", str(resolving))[0] == 0
+    assert (
+        run_cli(
+            monkeypatch, capsys, "calibrate", "--model", model, "--normals", str(line_now), "--output", str(resolving)
+        )[0]
+        == 0
+    )
     for name, (folder, message) in cases.items():
         judge = str(resolving) if name == "not normal" else model
-        code, out, err = run_cli(monkeypatch, capsys, "calibrate", "--model", judge, "--normals", str(folder), "--output", str(tmp_path / f"out-{name}"))
+        code, out, err = run_cli(
+            monkeypatch,
+            capsys,
+            "calibrate",
+            "--model",
+            judge,
+            "--normals",
+            str(folder),
+            "--output",
+            str(tmp_path / f"out-{name}"),
+        )
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and out == "", (name, err)
         assert not (tmp_path / f"out-{name}").exists()
     assert "flagged by the current calibration at 1.00%: they do not look like normal parts" in err
-    code, _, err = run_cli(monkeypatch, capsys, "calibrate", "--model", str(resolving), "--normals", str(noise), "--output", str(tmp_path / "forced"), "--force")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "calibrate",
+        "--model",
+        str(resolving),
+        "--normals",
+        str(noise),
+        "--output",
+        str(tmp_path / "forced"),
+        "--force",
+    )
     assert code == 0, err
 
 
@@ -124,7 +190,9 @@ def test_a_registered_model_gets_a_new_version_and_its_alias(published_model, li
         example = stored["images"]
     version = register_version(published_model.directory, "line", None, example)
     mlflow.MlflowClient().set_registered_model_alias("line", "champion", version)
-    code, out, err = run_cli(monkeypatch, capsys, "calibrate", "--model", "models:/line@champion", "--normals", str(line_now))
+    code, out, err = run_cli(
+        monkeypatch, capsys, "calibrate", "--model", "models:/line@champion", "--normals", str(line_now)
+    )
     assert code == 0, err
     assert json.loads(out)["registered_version"] == "2" and json.loads(out)["model"] == "models:/line/2"
     champion = resolve_model("models:/line@champion")

@@ -41,7 +41,9 @@ def test_block_mahalanobis_adds_the_squared_distances_of_its_halves():
     whole = MahalanobisDistance(4, blocks=2).fit(np.hstack((first, second)))
     halves = [MahalanobisDistance(2).fit(part) for part in (first, second)]
     probes = rng.normal(size=(100, 4)) * 3
-    expected = np.hypot(*(half(torch.from_numpy(probes[:, i : i + 2]).float()).numpy() for half, i in zip(halves, (0, 2))))
+    expected = np.hypot(
+        *(half(torch.from_numpy(probes[:, i : i + 2]).float()).numpy() for half, i in zip(halves, (0, 2)))
+    )
     assert np.allclose(whole(torch.from_numpy(probes).float()).numpy(), expected, rtol=1e-4)
     with pytest.raises(ValueError, match="does not split into 2 equal blocks"):
         MahalanobisDistance(5, blocks=2)
@@ -101,7 +103,9 @@ def test_patch_knn_chunks_agree_with_the_full_distance_matrix(k: int):
     assert distance.chunk_size(6 * 6) == 2  # the grid, not CHUNK, now bounds the chunks
     assert torch.allclose(distance.distance_map(probe), whole, atol=1e-4)
     queries = probe.permute(0, 2, 3, 1).reshape(-1, 4)
-    brute = torch.cdist(queries - distance.bank_centre, distance.bank).topk(k, dim=1, largest=False).values.mean(dim=1)  # the bank is stored centred
+    brute = (
+        torch.cdist(queries - distance.bank_centre, distance.bank).topk(k, dim=1, largest=False).values.mean(dim=1)
+    )  # the bank is stored centred
     assert torch.allclose(whole.permute(0, 2, 3, 1).reshape(-1), brute, atol=1e-4)
 
 
@@ -148,7 +152,11 @@ def brute_force_position_distances(distance: PositionBankDistance, probe: np.nda
     r, expected = distance.radius, np.zeros((len(probe), height, width))
     for i in range(height):
         for j in range(width):
-            candidates = stored[max(i - r, 0) : i + r + 1, max(j - r, 0) : j + r + 1].transpose(0, 1, 3, 2).reshape(-1, probe.shape[1])
+            candidates = (
+                stored[max(i - r, 0) : i + r + 1, max(j - r, 0) : j + r + 1]
+                .transpose(0, 1, 3, 2)
+                .reshape(-1, probe.shape[1])
+            )
             gaps = np.linalg.norm(probe[:, None, :, i, j].astype(np.float64) - candidates[None], axis=2)
             expected[:, i, j] = np.sort(gaps, axis=1)[:, : distance.k].mean(axis=1)
     return expected
@@ -161,7 +169,9 @@ def test_position_bank_is_the_k_nearest_within_the_radius(k: int):
     distance = PositionBankDistance(3, k=k, per_position=10, grid=(5, 7), radius=1).fit(training)
     assert distance.bank.shape == (35, 3, 6)  # every training image's feature at each of the 35 positions
     assert distance.bank.dtype == torch.float16
-    assert np.allclose(distance.bank_centre.numpy(), training.mean(axis=0).reshape(3, 35).T, atol=1e-6)  # centred per place
+    assert np.allclose(
+        distance.bank_centre.numpy(), training.mean(axis=0).reshape(3, 35).T, atol=1e-6
+    )  # centred per place
     probe = rng.normal(size=(2, 3, 5, 7)).astype(np.float32)
     expected = brute_force_position_distances(distance, probe)
     assert np.allclose(distance.distance_map(torch.from_numpy(probe))[:, 0].numpy(), expected, atol=1e-4)
@@ -183,7 +193,9 @@ def test_position_bank_distances_stay_exact_between_near_duplicate_images():
     """The search expands |q - b|^2 in float32; centred on one global mean, these distances came out a fifth off
     (and ONNX Runtime rounded them differently from PyTorch: a BSData export failed map parity). Centred per place,
     they match float64."""
-    distance = PositionBankDistance(64, k=1, per_position=16, grid=(6, 6), radius=1).fit(near_duplicate_features(40, seed=1))
+    distance = PositionBankDistance(64, k=1, per_position=16, grid=(6, 6), radius=1).fit(
+        near_duplicate_features(40, seed=1)
+    )
     probe = near_duplicate_features(4, seed=2)
     expected = brute_force_position_distances(distance, probe)
     found = distance.distance_map(torch.from_numpy(probe))[:, 0].double().numpy()
@@ -204,7 +216,9 @@ def test_banks_fitted_block_by_block_from_a_memory_map_equal_the_in_memory_fit(b
         return PatchNearestNeighbourDistance(3, k=1, bank_size=200, grid=(5, 7)).fit(features)
 
     whole = fitted(training)
-    monkeypatch.setattr(PositionBankDistance, "FIT_VALUES", 12 * 3 * 7)  # blocks of 7 positions, and of 2 images for the centre
+    monkeypatch.setattr(
+        PositionBankDistance, "FIT_VALUES", 12 * 3 * 7
+    )  # blocks of 7 positions, and of 2 images for the centre
     streamed = fitted(mapped)
     for name, tensor in whole.state_dict().items():
         assert torch.allclose(tensor.float(), streamed.state_dict()[name].float(), atol=1e-6), name
@@ -241,11 +255,21 @@ def test_position_bank_finds_a_normal_pattern_in_the_wrong_place():
 
 @pytest.mark.parametrize("line_length", [1, 12])  # pixels: 1 and 3 positions at stride 4
 def test_patch_heat_map_finds_the_defect_and_leaves_the_reconstruction_score_alone(line_length):
-    config = build_config({
-        "data": {"kind": "folder", "root": "x", "image_size": 32},
-        "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
-        "scoring": {"latent": {"kind": "patches", "level": 2, "aligned": False, "bank_size": 10_000, "line_length": line_length}},
-    })
+    config = build_config(
+        {
+            "data": {"kind": "folder", "root": "x", "image_size": 32},
+            "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
+            "scoring": {
+                "latent": {
+                    "kind": "patches",
+                    "level": 2,
+                    "aligned": False,
+                    "bank_size": 10_000,
+                    "line_length": line_length,
+                }
+            },
+        }
+    )
     torch.manual_seed(0)
     detector = AnomalyDetector(config).eval()
     normals = torch.rand(20, 1, 32, 32) * 0.1 + 0.45  # a flat, slightly noisy surface
@@ -301,21 +325,26 @@ def test_anomaly_map_is_zero_for_perfect_reconstruction_and_marks_differences(ki
 
 def fitted_tiny_detector(scoring: dict, fitted_shape: tuple[int, ...]) -> AnomalyDetector:
     """An untrained 16 x 16 detector whose latent distance is fitted on random features of `fitted_shape`."""
-    config = build_config({
-        "data": {"kind": "folder", "root": "x", "image_size": 16},
-        "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
-        "scoring": scoring,
-    })
+    config = build_config(
+        {
+            "data": {"kind": "folder", "root": "x", "image_size": 16},
+            "model": {"depth": 2, "base_channels": 4, "latent_dim": 6},
+            "scoring": scoring,
+        }
+    )
     detector = AnomalyDetector(config).eval()
     detector.latent_distance.fit(np.random.default_rng(0).normal(size=fitted_shape))
     return detector
 
 
-@pytest.mark.parametrize(("scoring", "fitted_shape"), [
-    ({}, (30, 6)),
-    ({"latent": {"kind": "patches", "aligned": False, "bank_size": 50}}, (3, 8, 4, 4)),
-    ({"latent": {"kind": "patches"}}, (3, 8, 4, 4)),  # all 3 images' features per place
-])
+@pytest.mark.parametrize(
+    ("scoring", "fitted_shape"),
+    [
+        ({}, (30, 6)),
+        ({"latent": {"kind": "patches", "aligned": False, "bank_size": 50}}, (3, 8, 4, 4)),
+        ({"latent": {"kind": "patches"}}, (3, 8, 4, 4)),  # all 3 images' features per place
+    ],
+)
 def test_detector_file_round_trip_and_checksum(scoring, fitted_shape, tmp_path: Path):
     detector = fitted_tiny_detector(scoring, fitted_shape)
     save_detector(detector, tmp_path / "detector.pt")
@@ -331,7 +360,9 @@ def test_detector_file_round_trip_and_checksum(scoring, fitted_shape, tmp_path: 
         load_detector(tmp_path / "broken.pt")
     saved = torch.load(tmp_path / "detector.pt", weights_only=True)
     newest_buffer = [key for key in saved["state_dict"] if key.startswith("latent_distance.")][-1]
-    del saved["state_dict"][newest_buffer]  # as in a file from before that buffer existed (the patches' position statistics)
+    del saved["state_dict"][
+        newest_buffer
+    ]  # as in a file from before that buffer existed (the patches' position statistics)
     torch.save(saved, tmp_path / "older.pt")
     with pytest.raises(AnomalyError, match="written by another version of anomaly; re-run `anomaly evaluate`"):
         load_detector(tmp_path / "older.pt")
@@ -357,7 +388,10 @@ def test_patch_bank_fitted_in_chunks_equals_one_pass(bank):
     from anomaly.calibration.distribution import TailFittedDistribution
 
     training = near_duplicate_features(48, seed=3)
-    held_out, probes = torch.from_numpy(near_duplicate_features(30, seed=4)), torch.from_numpy(near_duplicate_features(8, seed=5))
+    held_out, probes = (
+        torch.from_numpy(near_duplicate_features(30, seed=4)),
+        torch.from_numpy(near_duplicate_features(8, seed=5)),
+    )
 
     def distance() -> PatchNearestNeighbourDistance:
         if bank == "position":
@@ -370,7 +404,10 @@ def test_patch_bank_fitted_in_chunks_equals_one_pass(bank):
         for name, tensor in whole.state_dict().items():
             assert torch.equal(tensor, chunked.state_dict()[name]), name
         with torch.no_grad():
-            pvalues = [TailFittedDistribution.fit(model(held_out).numpy()).pvalue(model(probes).numpy()) for model in (whole, chunked)]
+            pvalues = [
+                TailFittedDistribution.fit(model(held_out).numpy()).pvalue(model(probes).numpy())
+                for model in (whole, chunked)
+            ]
         assert np.array_equal(*pvalues)
 
 
@@ -392,7 +429,9 @@ def test_cross_fitted_distances_score_training_images_as_new_parts():
     out_of_fold = cross_fitted_distances(SimpleNamespace(latent_distance=distance), training, folds=8, seed=0)
     with torch.no_grad():
         new_part = distance(torch.from_numpy(photographs(4))).numpy()
-        seen_part = distance(torch.from_numpy(training + 0.05 * rng.normal(size=training.shape).astype(np.float32))).numpy()
+        seen_part = distance(
+            torch.from_numpy(training + 0.05 * rng.normal(size=training.shape).astype(np.float32))
+        ).numpy()
     assert out_of_fold.shape == (40,)
     assert np.median(out_of_fold) > 3 * np.median(seen_part)
     assert 0.6 < np.median(out_of_fold) / np.median(new_part) < 1.6

@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -37,8 +36,13 @@ def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
 
 def serving_parent(port: int) -> psutil.Process:
     """The `bentoml serve` process listening on `port` (what `anomaly serve` becomes)."""
-    return next(process for process in psutil.process_iter(["cmdline"])
-                if process.info["cmdline"] and process.info["cmdline"][1:4] == ["-m", "bentoml", "serve"] and str(port) in process.info["cmdline"])
+    return next(
+        process
+        for process in psutil.process_iter(["cmdline"])
+        if process.info["cmdline"]
+        and process.info["cmdline"][1:4] == ["-m", "bentoml", "serve"]
+        and str(port) in process.info["cmdline"]
+    )
 
 
 def workers_of(server_pid: int) -> dict[str, psutil.Process]:
@@ -120,7 +124,9 @@ def test_memory_returns_after_a_burst_of_large_uploads(roomy_server):
     idle_mb = api.memory_info().rss / 2**20
     with ThreadPoolExecutor(16) as pool:
         for _ in range(3):
-            statuses = list(pool.map(lambda _: client.post("/score", files={"image": ("noise.png", upload)}).status_code, range(16)))
+            statuses = list(
+                pool.map(lambda _: client.post("/score", files={"image": ("noise.png", upload)}).status_code, range(16))
+            )
             assert statuses == [200] * 16
     time.sleep(1)
     after_mb = api.memory_info().rss / 2**20
@@ -132,8 +138,11 @@ def test_a_stalled_body_gets_408_and_the_server_keeps_serving(roomy_server, publ
     host, port = client.base_url.host, client.base_url.port
     started = time.monotonic()
     with socket.create_connection((host, port), timeout=15) as stalled:
-        stalled.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                        b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n")
+        stalled.sendall(
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b'Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name="image"; '
+            b'filename="a.png"\r\n\r\n'
+        )
         answer = b""
         while chunk := stalled.recv(4096):  # the server closes the connection after its answer
             answer += chunk
@@ -146,7 +155,9 @@ def test_a_stalled_body_gets_408_and_the_server_keeps_serving(roomy_server, publ
 
 def test_connections_that_never_finish_their_headers_are_closed(roomy_server, published_model):
     client, _ = roomy_server
-    connections = [socket.create_connection((client.base_url.host, client.base_url.port), timeout=15) for _ in range(20)]
+    connections = [
+        socket.create_connection((client.base_url.host, client.base_url.port), timeout=15) for _ in range(20)
+    ]
     started = time.monotonic()
     for connection in connections:
         connection.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never the rest
@@ -162,10 +173,15 @@ def test_a_second_server_on_a_busy_port_is_a_one_line_error(roomy_server, publis
     client, _ = roomy_server
     result = run_cli_process("serve", "--model", str(published_model.directory), "--port", str(client.base_url.port))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{client.base_url.port}: Address already in use; stop what uses it or pass --port"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{client.base_url.port}: Address already in use; stop what uses it or pass "
+        f"--port"
+    ]
 
 
-def test_readyz_says_503_at_once_while_the_model_worker_restarts_and_workers_die_with_the_server(published_model, tmp_path):
+def test_readyz_says_503_at_once_while_the_model_worker_restarts_and_workers_die_with_the_server(
+    published_model, tmp_path
+):
     port = free_port()
     command = serve_command(str(published_model.directory), port)
     with running_server(command, {}, port, tmp_path / "serve.log") as url:

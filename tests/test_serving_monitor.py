@@ -93,7 +93,10 @@ def test_unchanged_normals_keep_quiet_and_a_brighter_line_raises_the_alarm(serve
     assert raised_after is not None and raised_after <= SHIFT_DETECTED_WITHIN
     metrics = server.get("/metrics").text
     assert gauge(metrics, "anomaly_monitor_alarm") == 1.0 and gauge(metrics, "anomaly_monitor_flagged_share") > 0.05
-    assert gauge(metrics, "anomaly_monitor_target_fpr") == 0.01 and gauge(metrics, "anomaly_monitor_window_images") == before + 150 + raised_after
+    assert (
+        gauge(metrics, "anomaly_monitor_target_fpr") == 0.01
+        and gauge(metrics, "anomaly_monitor_window_images") == before + 150 + raised_after
+    )
 
 
 def test_with_a_key_only_the_page_and_health_answer_without_it(server):

@@ -19,7 +19,9 @@ from serving.supervision import remove_stale_socket_folders
 
 
 def test_settings_come_from_anomaly_variables_and_bad_values_name_the_variable():
-    settings = ServingSettings.from_env({"ANOMALY_MODEL": "m", "ANOMALY_MAX_BODY_MB": "5", "ANOMALY_ADAPTIVE_BATCHING": "false", "HOME": "/x"})
+    settings = ServingSettings.from_env(
+        {"ANOMALY_MODEL": "m", "ANOMALY_MAX_BODY_MB": "5", "ANOMALY_ADAPTIVE_BATCHING": "false", "HOME": "/x"}
+    )
     assert (settings.model, settings.max_body_bytes, settings.adaptive_batching) == ("m", 5 * 1024 * 1024, False)
     assert ServingSettings.from_env(settings.to_env()) == settings
     with pytest.raises(AnomalyError, match="ANOMALY_MAX_BATCH_IMAGES: Input should be greater than or equal to 1"):
@@ -51,14 +53,21 @@ def test_heatmap_colour_follows_the_calibrated_pixel_threshold():
     assert result.shape == (2, 3, 3)
     assert tuple(result[0, 0]) == (100, 100, 100)  # nothing below the threshold's half is painted
     assert result[0, 1, 0] > result[0, 1, 2] and result[0, 1, 1] > 150  # at the threshold: yellow
-    assert tuple(result[0, 2]) == tuple(result[1, 0]) and result[0, 2, 0] > 200 and result[0, 2, 1] < 50  # 2x and above: red
+    assert (
+        tuple(result[0, 2]) == tuple(result[1, 0]) and result[0, 2, 0] > 200 and result[0, 2, 1] < 50
+    )  # 2x and above: red
 
 
 def test_the_map_alone_is_upsampled_to_the_upload_with_its_opacity_in_alpha():
     anomaly_map = np.array([[0.0, 0.0], [2.0, 2.0]])  # top: nothing; bottom: twice the threshold
     layer = map_layer(anomaly_map, pixel_threshold=1.0, size=(40, 30))
     assert layer.shape == (40, 30, 4) and layer.dtype == np.uint8
-    assert layer[0, :, 3].max() == 0 and tuple(layer[-1, 0]) == (255, 0, 0, round(0.75 * 255))  # transparent; red at 75%
+    assert layer[0, :, 3].max() == 0 and tuple(layer[-1, 0]) == (
+        255,
+        0,
+        0,
+        round(0.75 * 255),
+    )  # transparent; red at 75%
     assert 0 < layer[20, 0, 3] < layer[-1, 0, 3]  # bilinear in between
     assert original_size_for_map(6300, 6300) == (2000, 2000) and original_size_for_map(300, 200) == (300, 200)
 

@@ -39,23 +39,37 @@ def assert_run_recorded(tracking_uri: str, run_id: str, epochs: int) -> None:
     assert logged_config["model"]["depth"] == 3
 
 
-def test_auto_image_size_is_resolved_from_the_images_and_recorded(texture_folder, tracking_uri, tmp_path, monkeypatch, capsys):
+def test_auto_image_size_is_resolved_from_the_images_and_recorded(
+    texture_folder, tracking_uri, tmp_path, monkeypatch, capsys
+):
     """The training images are 40 x 36; a budget of half their pixels at depth 3 gives 32 x 24."""
-    settings = tiny_config(texture_folder, data={"image_size": "auto", "max_input_pixels": 720}, output_dir=str(tmp_path / "runs"))
+    settings = tiny_config(
+        texture_folder, data={"image_size": "auto", "max_input_pixels": 720}, output_dir=str(tmp_path / "runs")
+    )
     config = write_config(tmp_path / "config.yaml", settings)
-    code, out, err = run_cli(monkeypatch, capsys, "train", "--config", str(config), "--set", f"tracking.uri={tracking_uri}")
+    code, out, err = run_cli(
+        monkeypatch, capsys, "train", "--config", str(config), "--set", f"tracking.uri={tracking_uri}"
+    )
     assert code == 0, err
     printed = parse_output(out)
-    assert mlflow.MlflowClient(tracking_uri).get_run(printed["mlflow run id"]).data.params["data.image_size"] == "[32, 24]"
+    assert (
+        mlflow.MlflowClient(tracking_uri).get_run(printed["mlflow run id"]).data.params["data.image_size"] == "[32, 24]"
+    )
     module = AutoencoderModule.load_from_checkpoint(printed["checkpoint"], map_location="cpu")
     assert module.config.data.image_size == (32, 24)
     assert module(torch.rand(2, 1, 32, 24)).reconstruction.shape == (2, 1, 32, 24)
 
 
 @pytest.mark.parametrize("architecture", ["ae", "vae", "unet"])
-def test_train_on_folder_records_everything_in_mlflow(architecture, texture_folder, tracking_uri, tmp_path, monkeypatch, capsys):
-    config = write_config(tmp_path / "config.yaml", tiny_config(texture_folder, architecture, output_dir=str(tmp_path / "runs")))
-    code, out, err = run_cli(monkeypatch, capsys, "train", "--config", str(config), "--set", f"tracking.uri={tracking_uri}")
+def test_train_on_folder_records_everything_in_mlflow(
+    architecture, texture_folder, tracking_uri, tmp_path, monkeypatch, capsys
+):
+    config = write_config(
+        tmp_path / "config.yaml", tiny_config(texture_folder, architecture, output_dir=str(tmp_path / "runs"))
+    )
+    code, out, err = run_cli(
+        monkeypatch, capsys, "train", "--config", str(config), "--set", f"tracking.uri={tracking_uri}"
+    )
     assert code == 0, err
     printed = parse_output(out)
     assert Path(printed["checkpoint"]).is_file()
@@ -65,13 +79,22 @@ def test_train_on_folder_records_everything_in_mlflow(architecture, texture_fold
 @pytest.mark.parametrize("architecture", ["ae", "vae", "unet"])
 def test_train_mnist_one_class(architecture, shared_datasets, tracking_uri, tmp_path, monkeypatch, capsys):
     config = tiny_config(
-        shared_datasets, architecture,
+        shared_datasets,
+        architecture,
         data={"kind": "mnist", "normal_class": 5, "batch_size": 64},
         trainer={"enable_progress_bar": False, "limit_train_batches": 8, "limit_val_batches": 2},
         output_dir=str(tmp_path / "runs"),
     )
-    code, out, err = run_cli(monkeypatch, capsys, "train", "-c", str(write_config(tmp_path / "c.yaml", config)),
-                             "--set", f"tracking.uri={tracking_uri}", "tracking.experiment=mnist")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "-c",
+        str(write_config(tmp_path / "c.yaml", config)),
+        "--set",
+        f"tracking.uri={tracking_uri}",
+        "tracking.experiment=mnist",
+    )
     assert code == 0, err
     assert_run_recorded(tracking_uri, parse_output(out)["mlflow run id"], epochs=2)
 
@@ -79,20 +102,30 @@ def test_train_mnist_one_class(architecture, shared_datasets, tracking_uri, tmp_
 @pytest.mark.parametrize("architecture", ["ae", "vae", "unet"])
 def test_train_on_real_kolektorsdd_folder(architecture, shared_datasets, tracking_uri, tmp_path, monkeypatch, capsys):
     config = tiny_config(
-        shared_datasets / "kolektorsdd", architecture,
+        shared_datasets / "kolektorsdd",
+        architecture,
         data={"image_size": [64, 32]},
         trainer={"enable_progress_bar": False, "limit_train_batches": 3, "limit_val_batches": 2},
         output_dir=str(tmp_path / "runs"),
     )
-    code, out, err = run_cli(monkeypatch, capsys, "train", "-c", str(write_config(tmp_path / "c.yaml", config)),
-                             "--set", f"tracking.uri={tracking_uri}")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "-c",
+        str(write_config(tmp_path / "c.yaml", config)),
+        "--set",
+        f"tracking.uri={tracking_uri}",
+    )
     assert code == 0, err
     assert_run_recorded(tracking_uri, parse_output(out)["mlflow run id"], epochs=2)
 
 
 def test_mlflow_tracking_uri_from_environment(texture_folder, tracking_uri, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    config = tiny_config(texture_folder, train={"max_epochs": 1, "early_stopping_patience": 0}, output_dir=str(tmp_path / "runs"))
+    config = tiny_config(
+        texture_folder, train={"max_epochs": 1, "early_stopping_patience": 0}, output_dir=str(tmp_path / "runs")
+    )
     code, out, err = run_cli(monkeypatch, capsys, "train", "-c", str(write_config(tmp_path / "c.yaml", config)))
     assert code == 0, err
     assert parse_output(out)["tracking uri"] == tracking_uri
@@ -102,10 +135,21 @@ def test_mlflow_tracking_uri_from_environment(texture_folder, tracking_uri, tmp_
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(texture_folder, tracking_uri, tmp_path):
     """The Trainer's strategy and devices reach Lightning: a real 2-process DDP run (gloo, CPU)."""
-    config = write_config(tmp_path / "c.yaml", tiny_config(texture_folder, output_dir=str(tmp_path / "runs"),
-                                                          trainer={"enable_progress_bar": False, "accelerator": "cpu", "devices": 2, "strategy": "ddp"}))
-    result = subprocess.run([sys.executable, "-m", "anomaly.cli", "train", "-c", str(config), "--set", f"tracking.uri={tracking_uri}"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_config(
+            texture_folder,
+            output_dir=str(tmp_path / "runs"),
+            trainer={"enable_progress_bar": False, "accelerator": "cpu", "devices": 2, "strategy": "ddp"},
+        ),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "anomaly.cli", "train", "-c", str(config), "--set", f"tracking.uri={tracking_uri}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     printed = parse_output(result.stdout)
     assert result.stdout.count("mlflow run id:") == 1  # only rank 0 reports
@@ -117,7 +161,9 @@ def test_seeded_runs_are_reproducible(texture_folder, tracking_uri, tmp_path, mo
     config = write_config(tmp_path / "c.yaml", tiny_config(texture_folder, output_dir=str(tmp_path / "runs")))
     losses = []
     for _ in range(2):
-        code, out, err = run_cli(monkeypatch, capsys, "train", "-c", str(config), "--set", f"tracking.uri={tracking_uri}")
+        code, out, err = run_cli(
+            monkeypatch, capsys, "train", "-c", str(config), "--set", f"tracking.uri={tracking_uri}"
+        )
         assert code == 0, err
         printed = parse_output(out)
         losses.append(printed["best val loss"])
@@ -183,11 +229,24 @@ def test_a_training_log_holds_only_what_a_user_can_act_on(texture_folder, tracki
     project's own deliberate choices (a frozen encoder in eval mode); the command's own lines remain."""
     from tests.conftest import run_cli_process
 
-    config = tiny_config(texture_folder, model={"encoder": "efficientnet_lite0", "latent_dim": 8},
-                         tracking={"uri": tracking_uri}, output_dir=str(tmp_path / "runs"))
+    config = tiny_config(
+        texture_folder,
+        model={"encoder": "efficientnet_lite0", "latent_dim": 8},
+        tracking={"uri": tracking_uri},
+        output_dir=str(tmp_path / "runs"),
+    )
     config["model"].pop("depth"), config["model"].pop("base_channels")
     done = run_cli_process("train", "--config", str(write_config(tmp_path / "config.yaml", config)))
     assert done.returncode == 0, done.stderr
-    for noise in ("GPU available", "TPU available", "Tip:", "limit_train_batches", "INFO mlflow", "eval mode", "LeafSpec", "warning"):
+    for noise in (
+        "GPU available",
+        "TPU available",
+        "Tip:",
+        "limit_train_batches",
+        "INFO mlflow",
+        "eval mode",
+        "LeafSpec",
+        "warning",
+    ):
         assert noise not in done.stderr, (noise, done.stderr)
     assert "mlflow run id:" in done.stdout and "encoding training images" in done.stderr

@@ -48,17 +48,23 @@ def decided_table(table: Any, flagged: np.ndarray, qvalues: np.ndarray, fdr: flo
     scored = ~np.isnan(numbers([table], "p_combined"))
     columns = {
         "is_anomaly": pa.array([bool(f) if s else None for f, s in zip(flagged, scored)], pa.bool_()),
-        "decision_rule": pa.array([(FDR_RULE if fdr is not None else TARGET_FPR_RULE) if s else None for s in scored], pa.string()),
+        "decision_rule": pa.array(
+            [(FDR_RULE if fdr is not None else TARGET_FPR_RULE) if s else None for s in scored], pa.string()
+        ),
         "fdr": pa.array([fdr if s and fdr is not None else None for s in scored], pa.float64()),
         "q_value": pa.array([None if np.isnan(q) else float(q) for q in qvalues], pa.float64()),
     }
     schema = result_schema()
-    return pa.table({name: columns[name] if name in columns else table.column(name) for name in schema.names}, schema=schema)
+    return pa.table(
+        {name: columns[name] if name in columns else table.column(name) for name in schema.names}, schema=schema
+    )
 
 
 def numbers(tables: list[Any], name: str) -> np.ndarray:
     """One float column of all tables, nulls as NaN."""
-    return np.concatenate([np.zeros(0), *(table.column(name).to_numpy(zero_copy_only=False).astype(np.float64) for table in tables)])
+    return np.concatenate(
+        [np.zeros(0), *(table.column(name).to_numpy(zero_copy_only=False).astype(np.float64) for table in tables)]
+    )
 
 
 def apply_decisions(output: ArchiveLocation, parts: list[str], fdr: float | None) -> int:

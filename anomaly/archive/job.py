@@ -57,7 +57,9 @@ def part_files(output: ArchiveLocation) -> list[str]:
         if info.type != fs.FileType.Directory:
             raise AnomalyError(f"output {output.location} exists and is not a folder of Parquet files")
         entries = output.filesystem.get_file_info(fs.FileSelector(output.root))
-    return sorted(entry.path for entry in entries if entry.type == fs.FileType.File and entry.base_name.endswith(".parquet"))
+    return sorted(
+        entry.path for entry in entries if entry.type == fs.FileType.File and entry.base_name.endswith(".parquet")
+    )
 
 
 def read_parts(output: ArchiveLocation, columns: list[str]) -> Any:
@@ -77,7 +79,11 @@ def read_parts(output: ArchiveLocation, columns: list[str]) -> Any:
         except (pa.ArrowInvalid, OSError):
             logger.warning("removing %s: cut short by an interrupted run; its images are scored again", path)
             output.filesystem.delete_file(path)
-    return pa.concat_tables(tables) if tables else pa.schema([result_schema().field(name) for name in columns]).empty_table()
+    return (
+        pa.concat_tables(tables)
+        if tables
+        else pa.schema([result_schema().field(name) for name in columns]).empty_table()
+    )
 
 
 def pinned_reference(model: str) -> str:
@@ -90,7 +96,9 @@ def pinned_reference(model: str) -> str:
     return str(resolved.directory.resolve())
 
 
-def score_in_process(todo: list[str], scorer_args: dict[str, Any], output: ArchiveLocation, batch_size: int, rows_per_file: int) -> None:
+def score_in_process(
+    todo: list[str], scorer_args: dict[str, Any], output: ArchiveLocation, batch_size: int, rows_per_file: int
+) -> None:
     """Each part is written under a hidden name and renamed when complete, so a killed run leaves only whole parts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -100,7 +108,10 @@ def score_in_process(todo: list[str], scorer_args: dict[str, Any], output: Archi
     output.filesystem.create_dir(output.root, recursive=True)
     for number, start in enumerate(range(0, len(todo), rows_per_file)):
         chunk = todo[start : start + rows_per_file]
-        batches = [scorer({"path": np.array(chunk[i : i + batch_size], dtype=object)}) for i in range(0, len(chunk), batch_size)]
+        batches = [
+            scorer({"path": np.array(chunk[i : i + batch_size], dtype=object)})
+            for i in range(0, len(chunk), batch_size)
+        ]
         name = f"part-{run}-{number:06d}.parquet"
         with output.filesystem.open_output_stream(output.full_path(f".{name}")) as stream:
             pq.write_table(pa.concat_tables(batches), stream)
@@ -130,7 +141,14 @@ def connect_ray(**init_args: Any) -> Any:
     return ray
 
 
-def score_on_ray(todo: list[str], scorer_args: dict[str, Any], output: ArchiveLocation, batch_size: int, rows_per_file: int, actors: int | None) -> int:
+def score_on_ray(
+    todo: list[str],
+    scorer_args: dict[str, Any],
+    output: ArchiveLocation,
+    batch_size: int,
+    rows_per_file: int,
+    actors: int | None,
+) -> int:
     """Ray Data: the paths as blocks, an actor pool of BatchScorer (one single-threaded ONNX Runtime session per
     actor and CPU), Parquet written by Ray as blocks finish. Connects to RAY_ADDRESS when set, else starts Ray here."""
     ray = connect_ray()
@@ -141,8 +159,12 @@ def score_on_ray(todo: list[str], scorer_args: dict[str, Any], output: ArchiveLo
     blocks = min(len(todo), max(math.ceil(len(todo) / rows_per_file), 2 * actors))
     dataset = ray.data.from_items([{"path": path} for path in todo], override_num_blocks=blocks)
     scored = dataset.map_batches(
-        BatchScorer, fn_constructor_kwargs={**scorer_args, "threads": 1}, batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
+        BatchScorer,
+        fn_constructor_kwargs={**scorer_args, "threads": 1},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=1,
     )
     # Writing takes no CPU slot: the actors may hold every CPU, and a write waiting for one would never start.
     scored.write_parquet(output.root, filesystem=output.filesystem, ray_remote_args={"num_cpus": 0})
@@ -185,7 +207,12 @@ def score_archive(
     if engine == "local" and not local:
         logger.warning("Ray is not installed: scoring in this process (install the archive extra for Ray)")
     if todo:
-        scorer_args = {"model": pinned_reference(model), "source": inputs, "target_fpr": target_fpr, "heatmaps": heatmap_location}
+        scorer_args = {
+            "model": pinned_reference(model),
+            "source": inputs,
+            "target_fpr": target_fpr,
+            "heatmaps": heatmap_location,
+        }
         if engine == "ray":
             used_actors = score_on_ray(todo, scorer_args, results, batch_size, rows_per_file, actors)
         else:
@@ -194,12 +221,23 @@ def score_archive(
     written = read_parts(results, ["path", "error"])  # also removes unfinished parts: what is left is decided on
     flagged = apply_decisions(results, part_files(results), fdr)
     new = {inputs.display(relative) for relative in todo}
-    rows = [error for path, error in zip(written.column("path").to_pylist(), written.column("error").to_pylist()) if path in new]
+    rows = [
+        error
+        for path, error in zip(written.column("path").to_pylist(), written.column("error").to_pylist())
+        if path in new
+    ]
     return ArchiveSummary(
-        engine=engine, actors=used_actors, images=len(files), skipped=len(files) - len(todo), scored=len(rows),
-        errors=sum(error is not None for error in rows), output=output,
-        heatmaps=heatmap_location.location if heatmap_location else None, seconds=round(time.perf_counter() - started, 2),
-        decision_rule=TARGET_FPR_RULE if fdr is None else FDR_RULE, flagged=flagged,
+        engine=engine,
+        actors=used_actors,
+        images=len(files),
+        skipped=len(files) - len(todo),
+        scored=len(rows),
+        errors=sum(error is not None for error in rows),
+        output=output,
+        heatmaps=heatmap_location.location if heatmap_location else None,
+        seconds=round(time.perf_counter() - started, 2),
+        decision_rule=TARGET_FPR_RULE if fdr is None else FDR_RULE,
+        flagged=flagged,
     )
 
 
@@ -208,4 +246,3 @@ def heatmap_folder(output: str) -> str:
     stem = output.rstrip("/")
     stem = stem[: -len(".parquet")] if stem.endswith(".parquet") else stem
     return f"{stem}-heatmaps"
-

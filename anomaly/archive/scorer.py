@@ -14,27 +14,39 @@ from anomaly.runtime.bundle import META_MODEL_CHECKSUM, ImageResult, OnnxDetecto
 from anomaly.runtime.heatmap import overlay, png_bytes
 from anomaly.runtime.resolve import resolve_model
 
-SCORE_COLUMNS = ("reconstruction_score", "latent_distance", "p_reconstruction", "p_latent", "p_combined", "anomaly_score")
+SCORE_COLUMNS = (
+    "reconstruction_score",
+    "latent_distance",
+    "p_reconstruction",
+    "p_latent",
+    "p_combined",
+    "anomaly_score",
+)
 
 
 def result_schema() -> Any:
     """One row per file: its scores, or the reason it could not be scored (`error`), and which model answered."""
     import pyarrow as pa
 
-    return pa.schema([
-        ("path", pa.string()),
-        ("error", pa.string()),
-        *((name, pa.float64()) for name in SCORE_COLUMNS),
-        ("is_anomaly", pa.bool_()),
-        ("target_fpr", pa.float64()),
-        ("decision_rule", pa.string()),  # target_fpr (each image at target_fpr) or fdr_bh (Benjamini-Hochberg at fdr)
-        ("fdr", pa.float64()),
-        ("q_value", pa.float64()),  # the Benjamini-Hochberg adjusted p-value over the archive, with fdr_bh
-        ("heatmap", pa.string()),
-        ("model_name", pa.string()),
-        ("model_version", pa.string()),
-        ("model_checksum", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("error", pa.string()),
+            *((name, pa.float64()) for name in SCORE_COLUMNS),
+            ("is_anomaly", pa.bool_()),
+            ("target_fpr", pa.float64()),
+            (
+                "decision_rule",
+                pa.string(),
+            ),  # target_fpr (each image at target_fpr) or fdr_bh (Benjamini-Hochberg at fdr)
+            ("fdr", pa.float64()),
+            ("q_value", pa.float64()),  # the Benjamini-Hochberg adjusted p-value over the archive, with fdr_bh
+            ("heatmap", pa.string()),
+            ("model_name", pa.string()),
+            ("model_version", pa.string()),
+            ("model_checksum", pa.string()),
+        ]
+    )
 
 
 def heatmap_name(relative: str) -> str:
@@ -69,7 +81,9 @@ class BatchScorer:
         rows = {}
         for relative in (str(path) for path in batch["path"]):
             try:
-                decoded[relative] = self.detector.load_image(self.source.read(relative), name=self.source.display(relative))
+                decoded[relative] = self.detector.load_image(
+                    self.source.read(relative), name=self.source.display(relative)
+                )
             except (AnomalyError, OSError) as error:
                 rows[relative] = self.row(relative, error=str(error) or type(error).__name__)
         if decoded:
@@ -78,13 +92,24 @@ class BatchScorer:
             for index, (relative, result) in enumerate(zip(decoded, self.detector.results(outputs, self.target_fpr))):
                 heatmap = None
                 if self.heatmaps is not None:
-                    heatmap = self.write_heatmap(relative, decoded[relative], outputs["anomaly_map"][index].reshape(self.detector.image_size), result)
+                    heatmap = self.write_heatmap(
+                        relative,
+                        decoded[relative],
+                        outputs["anomaly_map"][index].reshape(self.detector.image_size),
+                        result,
+                    )
                 rows[relative] = self.row(relative, result=result, heatmap=heatmap)
         ordered = [rows[str(path)] for path in batch["path"]]
         return pa.Table.from_pylist(ordered, schema=result_schema())
 
-    def row(self, relative: str, result: ImageResult | None = None, error: str | None = None, heatmap: str | None = None) -> dict[str, Any]:
-        scores = {name: None for name in SCORE_COLUMNS} if result is None else {name: getattr(result, name) for name in SCORE_COLUMNS}
+    def row(
+        self, relative: str, result: ImageResult | None = None, error: str | None = None, heatmap: str | None = None
+    ) -> dict[str, Any]:
+        scores = (
+            {name: None for name in SCORE_COLUMNS}
+            if result is None
+            else {name: getattr(result, name) for name in SCORE_COLUMNS}
+        )
         return {
             "path": self.source.display(relative),
             "error": error,

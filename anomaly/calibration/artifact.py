@@ -141,7 +141,9 @@ class Calibration:
         return cls.from_dict(data, f"calibration file {path}", expected_model_checksum)
 
     @classmethod
-    def from_dict(cls, data: Any, label: str = "calibration", expected_model_checksum: str | None = None) -> Calibration:
+    def from_dict(
+        cls, data: Any, label: str = "calibration", expected_model_checksum: str | None = None
+    ) -> Calibration:
         """Rebuild from `to_dict()` output (a file, or a message from the model server)."""
         version = data.get("schema_version") if isinstance(data, dict) else None
         if version != SCHEMA_VERSION:

@@ -15,6 +15,7 @@ score far beyond anything seen a graded, non-zero p-value. The shape is kept >= 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -75,7 +76,7 @@ class TailFittedDistribution:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> TailFittedDistribution:
+    def from_dict(cls, data: dict[str, Any]) -> TailFittedDistribution:
         return cls(
             sample=np.asarray(data["sample"], dtype=np.float64),
             tail_threshold=float(data["tail_threshold"]),

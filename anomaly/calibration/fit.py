@@ -93,8 +93,6 @@ def fit_calibration(
     one image, and only the hold-out has an honest reconstruction error)."""
     if scoring["combine"] == "auto":
         raise AnomalyError("scoring.combine=auto is chosen before calibration (anomaly.scoring.fit)")
-    if held_out.reconstruction_scores is None:
-        raise AnomalyError("calibration needs both signals' scores: this model's graph does not compute the reconstruction")
     extra = np.zeros(0) if cross_fitted_latent is None else np.asarray(cross_fitted_latent, dtype=np.float64)
     latent_scores = np.concatenate([held_out.latent_distances, extra])
     reconstruction = TailFittedDistribution.fit(held_out.reconstruction_scores)
@@ -103,7 +101,9 @@ def fit_calibration(
         statistic = combination_statistic(np.ones_like(latent_scores), latent.pvalue(latent_scores), "latent")
     else:
         statistic = combination_statistic(
-            reconstruction.pvalue(held_out.reconstruction_scores), latent.pvalue(held_out.latent_distances), scoring["combine"]
+            reconstruction.pvalue(held_out.reconstruction_scores),
+            latent.pvalue(held_out.latent_distances),
+            scoring["combine"],
         )
     pixels = _pixel_sample(held_out.maps, PIXEL_SAMPLE_SIZE, seed)
     calibration = Calibration(
@@ -117,11 +117,19 @@ def fit_calibration(
             "pixel": TailFittedDistribution.fit(pixels),
         },
         target_fpr=scoring["target_fpr"],
-        sample_sizes={**(sample_sizes or {}), "calibration_images": len(held_out.labels), "cross_fitted_images": len(extra),
-                      "calibration_pixels": int(pixels.size)},
+        sample_sizes={
+            **(sample_sizes or {}),
+            "calibration_images": len(held_out.labels),
+            "cross_fitted_images": len(extra),
+            "calibration_pixels": int(pixels.size),
+        },
         choices=choices or [],
     )
     if labelled is None:
         return calibration
     pvalues = calibration.pvalues(labelled.reconstruction_scores, labelled.latent_distances)
-    return replace(calibration, f1_optimal_score=f1_optimal_score(labelled, pvalues), validation_auroc=validation_auroc(labelled, pvalues))
+    return replace(
+        calibration,
+        f1_optimal_score=f1_optimal_score(labelled, pvalues),
+        validation_auroc=validation_auroc(labelled, pvalues),
+    )

@@ -59,10 +59,10 @@ class Promise:
         if self.realised_rate_range is not None:
             return None
         return (
-            f"the {self.target_fpr:.2%} false-positive target is below what {self.calibration_normals} calibration normal "
-            f"images can resolve (at least {self.smallest_resolvable_target:.2%}): its threshold is extrapolated past every "
-            "calibration score, so the realised rate can be several times the target; add normal images "
-            "(anomaly calibrate --normals DIR) or ask for a larger target"
+            f"the {self.target_fpr:.2%} false-positive target is below what {self.calibration_normals} calibration "
+            f"normal images can resolve (at least {self.smallest_resolvable_target:.2%}): its threshold is "
+            f"extrapolated past every calibration score, so the realised rate can be several times the target; add "
+            f"normal images (anomaly calibrate --normals DIR) or ask for a larger target"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,11 +82,16 @@ class Promise:
 def promise_lines(promise: Promise, held_out: int | None, cross_fitted: int) -> list[str]:
     """The promise as model-card lines: how the normals were held out, how many the decision rests on (`held_out`
     held-out images, `cross_fitted` training images scored out of fold), the range they support."""
-    lines = [f"- held out as: {promise.holdout or 'not recorded'}",
-             f"- the decision's distribution rests on {promise.calibration_normals} normal images: {held_out} held out, "
-             f"{cross_fitted} training images scored out of fold"]
-    if promise.warning:
+    lines = [
+        f"- held out as: {promise.holdout or 'not recorded'}",
+        f"- the decision's distribution rests on {promise.calibration_normals} normal images: {held_out} held out, "
+        f"{cross_fitted} training images scored out of fold",
+    ]
+    if promise.realised_rate_range is None:
         return [*lines, f"- warning: {promise.warning}"]
     low, high = promise.realised_rate_range
-    return [*lines, f"- at the target {promise.target_fpr:.2%}, new normal parts like these are flagged at a rate between "
-                    f"{low:.2%} and {high:.2%} (95%); targets below {promise.smallest_resolvable_target:.2%} cannot be resolved"]
+    return [
+        *lines,
+        f"- at the target {promise.target_fpr:.2%}, new normal parts like these are flagged at a rate between "
+        f"{low:.2%} and {high:.2%} (95%); targets below {promise.smallest_resolvable_target:.2%} cannot be resolved",
+    ]

@@ -11,7 +11,7 @@ import numpy as np
 class ScoredSet:
     """Detector outputs over a set of images, as NumPy arrays."""
 
-    reconstruction_scores: np.ndarray | None  # None from a graph that does not compute the reconstruction
+    reconstruction_scores: np.ndarray
     latent_distances: np.ndarray
     latents: np.ndarray
     maps: np.ndarray  # (N, H, W)
@@ -27,8 +27,14 @@ class ScoredSet:
     def with_mixed_maps(self, weights: tuple[float, float]) -> ScoredSet:
         """The set with `maps` remade as the detector's heat map is (AnomalyDetector.mix_maps): latent then
         reconstruction map, weighted; a weight of 0 drops its map."""
-        parts = [weight * maps for weight, maps in zip(weights, (self.latent_maps, self.reconstruction_maps)) if weight]
-        return replace(self, maps=np.sum(parts, axis=0, dtype=np.float32))
+        parts = []
+        for weight, maps in zip(weights, (self.latent_maps, self.reconstruction_maps)):
+            if not weight:
+                continue
+            if maps is None:
+                raise ValueError("mixing maps needs each signal's map: score the set with signal_maps")
+            parts.append(weight * maps)
+        return replace(self, maps=np.asarray(np.sum(parts, axis=0, dtype=np.float32)))
 
     @classmethod
     def of_normal_outputs(cls, outputs: dict[str, np.ndarray]) -> ScoredSet:
@@ -51,9 +57,8 @@ class ScoredSet:
     def concatenate(cls, parts: list[ScoredSet]) -> ScoredSet:
         """Sets scored separately (batches, or workers each scoring a share of the held-out images), in order: each
         image's scores and map depend on that image alone, so calibration fitted on the result is the one-pass one."""
-        reconstruction = [part.reconstruction_scores for part in parts]
         return cls(
-            reconstruction_scores=None if any(scores is None for scores in reconstruction) else np.concatenate(reconstruction),
+            reconstruction_scores=np.concatenate([part.reconstruction_scores for part in parts]),
             latent_distances=np.concatenate([part.latent_distances for part in parts]),
             latents=np.concatenate([part.latents for part in parts]),
             maps=np.concatenate([part.maps for part in parts]),
@@ -68,4 +73,5 @@ class ScoredSet:
 
 
 def _concatenated(arrays: list[np.ndarray | None]) -> np.ndarray | None:
-    return None if any(array is None for array in arrays) else np.concatenate(arrays)
+    present = [array for array in arrays if array is not None]
+    return np.concatenate(present) if len(present) == len(arrays) else None

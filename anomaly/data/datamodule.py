@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from anomaly.config import DataConfig
@@ -36,12 +35,18 @@ class AnomalyDataModule(L.LightningDataModule):
         source = load_source(self.config)
         calibration_fraction = 0.0 if source.calibration is not None else self.config.calibration_fraction
         split = split_normals(
-            len(source.train), self.config.val_fraction, calibration_fraction, self.config.split_seed, self.config.holdout
+            len(source.train),
+            self.config.val_fraction,
+            calibration_fraction,
+            self.config.split_seed,
+            self.config.holdout,
         )
         self.split, self._normal_names = split, source.train.names
         self.train_set = source.train.subset(split.train)
         self.val_set = source.train.subset(split.val)
-        self.calibration_set = source.calibration if source.calibration is not None else source.train.subset(split.calibration)
+        self.calibration_set = (
+            source.calibration if source.calibration is not None else source.train.subset(split.calibration)
+        )
         self.test_set = source.test
         if self.config.synthetic_validation:
             self.synthetic_set = synthetic_anomaly_set(self.val_set, seed=self.config.split_seed)
@@ -52,9 +57,16 @@ class AnomalyDataModule(L.LightningDataModule):
         if self.synthetic_set is None:
             return None
         pair = (self.val_set, self.synthetic_set)
-        masks = [np.zeros(part.images.shape[:3], dtype=bool) if part.masks is None else part.masks for part in pair]  # normals: empty
-        return ImageSet(np.concatenate([part.images for part in pair]), np.concatenate([part.labels for part in pair]),
-                        [c for part in pair for c in part.categories], [n for part in pair for n in part.names], np.concatenate(masks))
+        masks = [
+            np.zeros(part.images.shape[:3], dtype=bool) if part.masks is None else part.masks for part in pair
+        ]  # normals: empty
+        return ImageSet(
+            np.concatenate([part.images for part in pair]),
+            np.concatenate([part.labels for part in pair]),
+            [c for part in pair for c in part.categories],
+            [n for part in pair for n in part.names],
+            np.concatenate(masks),
+        )
 
     def split_record(self) -> dict[str, object]:
         record = self.split.record(self._normal_names)

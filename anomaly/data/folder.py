@@ -27,7 +27,9 @@ def _mask_index(root: Path, test_files: dict[str, list[Path]]) -> dict[str, dict
         masks = {mask.stem.removesuffix(MASK_SUFFIX): mask for mask in image_files(category_dir)}
         for stem, mask in masks.items():
             if stem not in stems:
-                raise AnomalyError(f"mask {mask} has no image: expected {root / 'test' / category_dir.name}/{stem}.<ext>")
+                raise AnomalyError(
+                    f"mask {mask} has no image: expected {root / 'test' / category_dir.name}/{stem}.<ext>"
+                )
         index[category_dir.name] = masks
     return index
 
@@ -35,7 +37,9 @@ def _mask_index(root: Path, test_files: dict[str, list[Path]]) -> dict[str, dict
 def _mask_for(root: Path, index: dict[str, dict[str, Path]], category: str, image: Path) -> Path:
     mask = index.get(category, {}).get(image.stem)
     if mask is None:
-        raise AnomalyError(f"image {image} has no mask: expected {root / 'ground_truth' / category}/{image.stem}{MASK_SUFFIX}.png")
+        raise AnomalyError(
+            f"image {image} has no mask: expected {root / 'ground_truth' / category}/{image.stem}{MASK_SUFFIX}.png"
+        )
     return mask
 
 
@@ -90,7 +94,9 @@ def load_folder(root: Path, size: tuple[int, int], channels: int) -> SourceData:
     """Load an MVTec-layout folder; every problem is reported as a one-line AnomalyError."""
     train_files = _train_files(root)
     train = normal_set(_decode_all(train_files, size, channels), [str(path) for path in train_files])
-    return SourceData(train=train, test=_load_test(root, size, channels), calibration=_calibration_normals(root, size, channels))
+    return SourceData(
+        train=train, test=_load_test(root, size, channels), calibration=_calibration_normals(root, size, channels)
+    )
 
 
 def native_folder_size(root: Path) -> tuple[int, int]:

@@ -54,13 +54,16 @@ def holdout_order(count: int, scheme: HoldoutScheme, seed: int) -> np.ndarray:
     return np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
 
 
-def split_normals(count: int, val_fraction: float, calibration_fraction: float, seed: int,
-                  scheme: HoldoutScheme = "blocks") -> HoldoutSplit:
+def split_normals(
+    count: int, val_fraction: float, calibration_fraction: float, seed: int, scheme: HoldoutScheme = "blocks"
+) -> HoldoutSplit:
     """Train, validation and calibration indices; calibration_fraction 0 when calibration normals come from elsewhere
     (a calibration folder)."""
     needed = MIN_NORMAL_IMAGES if calibration_fraction else MIN_NORMAL_IMAGES - 1
     if count < needed:
-        raise AnomalyError(f"need at least {needed} normal training images (train, validation, calibration), found {count}")
+        raise AnomalyError(
+            f"need at least {needed} normal training images (train, validation, calibration), found {count}"
+        )
     order = holdout_order(count, scheme, seed)
     val_count = max(1, int(round(count * val_fraction)))
     calibration_count = max(1, int(round(count * calibration_fraction))) if calibration_fraction else 0

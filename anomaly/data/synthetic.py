@@ -101,7 +101,9 @@ def line_mask(height: int, width: int, generator: torch.Generator) -> torch.Tens
     inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
     mask = torch.zeros(height, width)
     mask[ys[inside], xs[inside]] = 1.0
-    radius = LINE_RADII[int(torch.randint(len(LINE_RADII), (1,), generator=generator))] * _reference_scale(height, width)
+    radius = LINE_RADII[int(torch.randint(len(LINE_RADII), (1,), generator=generator))] * _reference_scale(
+        height, width
+    )
     if radius:
         mask = F.max_pool2d(mask[None, None], 2 * radius + 1, stride=1, padding=radius)[0, 0]
     return mask
@@ -132,7 +134,10 @@ def _fill(images: torch.Tensor, index: int, generator: torch.Generator) -> torch
     kind = int(torch.randint(3, (1,), generator=generator))
     if kind == 0:
         donor = images[int(torch.randint(count, (1,), generator=generator))]
-        shift = (int(torch.randint(height, (1,), generator=generator)), int(torch.randint(width, (1,), generator=generator)))
+        shift = (
+            int(torch.randint(height, (1,), generator=generator)),
+            int(torch.randint(width, (1,), generator=generator)),
+        )
         texture = torch.roll(donor, shifts=shift, dims=(1, 2))
         return 1 - texture if torch.rand(1, generator=generator) < 0.5 else texture
     if kind == 1:

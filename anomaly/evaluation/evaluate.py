@@ -10,8 +10,8 @@ from sklearn.metrics import roc_auc_score
 
 from anomaly.calibration.artifact import Calibration, signal_scores
 from anomaly.calibration.promise import binomial_interval
-from anomaly.evaluation.metrics import decision_metrics, pixel_metrics, ranking_metrics
 from anomaly.calibration.scored import ScoredSet
+from anomaly.evaluation.metrics import decision_metrics, pixel_metrics, ranking_metrics
 
 
 def _clean(value: Any) -> Any:
@@ -29,7 +29,9 @@ def _clean(value: Any) -> Any:
 CALIBRATION_TARGETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
-def calibration_curve(calibration: Calibration, combined_pvalues: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
+def calibration_curve(
+    calibration: Calibration, combined_pvalues: np.ndarray, labels: np.ndarray
+) -> list[dict[str, Any]]:
     """At each target, the share of test normals flagged and the 95% binomial range that share should fall in for
     that many normals if the promise holds."""
     normal_pvalues = combined_pvalues[labels == 0]
@@ -38,8 +40,16 @@ def calibration_curve(calibration: Calibration, combined_pvalues: np.ndarray, la
     for target in CALIBRATION_TARGETS:
         flagged = int(calibration.is_anomaly_pvalue(normal_pvalues, target).sum())
         low, high = binomial_interval(count, target) if count else (math.nan, math.nan)
-        curve.append({"target_fpr": target, "flagged": flagged, "normals": count,
-                      "realised_fpr": flagged / count if count else math.nan, "interval_low": low, "interval_high": high})
+        curve.append(
+            {
+                "target_fpr": target,
+                "flagged": flagged,
+                "normals": count,
+                "realised_fpr": flagged / count if count else math.nan,
+                "interval_low": low,
+                "interval_high": high,
+            }
+        )
     return curve
 
 
@@ -72,8 +82,11 @@ def evaluate_scored(calibration: Calibration, scored: ScoredSet) -> dict[str, An
         metrics["pixel_aupro"] = pixel["aupro"]
         metrics["pixel"] = {**pixel, "threshold": threshold, "at_target_fpr": pixel_decisions}
         signal_maps = {"latent": scored.latent_maps, "reconstruction": scored.reconstruction_maps}
-        metrics["pixel_auroc_by_signal"] = {name: float(roc_auc_score(scored.masks.ravel(), maps.ravel()))
-                                            for name, maps in signal_maps.items() if maps is not None}
+        metrics["pixel_auroc_by_signal"] = {
+            name: float(roc_auc_score(scored.masks.ravel(), maps.ravel()))
+            for name, maps in signal_maps.items()
+            if maps is not None
+        }
     metrics["categories"] = category_breakdown(scored, signals["combined"], decisions)
     metrics["calibration_curve"] = calibration_curve(calibration, pvalues.combined, scored.labels)
     metrics["promise"] = calibration.promise().to_dict()

@@ -32,19 +32,26 @@ def run_oneclass(
 ) -> dict[str, Any]:
     base = load_config(config_path, overrides)
     if base.data.kind not in TORCHVISION_KINDS:
-        raise AnomalyError(f"the one-class protocol needs data.kind in {', '.join(TORCHVISION_KINDS)}, got '{base.data.kind}'")
+        raise AnomalyError(
+            f"the one-class protocol needs data.kind in {', '.join(TORCHVISION_KINDS)}, got '{base.data.kind}'"
+        )
     results: dict[str, Any] = {"data": base.data.kind, "target_fpr": base.scoring.target_fpr, "architectures": {}}
     for architecture in architectures:
         rows: dict[str, Any] = {}
         for normal_class in classes:
-            config = load_config(config_path, [
-                *overrides,
-                f"model.architecture={architecture}",
-                f"data.normal_class={normal_class}",
-                f"tracking.run_name={base.data.kind}-{architecture}-class-{normal_class}",
-            ])
+            config = load_config(
+                config_path,
+                [
+                    *overrides,
+                    f"model.architecture={architecture}",
+                    f"data.normal_class={normal_class}",
+                    f"tracking.run_name={base.data.kind}-{architecture}-class-{normal_class}",
+                ],
+            )
             trained = train(config)
-            evaluation = evaluate_checkpoint(trained.checkpoint, [], output_dir / architecture / f"class_{normal_class}")
+            evaluation = evaluate_checkpoint(
+                trained.checkpoint, [], output_dir / architecture / f"class_{normal_class}"
+            )
             rows[str(normal_class)] = {**summary_row(evaluation.metrics), "mlflow_run_id": trained.run_id}
             write_results(results | {"architectures": {**results["architectures"], architecture: rows}}, output_dir)
         rows["mean"] = {column: float(np.mean([rows[str(c)][column] for c in classes])) for column in SIGNAL_COLUMNS}
@@ -54,7 +61,10 @@ def run_oneclass(
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    lines = ["| model | class | reconstruction AUROC | latent AUROC | combined AUROC | test FPR |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | class | reconstruction AUROC | latent AUROC | combined AUROC | test FPR |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for architecture, rows in results["architectures"].items():
         for normal_class, row in rows.items():
             cells = " | ".join(f"{row[column]:.4f}" for column in SIGNAL_COLUMNS)

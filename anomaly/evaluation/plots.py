@@ -27,7 +27,9 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
-def score_histograms(scored: ScoredSet, signals: dict[str, np.ndarray], thresholds: dict[str, float], path: Path) -> Path:
+def score_histograms(
+    scored: ScoredSet, signals: dict[str, np.ndarray], thresholds: dict[str, float], path: Path
+) -> Path:
     """Normal against anomalous scores per signal, with the threshold at the target FPR."""
     threshold_keys = {"reconstruction": "reconstruction", "latent": "latent", "combined": "combined_statistic"}
     figure, axes = plt.subplots(1, len(signals), figsize=(5 * len(signals), 3.6))
@@ -113,8 +115,14 @@ def calibration_plot(curve: list[dict[str, Any]], path: Path, title: str = "test
     normals: a calibration that keeps its promise stays inside the band."""
     targets = np.array([point["target_fpr"] for point in curve])
     figure, axis = plt.subplots(figsize=(4.8, 4.5))
-    axis.fill_between(targets, [point["interval_low"] for point in curve], [point["interval_high"] for point in curve],
-                      color="grey", alpha=0.25, label="95% binomial range")
+    axis.fill_between(
+        targets,
+        [point["interval_low"] for point in curve],
+        [point["interval_high"] for point in curve],
+        color="grey",
+        alpha=0.25,
+        label="95% binomial range",
+    )
     axis.plot(targets, targets, color="grey", linewidth=0.8)
     axis.plot(targets, [point["realised_fpr"] for point in curve], marker="o", label="realised")
     axis.set_xscale("log")
@@ -127,7 +135,12 @@ def calibration_plot(curve: list[dict[str, Any]], path: Path, title: str = "test
 
 
 def write_plots(
-    folder: Path, scored: ScoredSet, images: np.ndarray, signals: dict[str, np.ndarray], calibration: Calibration, model: torch.nn.Module,
+    folder: Path,
+    scored: ScoredSet,
+    images: np.ndarray,
+    signals: dict[str, np.ndarray],
+    calibration: Calibration,
+    model: torch.nn.Module,
     curve: list[dict[str, Any]] | None = None,
 ) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,11 @@ def mlflow_metric_name(key: str) -> str:
 
 
 def log_evaluation(
-    run_id: str | None, tracking_uri: str | None, metrics: dict[str, Any], files: list[Path], validation_auroc: dict[str, float] | None = None
+    run_id: str | None,
+    tracking_uri: str | None,
+    metrics: dict[str, Any],
+    files: list[Path],
+    validation_auroc: dict[str, float] | None = None,
 ) -> None:
     """test.* metrics, validation.synthetic_auroc.* (the calibration's, when it has them) and the
     evaluation files, into an MLflow run (the training run, or a pipeline step)."""
@@ -137,8 +141,9 @@ def load_calibrated(folder: Path, data_overrides: list[str] | None = None) -> Ca
         section, *rest = parse_override(override)[0]
         if section != "data" or (rest and rest[0] in MODEL_FIXED_DATA_KEYS):
             raise AnomalyError(
-                f"override {override}: a calibrated detector takes only where its data is now (data.root and the like); "
-                "scoring and sizes were fixed when it was fitted: run `anomaly evaluate --checkpoint ... --set ...` again to change them"
+                f"override {override}: a calibrated detector takes only where its data is now (data.root and the "
+                f"like); scoring and sizes were fixed when it was fitted: run `anomaly evaluate --checkpoint ... "
+                f"--set ...` again to change them"
             )
     detector = load_detector(folder / "detector.pt")
     calibration = Calibration.load(folder / "calibration.json", expected_model_checksum=weights_checksum(detector))
@@ -150,17 +155,31 @@ def load_calibrated(folder: Path, data_overrides: list[str] | None = None) -> Ca
     return Calibrated(detector, calibration, run, sample)
 
 
-def evaluate_calibrated(calibrated: Calibrated, output_dir: Path, log_run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
+def evaluate_calibrated(
+    calibrated: Calibrated, output_dir: Path, log_run_id: str | None, tracking_uri: str | None
+) -> dict[str, Any]:
     """Score the test split; write metrics.json and plots; log them to `log_run_id`."""
     detector, calibration, datamodule = calibrated.detector, calibrated.calibration, calibrated.datamodule
     masks = datamodule.test_set.masks
-    scored = score_loader(detector, datamodule.test_dataloader(), signal_maps=masks is not None and bool(masks.any()), description="test images")
+    scored = score_loader(
+        detector,
+        datamodule.test_dataloader(),
+        signal_maps=masks is not None and bool(masks.any()),
+        description="test images",
+    )
     metrics = evaluate_scored(calibration, scored)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     pvalues = calibration.pvalues(scored.reconstruction_scores, scored.latent_distances)
-    plots = write_plots(output_dir / "plots", scored, datamodule.test_set.images, signal_scores(scored, pvalues), calibration, detector.model,
-                        metrics["calibration_curve"])
+    plots = write_plots(
+        output_dir / "plots",
+        scored,
+        datamodule.test_set.images,
+        signal_scores(scored, pvalues),
+        calibration,
+        detector.model,
+        metrics["calibration_curve"],
+    )
     files = [output_dir / "metrics.json", output_dir / "calibration.json", *plots]
     log_evaluation(log_run_id, tracking_uri, metrics, files, calibration.validation_auroc)
     return metrics
@@ -171,4 +190,6 @@ def evaluate_checkpoint(checkpoint: Path, overrides: list[str], output_dir: Path
     calibrated = calibrate_checkpoint(checkpoint, overrides, output_dir)
     run = calibrated.training_run
     metrics = evaluate_calibrated(calibrated, output_dir, run["mlflow_run_id"], run["tracking_uri"])
-    return EvaluationResult(metrics=metrics, output_dir=output_dir, warning=calibrated.calibration.sample_size_warning())
+    return EvaluationResult(
+        metrics=metrics, output_dir=output_dir, warning=calibrated.calibration.sample_size_warning()
+    )

@@ -27,11 +27,18 @@ def scoring_summary(config: Config) -> str:
     if patches is None:
         shift = " and its round-trip shift" if scoring.latent.round_trip else ""
         return f"latent distance: Mahalanobis on the code{shift}; heat map: reconstruction error"
-    bank = f"a bank of {patches.bank_vectors} per place" if patches.aligned else f"a pooled bank of {patches.bank_vectors}"
-    heatmap = {"latent": "patch distance", "reconstruction": "reconstruction error",
-               "fisher": "patch distance plus reconstruction error, each in units of its spread on held-out normals"}
-    return (f"latent distance: patches at encoder level {patches.level} (stride {2**patches.level}), {bank}; "
-            f"heat map: {heatmap[scoring.combine]}")
+    bank = (
+        f"a bank of {patches.bank_vectors} per place" if patches.aligned else f"a pooled bank of {patches.bank_vectors}"
+    )
+    heatmap = {
+        "latent": "patch distance",
+        "reconstruction": "reconstruction error",
+        "fisher": "patch distance plus reconstruction error, each in units of its spread on held-out normals",
+    }
+    return (
+        f"latent distance: patches at encoder level {patches.level} (stride {2**patches.level}), {bank}; heat map: "
+        f"{heatmap[scoring.combine]}"
+    )
 
 
 def choice_lines(calibration: Calibration) -> list[str]:
@@ -40,15 +47,23 @@ def choice_lines(calibration: Calibration) -> list[str]:
     for choice in calibration.choices:
         aurocs = ", ".join(f"{candidate} {value:.4f}" for candidate, value in choice["validation_auroc"].items())
         low, high = choice["best_lead_interval"]
-        lead = "" if choice["chosen"] == choice["best"] else f"; {choice['best']} led by [{low:.4f}, {high:.4f}], within noise"
-        lines.append(f"- `{choice['setting']}`: {choice['chosen']} (validation AUROC {aurocs}{lead}); rule: {choice['rule']}")
+        lead = (
+            ""
+            if choice["chosen"] == choice["best"]
+            else f"; {choice['best']} led by [{low:.4f}, {high:.4f}], within noise"
+        )
+        lines.append(
+            f"- `{choice['setting']}`: {choice['chosen']} (validation AUROC {aurocs}{lead}); rule: {choice['rule']}"
+        )
     return lines
 
 
 def scoring_settings(config: Config) -> list[str]:
     """Every scoring setting with its resolved value, one card line each: the same values as detector.pt and
     calibration.json hold."""
-    return [f"- `scoring.{key}`: {value}" for key, value in flatten_mapping(config.scoring.model_dump(mode="json")).items()]
+    return [
+        f"- `scoring.{key}`: {value}" for key, value in flatten_mapping(config.scoring.model_dump(mode="json")).items()
+    ]
 
 
 def encoder_summary(config: Config, encoder_sha256: str | None) -> str:
@@ -60,12 +75,21 @@ def encoder_summary(config: Config, encoder_sha256: str | None) -> str:
 
 def test_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The test metrics a model carries (card, ONNX metadata): those of evaluation's metrics that were measured."""
-    return {key: float(metrics[key]) for key in ("image_auroc", "image_aupr", "test_fpr", "pixel_auroc", "pixel_aupro")
-            if metrics.get(key) is not None}
+    return {
+        key: float(metrics[key])
+        for key in ("image_auroc", "image_aupr", "test_fpr", "pixel_auroc", "pixel_aupro")
+        if metrics.get(key) is not None
+    }
 
 
-def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any], parity: dict[str, float], run_id: str | None,
-               encoder_sha256: str | None = None) -> str:
+def model_card(
+    config: Config,
+    calibration: Calibration,
+    metrics: dict[str, Any],
+    parity: dict[str, float],
+    run_id: str | None,
+    encoder_sha256: str | None = None,
+) -> str:
     data = config.data
     source = data_source(config)
     lines = [
@@ -83,8 +107,11 @@ def model_card(config: Config, calibration: Calibration, metrics: dict[str, Any]
         "",
         "## What the calibration promises",
         "",
-        *promise_lines(calibration.promise(), calibration.sample_sizes.get("calibration_images"),
-                       calibration.sample_sizes.get("cross_fitted_images", 0)),
+        *promise_lines(
+            calibration.promise(),
+            calibration.sample_sizes.get("calibration_images"),
+            calibration.sample_sizes.get("cross_fitted_images", 0),
+        ),
         "",
         "## Test metrics (PyTorch evaluation)",
         "",

@@ -45,7 +45,11 @@ class ExportWrapper(nn.Module):
 
 
 def export_onnx(
-    detector: AnomalyDetector, path: Path, calibration_sha256: str, sample: torch.Tensor, run_id: str | None = None,
+    detector: AnomalyDetector,
+    path: Path,
+    calibration_sha256: str,
+    sample: torch.Tensor,
+    run_id: str | None = None,
     metrics: dict[str, float] | None = None,
 ) -> None:
     """Export with a dynamic batch axis; record which calibration, weights, run and data belong to it, and the test
@@ -74,16 +78,23 @@ def export_onnx(
             verbose=False,
         )
     config = detector.config
-    write_metadata(path, {
-        META_CALIBRATION_SHA256: calibration_sha256,
-        META_MODEL_CHECKSUM: weights_checksum(detector),
-        META_ARCHITECTURE: config.model.architecture,
-        META_ENCODER: config.model.encoder if not config.model.pretrained else f"{config.model.encoder} sha256:{encoder_checksum(detector)}",
-        META_INPUT: json.dumps({"name": INPUT_NAME, "shape": ["batch", config.data.channels, *config.data.image_size], "range": [0, 1]}),
-        META_TRAINING_RUN: run_id or "",
-        META_DATASET: data_source(config),
-        META_TEST_METRICS: json.dumps(metrics or {}),
-    })
+    write_metadata(
+        path,
+        {
+            META_CALIBRATION_SHA256: calibration_sha256,
+            META_MODEL_CHECKSUM: weights_checksum(detector),
+            META_ARCHITECTURE: config.model.architecture,
+            META_ENCODER: config.model.encoder
+            if not config.model.pretrained
+            else f"{config.model.encoder} sha256:{encoder_checksum(detector)}",
+            META_INPUT: json.dumps(
+                {"name": INPUT_NAME, "shape": ["batch", config.data.channels, *config.data.image_size], "range": [0, 1]}
+            ),
+            META_TRAINING_RUN: run_id or "",
+            META_DATASET: data_source(config),
+            META_TEST_METRICS: json.dumps(metrics or {}),
+        },
+    )
 
 
 def write_metadata(path: Path, values: dict[str, str]) -> None:

@@ -27,8 +27,10 @@ def parity_report(detector: AnomalyDetector, onnx_detector: OnnxDetector, images
     PyTorch runs in the batches ONNX Runtime uses, so a large input does not exhaust memory here either.
     """
     size = batch_size_for(*images.shape[1:3])
-    outputs = [detector.eval()(torch.from_numpy(images[start : start + size]).permute(0, 3, 1, 2).float() / 255.0)
-               for start in range(0, len(images), size)]
+    outputs = [
+        detector.eval()(torch.from_numpy(images[start : start + size]).permute(0, 3, 1, 2).float() / 255.0)
+        for start in range(0, len(images), size)
+    ]
     exported = onnx_detector.run(images)
     reference = {name: np.concatenate([getattr(output, name).numpy() for output in outputs]) for name in exported}
     report = {}
@@ -43,6 +45,10 @@ def parity_report(detector: AnomalyDetector, onnx_detector: OnnxDetector, images
 def check_parity(report: dict[str, float]) -> None:
     compared = [key.removesuffix("_max_rel_diff") for key in report if key.endswith("_max_rel_diff")]
     tolerances = {name: MAP_RTOL if name in MAPS else SCORE_RTOL for name in compared}
-    failures = [f"{name} {report[f'{name}_max_rel_diff']:.2e} > {limit}" for name, limit in tolerances.items() if report[f"{name}_max_rel_diff"] > limit]
+    failures = [
+        f"{name} {report[f'{name}_max_rel_diff']:.2e} > {limit}"
+        for name, limit in tolerances.items()
+        if report[f"{name}_max_rel_diff"] > limit
+    ]
     if failures:
         raise AnomalyError("ONNX parity check failed, model not published: " + "; ".join(failures))

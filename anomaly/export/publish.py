@@ -12,12 +12,13 @@ import torch
 
 from anomaly.data.datamodule import AnomalyDataModule
 from anomaly.errors import AnomalyError
-from anomaly.export.card import model_card, test_metrics
 from anomaly.evaluation.run import Calibrated, load_calibrated
+from anomaly.export.card import model_card, test_metrics
 from anomaly.export.onnx_export import export_onnx
 from anomaly.export.parity import check_parity, parity_report
 from anomaly.runtime.bundle import CALIBRATION_FILE, CARD_FILE, MODEL_FILE, OnnxDetector, sha256_file
 from anomaly.scoring.detector import AnomalyDetector, encoder_checksum
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -49,8 +50,14 @@ def export_bundle(calibrated: Calibrated, evaluation_dir: Path, output_dir: Path
     output_dir.mkdir(parents=True)
     shutil.copyfile(evaluation_dir / CALIBRATION_FILE, output_dir / CALIBRATION_FILE)
     sample = torch.from_numpy(calibrated.sample_images[:2]).permute(0, 3, 1, 2).float() / 255.0
-    export_onnx(calibrated.detector, output_dir / MODEL_FILE, sha256_file(output_dir / CALIBRATION_FILE), sample, run_id,
-                test_metrics(read_metrics(evaluation_dir)))
+    export_onnx(
+        calibrated.detector,
+        output_dir / MODEL_FILE,
+        sha256_file(output_dir / CALIBRATION_FILE),
+        sample,
+        run_id,
+        test_metrics(read_metrics(evaluation_dir)),
+    )
 
 
 def verify_parity(calibrated: Calibrated, output_dir: Path) -> dict[str, float]:
@@ -61,7 +68,9 @@ def verify_parity(calibrated: Calibrated, output_dir: Path) -> dict[str, float]:
     return report
 
 
-def write_card(calibrated: Calibrated, metrics: dict[str, Any], report: dict[str, float], output_dir: Path, run_id: str | None) -> None:
+def write_card(
+    calibrated: Calibrated, metrics: dict[str, Any], report: dict[str, float], output_dir: Path, run_id: str | None
+) -> None:
     detector = calibrated.detector
     card = model_card(detector.config, calibrated.calibration, metrics, report, run_id, encoder_checksum(detector))
     (output_dir / CARD_FILE).write_text(card)

@@ -79,6 +79,33 @@ class QuantisationResult:
     directory: Path | None
 
 
+def int8_bundle(fp32: OnnxDetector, calibration_images: np.ndarray, directory: Path) -> OnnxDetector:
+    """The float model quantised into `directory`, with a calibration refitted on its own scores of the held-out
+    normals `calibration_images` (uint8 NHWC)."""
+    directory.mkdir(parents=True)
+    floats = calibration_images[:QUANTISATION_IMAGES].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    quantise_model(fp32.directory / MODEL_FILE, directory / MODEL_FILE, floats)
+    int8_scores = run_session(create_session(directory / MODEL_FILE), calibration_images)
+    calibration = fit_calibration(
+        held_out=ScoredSet.of_normal_outputs(int8_scores),
+        scoring=fp32.calibration.scoring,
+        preprocessing=fp32.calibration.preprocessing,
+        model_checksum=fp32.calibration.model_checksum,
+        seed=0,
+        sample_sizes={
+            **fp32.calibration.sample_sizes,
+            "quantisation_images": min(len(calibration_images), QUANTISATION_IMAGES),
+        },
+        choices=fp32.calibration.choices,
+    )
+    calibration = replace(calibration, f1_optimal_score=None)
+    digest = calibration.save(directory / CALIBRATION_FILE)
+    write_metadata(
+        directory / MODEL_FILE, {META_CALIBRATION_SHA256: digest, META_MODEL_CHECKSUM: calibration.model_checksum}
+    )
+    return OnnxDetector(directory)
+
+
 def quantise_bundle(
     fp32: OnnxDetector, calibration_images: np.ndarray, validation: ImageSet | None, test: ImageSet, output_dir: Path
 ) -> QuantisationResult:
@@ -86,25 +113,12 @@ def quantise_bundle(
     MAX_AUROC_DROP of the float model's (without a labelled validation set it is never kept); report test AUROCs too."""
     with tempfile.TemporaryDirectory() as scratch:
         candidate = Path(scratch) / "bundle"
-        candidate.mkdir()
-        floats = calibration_images[:QUANTISATION_IMAGES].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        quantise_model(fp32.directory / MODEL_FILE, candidate / MODEL_FILE, floats)
-        int8_scores = run_session(create_session(candidate / MODEL_FILE), calibration_images)
-        calibration = fit_calibration(
-            held_out=ScoredSet.of_normal_outputs(int8_scores),
-            scoring=fp32.calibration.scoring,
-            preprocessing=fp32.calibration.preprocessing,
-            model_checksum=fp32.calibration.model_checksum,
-            seed=0,
-            sample_sizes={**fp32.calibration.sample_sizes, "quantisation_images": min(len(calibration_images), QUANTISATION_IMAGES)},
-            choices=fp32.calibration.choices,
+        int8 = int8_bundle(fp32, calibration_images, candidate)
+        fp32_auroc, int8_auroc = (
+            (None, None)
+            if validation is None
+            else (onnx_image_auroc(model, validation.images, validation.labels) for model in (fp32, int8))
         )
-        calibration = replace(calibration, f1_optimal_score=None)
-        digest = calibration.save(candidate / CALIBRATION_FILE)
-        write_metadata(candidate / MODEL_FILE, {META_CALIBRATION_SHA256: digest, META_MODEL_CHECKSUM: calibration.model_checksum})
-        int8 = OnnxDetector(candidate)
-        fp32_auroc, int8_auroc = ((None, None) if validation is None else
-                                  (onnx_image_auroc(model, validation.images, validation.labels) for model in (fp32, int8)))
         kept = fp32_auroc is not None and fp32_auroc - int8_auroc <= MAX_AUROC_DROP
         if kept:
             if output_dir.exists():

@@ -64,7 +64,9 @@ def register_version(bundle: Path, name: str, run_id: str | None, example: np.nd
         return str(mlflow.register_model(model_uri, name).version)
 
 
-def promote(bundle: Path, name: str, version: str, run_id: str | None, validation: ImageSet | None, test: ImageSet) -> Registration:
+def promote(
+    bundle: Path, name: str, version: str, run_id: str | None, validation: ImageSet | None, test: ImageSet
+) -> Registration:
     """Move `champion` to `version` only if it beats the current champion's image AUROC on `validation` (both models
     on the same images); without a labelled validation set only a first version becomes champion. Test AUROCs are
     logged beside the decision and never make it."""
@@ -73,7 +75,10 @@ def promote(bundle: Path, name: str, version: str, run_id: str | None, validatio
     champion_version = current_champion(client, name)
     if champion_version is not None and champion_version != version:
         models["champion"] = OnnxDetector(resolve_model(f"models:/{name}@{CHAMPION}").directory)
-    on_validation = {role: None if validation is None else onnx_image_auroc(model, validation.images, validation.labels) for role, model in models.items()}
+    on_validation = {
+        role: None if validation is None else onnx_image_auroc(model, validation.images, validation.labels)
+        for role, model in models.items()
+    }
     on_test = {role: onnx_image_auroc(model, test.images, test.labels) for role, model in models.items()}
     if "champion" not in models:
         promoted = True
@@ -87,11 +92,21 @@ def promote(bundle: Path, name: str, version: str, run_id: str | None, validatio
             if on_validation[role] is not None:
                 client.log_metric(run_id, f"registry.{role}_auroc", on_validation[role])
             client.log_metric(run_id, f"registry.{role}_test_auroc", on_test[role])
-        reason = "" if validation is not None or "champion" not in models else " (no labelled validation set to compare on)"
+        reason = (
+            "" if validation is not None or "champion" not in models else " (no labelled validation set to compare on)"
+        )
         decision = "promoted" if promoted else f"kept champion v{champion_version}{reason}"
         client.set_tag(run_id, "registry.decision", f"{name} v{version}: {decision}")
-    return Registration(name, version, promoted, on_validation["challenger"], on_validation.get("champion"),
-                        champion_version if "champion" in models else None, on_test["challenger"], on_test.get("champion"))
+    return Registration(
+        name,
+        version,
+        promoted,
+        on_validation["challenger"],
+        on_validation.get("champion"),
+        champion_version if "champion" in models else None,
+        on_test["challenger"],
+        on_test.get("champion"),
+    )
 
 
 def register(bundle: Path, name: str, run_id: str | None, validation: ImageSet | None, test: ImageSet) -> Registration:

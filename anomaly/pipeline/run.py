@@ -13,9 +13,10 @@ import json
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -69,7 +70,10 @@ def step_calibrate(context: PipelineContext, run_id: str) -> dict[str, Any]:
     context.loaded = calibrate_checkpoint(context.checkpoint, [], context.evaluation_dir)
     mlflow.MlflowClient().log_artifact(run_id, str(context.evaluation_dir / "calibration.json"))
     calibration = context.loaded.calibration
-    outputs = {"calibration": str(context.evaluation_dir / "calibration.json"), "sample_sizes": calibration.sample_sizes}
+    outputs = {
+        "calibration": str(context.evaluation_dir / "calibration.json"),
+        "sample_sizes": calibration.sample_sizes,
+    }
     warning = calibration.sample_size_warning()
     return outputs if warning is None else {**outputs, "warning": warning}
 
@@ -94,7 +98,9 @@ def step_parity(context: PipelineContext, run_id: str) -> dict[str, Any]:
         shutil.rmtree(rejected, ignore_errors=True)
         context.model_dir.rename(rejected)  # never leave a model that disagrees with PyTorch where it would be served
         raise
-    write_card(calibrated, read_metrics(context.evaluation_dir), report, context.model_dir, context.state.steps["train"].run_id)
+    write_card(
+        calibrated, read_metrics(context.evaluation_dir), report, context.model_dir, context.state.steps["train"].run_id
+    )
     client = mlflow.MlflowClient()
     for key, value in report.items():
         client.log_metric(run_id, f"parity.{key}", value)
@@ -111,10 +117,20 @@ def step_register(context: PipelineContext, run_id: str) -> dict[str, Any]:
 def step_promote(context: PipelineContext, run_id: str) -> dict[str, Any]:
     registered = context.state.steps["register"].outputs
     datamodule = context.calibrated().datamodule
-    result = promote(context.model_dir, registered["name"], registered["version"], run_id, datamodule.labelled_validation_set(), datamodule.test_set)
+    result = promote(
+        context.model_dir,
+        registered["name"],
+        registered["version"],
+        run_id,
+        datamodule.labelled_validation_set(),
+        datamodule.test_set,
+    )
     return {
-        "promoted": result.promoted, "challenger_auroc": result.challenger_auroc, "champion_auroc": result.champion_auroc,
-        "champion_version": result.champion_version, "challenger_test_auroc": result.challenger_test_auroc,
+        "promoted": result.promoted,
+        "challenger_auroc": result.challenger_auroc,
+        "champion_auroc": result.champion_auroc,
+        "champion_version": result.champion_version,
+        "challenger_test_auroc": result.challenger_test_auroc,
         "champion_test_auroc": result.champion_test_auroc,
     }
 
@@ -144,7 +160,8 @@ def open_state(config: Config, output: Path, restart: bool) -> PipelineState:
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.set_experiment(config.tracking.experiment)
     parent = mlflow.MlflowClient().create_run(
-        experiment.experiment_id, run_name=config.tracking.run_name or f"pipeline-{output.name}",
+        experiment.experiment_id,
+        run_name=config.tracking.run_name or f"pipeline-{output.name}",
         tags={"anomaly.pipeline": "parent", "anomaly.output": str(output.resolve())},
     )
     state = PipelineState(resolved, tracking_uri, experiment.experiment_id, parent.info.run_id)
@@ -181,14 +198,18 @@ def run_step(context: PipelineContext, name: str, report: Callable[[str], None])
         interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
         message = str(error) if isinstance(error, AnomalyError) else f"{type(error).__name__}: {error}"
         error_text = message if interrupted else message + "\n" + traceback.format_exc()
-        state.steps[name] = StepRecord(FAILED, run_id, error=error_text, seconds=round(time.perf_counter() - started, 1))
+        state.steps[name] = StepRecord(
+            FAILED, run_id, error=error_text, seconds=round(time.perf_counter() - started, 1)
+        )
         state.save(context.output)
         status = "KILLED" if interrupted else "FAILED"
         client.set_terminated(run_id, status)
         client.set_terminated(state.parent_run_id, status)
         if interrupted:
             raise
-        raise AnomalyError(f"pipeline step {name} failed: {message.splitlines()[0]} (earlier steps are kept; run again to resume)") from None
+        raise AnomalyError(
+            f"pipeline step {name} failed: {message.splitlines()[0]} (earlier steps are kept; run again to resume)"
+        ) from None
     seconds = round(time.perf_counter() - started, 1)
     state.steps[name] = StepRecord(DONE, run_id, outputs, seconds=seconds)
     state.save(context.output)
@@ -221,7 +242,9 @@ def write_summary(context: PipelineContext) -> dict[str, Any]:
     return metrics
 
 
-def run_pipeline(config: Config, output: Path, restart: bool = False, report: Callable[[str], None] = print) -> dict[str, Any]:
+def run_pipeline(
+    config: Config, output: Path, restart: bool = False, report: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Run (or resume) every step not yet done; return what DIR/metrics.json holds."""
     state = open_state(config, output, restart)
     context = PipelineContext(config, output, state)

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anomaly.errors import AnomalyError
 from anomaly.config import flatten_mapping
+from anomaly.errors import AnomalyError
 
 STATE_FILE = "pipeline.json"
 DONE, RUNNING, FAILED = "done", "running", "failed"
@@ -52,7 +52,9 @@ class PipelineState:
             steps = {name: StepRecord(**record) for name, record in data.pop("steps").items()}
             return cls(**data, steps=steps)
         except (json.JSONDecodeError, TypeError, KeyError):
-            raise AnomalyError(f"{path} is damaged: remove it (or pass --restart) to start this pipeline over") from None
+            raise AnomalyError(
+                f"{path} is damaged: remove it (or pass --restart) to start this pipeline over"
+            ) from None
 
     def check_same_config(self, config: dict[str, Any], directory: Path) -> None:
         """A resumed pipeline must run the config it started with; mixing two would corrupt its record."""

@@ -130,20 +130,22 @@ class OnnxDetector:
         self.directory = directory
         self.session = create_session(model_path, threads)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.calibration = Calibration.load(calibration_path, expected_model_checksum=self.metadata.get(META_MODEL_CHECKSUM))
+        self.calibration = Calibration.load(
+            calibration_path, expected_model_checksum=self.metadata.get(META_MODEL_CHECKSUM)
+        )
         exported = self.metadata.get(META_CALIBRATION_SHA256)
         recalibrated_from = (self.calibration.recalibration or {}).get("exported_calibration_sha256")
         if exported != sha256_file(calibration_path) and exported != recalibrated_from:
             raise AnomalyError(
-                f"{calibration_path} is neither the calibration this model was exported with nor one `anomaly calibrate` "
-                "made for it (checksum differs); export the model again or run anomaly calibrate"
+                f"{calibration_path} is neither the calibration this model was exported with nor one `anomaly "
+                f"calibrate` made for it (checksum differs); export the model again or run anomaly calibrate"
             )
         self.outputs = output_names(self.session)
         missing = [name for name in SCORE_NAMES if name not in self.outputs]
         if missing:
             raise AnomalyError(
-                f"{model_path} has no {' or '.join(missing)} output: it was exported by an older version of anomaly that "
-                "left a signal out of the graph; export the model again"
+                f"{model_path} has no {' or '.join(missing)} output: it was exported by an older version of anomaly "
+                f"that left a signal out of the graph; export the model again"
             )
         self.score_names = SCORE_NAMES
         spec = self.calibration.preprocessing
@@ -168,7 +170,10 @@ def check_target_fpr(target_fpr: float | None) -> None:
 
 
 def image_results(
-    calibration: Calibration, reconstruction_scores: np.ndarray, latent_distances: np.ndarray, target_fpr: float | None = None
+    calibration: Calibration,
+    reconstruction_scores: np.ndarray,
+    latent_distances: np.ndarray,
+    target_fpr: float | None = None,
 ) -> list[ImageResult]:
     """p-values and decisions for the graph's two scores; `target_fpr` defaults to the calibrated one."""
     alpha = calibration.target_fpr if target_fpr is None else target_fpr

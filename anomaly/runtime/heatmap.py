@@ -47,7 +47,9 @@ def original_size_for_map(height: int, width: int) -> tuple[int, int]:
 def map_layer(anomaly_map: np.ndarray, pixel_threshold: float, size: tuple[int, int]) -> np.ndarray:
     """(h, w) map -> uint8 RGBA (H, W, 4) at `size` (H, W): the map upsampled bilinearly, coloured as the overlay,
     its opacity in the alpha channel, to lay over the uploaded image as it is."""
-    upsampled = Image.fromarray(anomaly_map.astype(np.float32), mode="F").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    upsampled = Image.fromarray(anomaly_map.astype(np.float32), mode="F").resize(
+        (size[1], size[0]), Image.Resampling.BILINEAR
+    )
     colour, alpha = colour_and_opacity(np.asarray(upsampled), pixel_threshold)
     return np.round(np.concatenate([colour, alpha * 255.0], axis=-1)).astype(np.uint8)
 

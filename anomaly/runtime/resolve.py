@@ -24,7 +24,7 @@ class ResolvedModel:
 
 def parse_registry_reference(reference: str) -> tuple[str, str | None, str | None]:
     """`models:/NAME@ALIAS` -> (NAME, None, ALIAS); `models:/NAME/VERSION` -> (NAME, VERSION, None)."""
-    body = reference[len(REGISTRY_PREFIX):]
+    body = reference[len(REGISTRY_PREFIX) :]
     if "@" in body:
         name, alias = body.split("@", 1)
         return name, None, alias

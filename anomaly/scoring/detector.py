@@ -21,8 +21,8 @@ from anomaly.errors import AnomalyError
 from anomaly.models import build_model
 from anomaly.models.blocks import encoder_channels
 from anomaly.models.intensity import standardise_intensity
-from anomaly.models.pretrained.backbones import BACKBONES
 from anomaly.models.outputs import AutoencoderOutput
+from anomaly.models.pretrained.backbones import BACKBONES
 from anomaly.runtime.bundle import SERVED_OUTPUTS
 from anomaly.scoring.latent import build_latent_distance
 from anomaly.scoring.maps import AnomalyMap, MapReduction
@@ -38,7 +38,6 @@ class DetectorOutput:
     latent_map: torch.Tensor | None  # (B, 1, H, W): the patch distance map (patches only)
     patch_map: torch.Tensor | None  # (B, 1, h, w): the same on the patch grid, what the image's distance reads
     reconstruction_map: torch.Tensor  # (B, 1, H, W): the reconstruction error map
-
 
 
 @torch.no_grad()
@@ -83,7 +82,9 @@ class AnomalyDetector(nn.Module):
         if self.config.model.pretrained:
             maps = self.model.backbone_maps(images)
             output = self.model.reconstruct(maps)
-            measured = output.latent if self.patches is None else self.model.patch_features_from(maps, self.patches.level)
+            measured = (
+                output.latent if self.patches is None else self.model.patch_features_from(maps, self.patches.level)
+            )
             return output, output.latent, measured
         output = self.model(images)
         latent = output.latent
@@ -119,8 +120,11 @@ class AnomalyDetector(nn.Module):
 
     def mix_maps(self, combine: str, scales: tuple[float, float]) -> None:
         """Make the heat map show what the decision reads (`combine`): the latent distance map, the reconstruction
-        error map, or both, each divided by its spread on held-out normals (`scales`, latent first) so they count alike."""
-        if self.patches is None:  # the whole image's code has no map: the reconstruction error is the heat map, as it is
+        error map, or both, each divided by its spread on held-out normals (`scales`, latent first) so they count
+        alike."""
+        if (
+            self.patches is None
+        ):  # the whole image's code has no map: the reconstruction error is the heat map, as it is
             self.map_weights = torch.tensor([0.0, 1.0])
             return
         used = {"latent": (1.0, 0.0), "reconstruction": (0.0, 1.0), "fisher": (1.0, 1.0)}[combine]

@@ -20,14 +20,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anomaly.calibration.artifact import Calibration
-from anomaly.calibration.distribution import MIN_FIT_SAMPLES
 from anomaly.calibration.choice import choose_simplest
+from anomaly.calibration.distribution import MIN_FIT_SAMPLES
 from anomaly.calibration.fit import choose_combination, fit_calibration
 from anomaly.calibration.scored import ScoredSet
 from anomaly.config import Config
 from anomaly.data.datamodule import AnomalyDataModule
-from anomaly.errors import AnomalyError
 from anomaly.data.splits import contiguous_blocks
+from anomaly.errors import AnomalyError
 from anomaly.progress import progress
 from anomaly.scoring.detector import AnomalyDetector, weights_checksum
 from anomaly.scoring.latent import PatchNearestNeighbourDistance
@@ -45,7 +45,9 @@ def preprocessing_spec(config: Config) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def score_loader(detector: AnomalyDetector, loader: DataLoader, signal_maps: bool = False, description: str | None = None) -> ScoredSet:
+def score_loader(
+    detector: AnomalyDetector, loader: DataLoader, signal_maps: bool = False, description: str | None = None
+) -> ScoredSet:
     """The detector's outputs over `loader`; with `signal_maps`, each signal's map too (what calibration mixes the
     heat map from). With a `description`, a progress bar on stderr."""
     detector.eval()
@@ -54,37 +56,45 @@ def score_loader(detector: AnomalyDetector, loader: DataLoader, signal_maps: boo
         output = detector(batch["image"])
         latent_maps = None if output.latent_map is None or not signal_maps else output.latent_map[:, 0].numpy()
         patch_maps = None if output.patch_map is None or not signal_maps else output.patch_map[:, 0].numpy()
-        batches.append(ScoredSet(
-            reconstruction_scores=output.reconstruction_score.numpy(),
-            latent_distances=output.latent_distance.numpy(),
-            latents=output.latent.numpy(),
-            maps=output.anomaly_map[:, 0].numpy(),
-            labels=np.asarray(batch["label"]),
-            masks=batch["mask"][:, 0].numpy() > 0.5,
-            categories=list(batch["category"]),
-            names=list(batch["name"]),
-            latent_maps=latent_maps,
-            reconstruction_maps=output.reconstruction_map[:, 0].numpy() if signal_maps else None,
-            patch_maps=patch_maps,
-        ))
+        batches.append(
+            ScoredSet(
+                reconstruction_scores=output.reconstruction_score.numpy(),
+                latent_distances=output.latent_distance.numpy(),
+                latents=output.latent.numpy(),
+                maps=output.anomaly_map[:, 0].numpy(),
+                labels=np.asarray(batch["label"]),
+                masks=batch["mask"][:, 0].numpy() > 0.5,
+                categories=list(batch["category"]),
+                names=list(batch["name"]),
+                latent_maps=latent_maps,
+                reconstruction_maps=output.reconstruction_map[:, 0].numpy() if signal_maps else None,
+                patch_maps=patch_maps,
+            )
+        )
     return ScoredSet.concatenate(batches)
 
 
 @torch.no_grad()
-def training_latents(detector: AnomalyDetector, loader: DataLoader, folder: Path, description: str | None = None) -> np.ndarray:
+def training_latents(
+    detector: AnomalyDetector, loader: DataLoader, folder: Path, description: str | None = None
+) -> np.ndarray:
     """What the latent distance is fitted on, for every training image. Patch features are written batch by batch
     into a float32 file in `folder`, memory-mapped: 2,000 images at 640 x 256 are several GB of features, which the
     fit then reads position by position instead of holding at once."""
     detector.eval()
     if detector.patches is None:
-        return np.concatenate([detector.measured_features(batch["image"]).numpy() for batch in progress(loader, description)])
+        return np.concatenate(
+            [detector.measured_features(batch["image"]).numpy() for batch in progress(loader, description)]
+        )
     features: np.ndarray | None = None
     start = 0
     for batch in progress(loader, description):
         part = detector.measured_features(batch["image"]).numpy()
         if features is None:
             shape = (len(loader.dataset), *part.shape[1:])
-            features = np.lib.format.open_memmap(folder / "training_features.npy", mode="w+", dtype=np.float32, shape=shape)
+            features = np.lib.format.open_memmap(
+                folder / "training_features.npy", mode="w+", dtype=np.float32, shape=shape
+            )
         features[start : start + len(part)] = part
         start += len(part)
     if features is None:
@@ -134,11 +144,16 @@ def fit_latent(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> int:
     """Fit the latent distance on the training split; return how many images it was fitted on."""
     if len(datamodule.calibration_set) < MIN_FIT_SAMPLES:
         raise AnomalyError(
-            f"calibration needs at least {MIN_FIT_SAMPLES} held-out normal images, got {len(datamodule.calibration_set)}: "
-            "add normal training images or raise data.calibration_fraction"
+            f"calibration needs at least {MIN_FIT_SAMPLES} held-out normal images, got "
+            f"{len(datamodule.calibration_set)}: add normal training images or raise data.calibration_fraction"
         )
     with tempfile.TemporaryDirectory(prefix="anomaly-fit-") as folder:
-        codes = training_latents(detector, datamodule.train_dataloader_for_fitting(), Path(folder), f"training features{level_label(detector)}")
+        codes = training_latents(
+            detector,
+            datamodule.train_dataloader_for_fitting(),
+            Path(folder),
+            f"training features{level_label(detector)}",
+        )
         detector.latent_distance.fit(codes)
         fitted_images = len(codes)
         del codes  # the memory map must close before its folder goes
@@ -156,12 +171,15 @@ class HeldOutScores:
     @classmethod
     def of(cls, detector: AnomalyDetector, datamodule: AnomalyDataModule) -> HeldOutScores:
         level = level_label(detector)
-        held_out = score_loader(detector, datamodule.calibration_dataloader(), signal_maps=True, description=f"held-out normals{level}")
+        held_out = score_loader(
+            detector, datamodule.calibration_dataloader(), signal_maps=True, description=f"held-out normals{level}"
+        )
         loader = datamodule.labelled_val_dataloader()
         return cls(held_out, None if loader is None else score_loader(detector, loader, True, f"validation{level}"))
 
     def with_line_run(self, image_distance: nn.Module) -> HeldOutScores:
         """The same scores with the latent distance read from the kept patch maps by another `image_distance`."""
+
         def rescored(scored: ScoredSet | None) -> ScoredSet | None:
             if scored is None:
                 return None
@@ -207,8 +225,9 @@ def chosen_among(candidates: dict[Any, FittedDetector], setting: str, seed: int)
     fitted = next(iter(candidates.values()))
     if len(candidates) == 1:
         return fitted
-    choice = choose_simplest({name: candidate.validation_statistic() for name, candidate in candidates.items()},
-                             fitted.labelled.labels, seed)
+    choice = choose_simplest(
+        {name: candidate.validation_statistic() for name, candidate in candidates.items()}, fitted.labelled.labels, seed
+    )
     fitted = candidates[choice.chosen]
     chosen = fitted.calibration
     prefix = {"scoring.latent.level": "patch_level", "scoring.latent.line_length": "line_length"}[setting]
@@ -222,7 +241,9 @@ def fit_level(config: Config, model: nn.Module, datamodule: AnomalyDataModule, l
     scoring.latent.line_length=auto, each line-run candidate reads the image's distance from the same patch maps."""
     patches = config.scoring.patches
     runs = patches.line_runs if patches is not None else (None,)
-    first = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.resolved(level=level, line_run=runs[0])}), model)
+    first = AnomalyDetector(
+        config.model_copy(update={"scoring": config.scoring.resolved(level=level, line_run=runs[0])}), model
+    )
     fitted_images = fit_latent(first, datamodule)
     scores = HeldOutScores.of(first, datamodule)
     fitted = copy.deepcopy(first.latent_distance)  # before calibration touches `first`
@@ -230,7 +251,9 @@ def fit_level(config: Config, model: nn.Module, datamodule: AnomalyDataModule, l
     for run in runs:
         detector = first
         if run != runs[0]:
-            detector = AnomalyDetector(config.model_copy(update={"scoring": config.scoring.resolved(level=level, line_run=run)}), model)
+            detector = AnomalyDetector(
+                config.model_copy(update={"scoring": config.scoring.resolved(level=level, line_run=run)}), model
+            )
             line_run = detector.latent_distance.image_distance
             detector.latent_distance = copy.deepcopy(fitted)  # the same bank and statistics, whatever their size
             detector.latent_distance.image_distance = line_run
@@ -273,7 +296,12 @@ def with_cross_fitted_latent(fitted: FittedDetector, datamodule: AnomalyDataModu
     if not folds or len(datamodule.train_set) < 2 * folds:
         return fitted
     with tempfile.TemporaryDirectory(prefix="anomaly-cross-fit-") as folder:
-        features = training_latents(detector, datamodule.train_dataloader_for_fitting(), Path(folder), f"training features again{level_label(detector)}")
+        features = training_latents(
+            detector,
+            datamodule.train_dataloader_for_fitting(),
+            Path(folder),
+            f"training features again{level_label(detector)}",
+        )
         distances = cross_fitted_distances(detector, features, folds, seed=0)
         del features  # the memory map must close before its folder goes
     recalibrated = fit_calibration(
@@ -287,11 +315,17 @@ def with_cross_fitted_latent(fitted: FittedDetector, datamodule: AnomalyDataModu
         choices=calibration.choices,
         cross_fitted_latent=distances,
     )
-    auroc = None if calibration.validation_auroc is None else {**calibration.validation_auroc, **recalibrated.validation_auroc}
+    auroc = (
+        None
+        if calibration.validation_auroc is None
+        else {**calibration.validation_auroc, **recalibrated.validation_auroc}
+    )
     return replace(fitted, calibration=replace(recalibrated, validation_auroc=auroc))
 
 
-def fit_chosen_detector(config: Config, model: nn.Module, datamodule: AnomalyDataModule) -> tuple[AnomalyDetector, Calibration]:
+def fit_chosen_detector(
+    config: Config, model: nn.Module, datamodule: AnomalyDataModule
+) -> tuple[AnomalyDetector, Calibration]:
     """A detector for `model`, fitted and calibrated, with every auto choice resolved. With scoring.latent.level=auto,
     one per candidate level (cheapest first); within a level, the line-run candidates; within each, the combination.
     Each choice keeps a simpler candidate unless another ranks the labelled validation set better by more than noise
@@ -300,6 +334,8 @@ def fit_chosen_detector(config: Config, model: nn.Module, datamodule: AnomalyDat
     patches = config.scoring.patches
     levels = config.model.auto_patch_levels if patches is not None and patches.level == "auto" else (None,)
     candidates = {level: fit_level(config, model, datamodule, level) for level in levels}
-    fitted = with_cross_fitted_latent(chosen_among(candidates, "scoring.latent.level", config.data.split_seed), datamodule)
+    fitted = with_cross_fitted_latent(
+        chosen_among(candidates, "scoring.latent.level", config.data.split_seed), datamodule
+    )
     calibration = replace(fitted.calibration, holdout=datamodule.holdout_description)
     return fitted.detector, calibration

@@ -84,8 +84,15 @@ class PatchNearestNeighbourDistance(nn.Module):
     POSITION_IMAGES = 64  # training images whose leave-own-image-out maps give the position statistics
     POSITION_BATCH = 8  # of them searched at once
 
-    def __init__(self, channels: int, k: int, bank_size: int, grid: tuple[int, int] | None = None, line_length: int = 1,
-                 line_cap: float | None = None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        k: int,
+        bank_size: int,
+        grid: tuple[int, int] | None = None,
+        line_length: int = 1,
+        line_cap: float | None = None,
+    ) -> None:
         super().__init__()
         self.k = k
         self.image_distance = LineRunMaximum(line_length, line_cap)
@@ -108,13 +115,17 @@ class PatchNearestNeighbourDistance(nn.Module):
         sizes = [len(chunk) for chunk in chunks]
         channels, height, width = chunks[0].shape[1:]
         positions, offsets = height * width, np.cumsum([0, *sizes[:-1]])
-        rows = _seeded_indices(sum(sizes) * positions, self.bank.shape[0], seed)  # row r: image r // positions, place r % positions
+        rows = _seeded_indices(
+            sum(sizes) * positions, self.bank.shape[0], seed
+        )  # row r: image r // positions, place r % positions
         owners, places = rows // positions, rows % positions
         holder = np.searchsorted(offsets, owners, side="right") - 1
         sampled = np.empty((len(rows), channels), dtype=np.float32)
         for index, chunk in enumerate(chunks):
             mine = holder == index
-            sampled[mine] = chunk.reshape(len(chunk), channels, positions)[owners[mine] - offsets[index], :, places[mine]]
+            sampled[mine] = chunk.reshape(len(chunk), channels, positions)[
+                owners[mine] - offsets[index], :, places[mine]
+            ]
         bank = torch.from_numpy(sampled).double()
         self.bank_centre = bank.mean(dim=0).float()
         self.bank = (bank - self.bank_centre.double()).float()
@@ -132,13 +143,22 @@ class PatchNearestNeighbourDistance(nn.Module):
         images = _seeded_indices(int(offsets[-1]) + len(chunks[-1]), self.POSITION_IMAGES, seed)
         located = [(int(np.searchsorted(offsets, i, side="right")) - 1, int(i)) for i in images]
         groups = [located[start : start + self.POSITION_BATCH] for start in range(0, len(located), self.POSITION_BATCH)]
-        maps = torch.cat([
-            self.smoothed_map(
-                torch.from_numpy(np.concatenate([np.asarray(chunks[k][i - offsets[k] : i - offsets[k] + 1], dtype=np.float32) for k, i in group])),
-                torch.from_numpy(self.stacked_exclusions([bank_owners == i for _, i in group])),
-            )
-            for group in progress(groups, "training images' own distances per place")
-        ])
+        maps = torch.cat(
+            [
+                self.smoothed_map(
+                    torch.from_numpy(
+                        np.concatenate(
+                            [
+                                np.asarray(chunks[k][i - offsets[k] : i - offsets[k] + 1], dtype=np.float32)
+                                for k, i in group
+                            ]
+                        )
+                    ),
+                    torch.from_numpy(self.stacked_exclusions([bank_owners == i for _, i in group])),
+                )
+                for group in progress(groups, "training images' own distances per place")
+            ]
+        )
         self.position_mean, self.position_scale = _mean_and_floored_spread(maps)
 
     @staticmethod
@@ -148,7 +168,8 @@ class PatchNearestNeighbourDistance(nn.Module):
 
     def distance_map(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, h, w) -> (B, 1, h, w): mean distance of each position to its k nearest bank vectors,
-        ignoring the bank vectors that `excluded` marks (bool: one per bank vector, or (B, 1, bank) per image). As in the position bank's
+        ignoring the bank vectors that `excluded` marks (bool: one per bank vector, or (B, 1, bank) per image). As in
+        the position bank's
         search, a query's own squared norm is the same for all its candidates and is added after the search."""
         batch, channels, height, width = features.shape
         queries = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels) - self.bank_centre
@@ -191,7 +212,11 @@ def greedy_k_centres(vectors: torch.Tensor, count: int, first: int) -> torch.Ten
     norms = (vectors * vectors).sum(dim=2)
 
     def squared_gaps(centres: torch.Tensor) -> torch.Tensor:  # (G, C) -> (G, n)
-        return norms - 2 * torch.bmm(vectors, centres.unsqueeze(2)).squeeze(2) + (centres * centres).sum(dim=1, keepdim=True)
+        return (
+            norms
+            - 2 * torch.bmm(vectors, centres.unsqueeze(2)).squeeze(2)
+            + (centres * centres).sum(dim=1, keepdim=True)
+        )
 
     chosen = torch.full((len(vectors), count), first, dtype=torch.long)
     nearest = squared_gaps(vectors[:, first])
@@ -213,15 +238,24 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
     |q - b|^2 = |q|^2 - 2 q.b + |b|^2, which in float32 loses the distance when it is small next to the norms:
     centring per place keeps the norms at the size of the place's own spread, not the spread between places,
     so distances between near-duplicate images survive (and ONNX Runtime and PyTorch agree on them). The bank is
-    stored in float16 and searched in float32: it is most of the exported model. Position statistics, smoothing and the image's distance are the parent's.
+    stored in float16 and searched in float32: it is most of the exported model. Position statistics, smoothing and the
+    image's distance are the parent's.
     """
 
     FAR = 1e30  # squared distance given to candidates outside the grid or left out: never among the nearest
     FIT_POSITIONS = 1024  # at most this many positions' coresets are chosen at once
     FIT_VALUES = 2**26  # and at most this many training feature values read at once (256 MB of float32)
 
-    def __init__(self, channels: int, k: int, per_position: int, grid: tuple[int, int], radius: int, line_length: int = 1,
-                 line_cap: float | None = None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        k: int,
+        per_position: int,
+        grid: tuple[int, int],
+        radius: int,
+        line_length: int = 1,
+        line_cap: float | None = None,
+    ) -> None:
         super().__init__(channels, k, bank_size=0, grid=grid, line_length=line_length, line_cap=line_cap)
         self.radius = radius
         self.register_buffer("bank", torch.zeros(grid[0] * grid[1], channels, per_position, dtype=torch.float16))
@@ -231,14 +265,17 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         """Fit on training feature maps held as consecutive chunks of images, each (N_i, C, h, w), which may be memory
         maps: they are read a block of positions at a time (FIT_VALUES), so 2,000 training images need no more memory
         than a few. The result equals `fit` on their concatenation: a large normal set split across workers by image
-        (each extracts and sums its own chunk), then by place (each block of places takes its greedy k-centres over every chunk's
+        (each extracts and sums its own chunk), then by place (each block of places takes its greedy k-centres over
+        every chunk's
         vectors there, FIT_VALUES at a time). The per-place sums add up exactly; the k-centres are not merged from
         per-chunk k-centres, which would change the bank and, through the position statistics, every distance."""
         sizes = [len(chunk) for chunk in chunks]
         images, channels = sum(sizes), chunks[0].shape[1]
         offsets = np.cumsum([0, *sizes[:-1]])
         flats = [chunk.reshape(len(chunk), channels, -1) for chunk in chunks]  # (N_i, C, h * w), views
-        self.bank_centre = torch.from_numpy(sum(map(self._place_sums, flats)).T / images).float().contiguous()  # (h * w, C)
+        self.bank_centre = (
+            torch.from_numpy(sum(map(self._place_sums, flats)).T / images).float().contiguous()
+        )  # (h * w, C)
         count = min(self.bank.shape[2], images)
         first = int(np.random.default_rng(seed).integers(images))
         step = max(1, min(self.FIT_POSITIONS, self.FIT_VALUES // (images * channels)))
@@ -278,14 +315,18 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         k = min(self.k, self.bank.shape[2])
         padded = F.pad(features, (r, r, r, r))
         bank = self.bank.float()  # also reads a float32 bank, as detector files before float16 storage hold
-        candidates = torch.cat((-2 * bank, (bank * bank).sum(dim=1, keepdim=True)), dim=1)  # (h * w, C + 1, per_position)
+        candidates = torch.cat(
+            (-2 * bank, (bank * bank).sum(dim=1, keepdim=True)), dim=1
+        )  # (h * w, C + 1, per_position)
         ones = torch.ones(height * width, batch, 1, dtype=features.dtype)
         nearest = []
         for row in range(2 * r + 1):
             for column in range(2 * r + 1):
                 # bank position p meets the query at p - offset, offset = (row - r, column - r)
                 queries = padded[:, :, 2 * r - row : 2 * r - row + height, 2 * r - column : 2 * r - column + width]
-                queries = queries.permute(2, 3, 0, 1).reshape(height * width, batch, channels) - self.bank_centre[:, None]
+                queries = (
+                    queries.permute(2, 3, 0, 1).reshape(height * width, batch, channels) - self.bank_centre[:, None]
+                )
                 partial = torch.bmm(torch.cat((queries, ones), dim=2), candidates)  # |b|^2 - 2 q.b
                 if excluded is not None:
                     partial = partial.masked_fill(excluded, self.FAR)
@@ -303,7 +344,9 @@ PATCH_NEIGHBOURS = 1
 BANK_RADIUS = 2
 
 
-def build_latent_distance(config: ScoringConfig, code_size: int, patch_channels: int, image_size: tuple[int, int]) -> nn.Module:
+def build_latent_distance(
+    config: ScoringConfig, code_size: int, patch_channels: int, image_size: tuple[int, int]
+) -> nn.Module:
     """The distance that `config.latent` names, sized for the model's latent vector or its `patch_channels`-channel
     patch features at the (resolved) patch level."""
     patches = config.patches
@@ -313,12 +356,18 @@ def build_latent_distance(config: ScoringConfig, code_size: int, patch_channels:
     return build_patch_distance(patches, patch_channels, image_size)
 
 
-def build_patch_distance(patches: PatchDistance, channels: int, image_size: tuple[int, int]) -> PatchNearestNeighbourDistance:
+def build_patch_distance(
+    patches: PatchDistance, channels: int, image_size: tuple[int, int]
+) -> PatchNearestNeighbourDistance:
     if patches.level == "auto":
         raise ValueError("scoring.latent.level=auto is resolved at calibration: build a detector per candidate level")
     stride = 2**patches.level
     run = patches.positions_in_run(patches.level)
     if not patches.aligned:
-        return PatchNearestNeighbourDistance(channels, PATCH_NEIGHBOURS, patches.bank_vectors, None, run, patches.line_cap)
+        return PatchNearestNeighbourDistance(
+            channels, PATCH_NEIGHBOURS, patches.bank_vectors, None, run, patches.line_cap
+        )
     grid = (image_size[0] // stride, image_size[1] // stride)
-    return PositionBankDistance(channels, PATCH_NEIGHBOURS, patches.bank_vectors, grid, BANK_RADIUS, run, patches.line_cap)
+    return PositionBankDistance(
+        channels, PATCH_NEIGHBOURS, patches.bank_vectors, grid, BANK_RADIUS, run, patches.line_cap
+    )

@@ -68,7 +68,9 @@ class AnomalyMap(nn.Module):
         )
         return (1 - ssim) / 2
 
-    def forward(self, images: torch.Tensor, reconstruction: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, reconstruction: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if target is not None:
             error = ((target - reconstruction) ** 2).mean(dim=1, keepdim=True)
             return self.smooth(F.interpolate(error, size=images.shape[-2:], mode="bilinear", align_corners=False))

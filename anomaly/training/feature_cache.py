@@ -34,11 +34,17 @@ class CachedMaps(Dataset):
         return len(next(iter(self.maps.values())))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {FEATURES_KEY: {level: torch.from_numpy(np.asarray(maps[index], dtype=np.float32)) for level, maps in self.maps.items()}}
+        return {
+            FEATURES_KEY: {
+                level: torch.from_numpy(np.asarray(maps[index], dtype=np.float32)) for level, maps in self.maps.items()
+            }
+        }
 
 
 @torch.no_grad()
-def cache_maps(model: FeatureAutoencoder, images: ImageSet, batch_size: int, folder: Path, description: str) -> CachedMaps:
+def cache_maps(
+    model: FeatureAutoencoder, images: ImageSet, batch_size: int, folder: Path, description: str
+) -> CachedMaps:
     """`model.backbone_maps` of every image, written batch by batch into `folder/level_L.npy` (float16)."""
     folder.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(ImageSetDataset(images), batch_size=batch_size)
@@ -48,7 +54,9 @@ def cache_maps(model: FeatureAutoencoder, images: ImageSet, batch_size: int, fol
         for level, values in model.backbone_maps(batch["image"]).items():
             if level not in maps:
                 shape = (len(images), *values.shape[1:])
-                maps[level] = np.lib.format.open_memmap(folder / f"level_{level}.npy", mode="w+", dtype=np.float16, shape=shape)
+                maps[level] = np.lib.format.open_memmap(
+                    folder / f"level_{level}.npy", mode="w+", dtype=np.float16, shape=shape
+                )
             maps[level][start : start + len(values)] = values.numpy()
         start += len(batch["image"])
     for values in maps.values():
@@ -60,7 +68,9 @@ class CachedMapsDataModule(L.LightningDataModule):
     """The training and validation splits as cached backbone maps: what AutoencoderModule trains a feature
     autoencoder on when the encoder is frozen and the images are not augmented."""
 
-    def __init__(self, model: FeatureAutoencoder, train: ImageSet, val: ImageSet, config: DataConfig, folder: Path) -> None:
+    def __init__(
+        self, model: FeatureAutoencoder, train: ImageSet, val: ImageSet, config: DataConfig, folder: Path
+    ) -> None:
         super().__init__()
         self.config = config
         self.train_maps = cache_maps(model, train, config.batch_size, folder / "train", "encoding training images")
@@ -68,8 +78,12 @@ class CachedMapsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # A last batch of one image would break BatchNorm in training mode.
-        return DataLoader(self.train_maps, batch_size=self.config.batch_size, shuffle=True,
-                          drop_last=len(self.train_maps) > self.config.batch_size)
+        return DataLoader(
+            self.train_maps,
+            batch_size=self.config.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_maps) > self.config.batch_size,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_maps, batch_size=self.config.batch_size)

@@ -35,7 +35,9 @@ class AutoencoderModule(L.LightningModule):
     rebuilds the model and later steps (evaluation) log into the same run.
     """
 
-    def __init__(self, config: dict[str, Any], mlflow_run_id: str | None = None, tracking_uri: str | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any], mlflow_run_id: str | None = None, tracking_uri: str | None = None
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.config = Config.model_validate(upgrade_stored_config(config))
@@ -65,7 +67,9 @@ class AutoencoderModule(L.LightningModule):
     def _log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         for name, value in terms.items():
             key = f"{stage}_loss" if name == "loss" else f"{stage}_{name}"
-            self.log(key, value, on_step=False, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size, sync_dist=True)
+            self.log(
+                key, value, on_step=False, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size, sync_dist=True
+            )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         terms = self.objective(batch, self.corruption_generator)

@@ -61,7 +61,8 @@ class ResumableMLFlowLogger(MLFlowLogger):
 
 def reproducibility_tags() -> dict[str, str]:
     """What besides the seed fixes the trained weights: on CPU the same seed gives bit-identical weights only with
-    the same torch and the same intra-op thread count, so a run records both. Tags, not params: a resume may run on other threads,
+    the same torch and the same intra-op thread count, so a run records both. Tags, not params: a resume may run on
+    other threads,
     and its tags then say what the last attempt ran on."""
     return {"torch.version": torch.__version__, "torch.threads": str(torch.get_num_threads())}
 
@@ -82,7 +83,9 @@ def create_logger(config: Config, run_id: str | None = None) -> MLFlowLogger:
         tracking_uri=resolve_tracking_uri(config),
         run_id=run_id,
     )
-    tag_run(logger, {"architecture": config.model.architecture, "data.kind": config.data.kind, **reproducibility_tags()})
+    tag_run(
+        logger, {"architecture": config.model.architecture, "data.kind": config.data.kind, **reproducibility_tags()}
+    )
     logger.log_hyperparams(flatten(config))
     return logger
 

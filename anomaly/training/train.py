@@ -38,7 +38,9 @@ class TrainResult:
     is_global_zero: bool = True
 
 
-def build_trainer(config: Config, logger: L.pytorch.loggers.Logger, output_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(
+    config: Config, logger: L.pytorch.loggers.Logger, output_dir: Path
+) -> tuple[L.Trainer, ModelCheckpoint]:
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints", filename="best", monitor="val_loss", mode="min", save_last=True
     )
@@ -97,7 +99,9 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
     # A resumed run's checkpoint holds the encoder's weights; otherwise they are read and checked before the run opens.
     encoder = pretrained_encoder(config) if config.model.pretrained and not resuming else None
     logger = create_logger(config, run_id)
-    module = AutoencoderModule(config.model_dump(mode="json"), mlflow_run_id=logger.run_id, tracking_uri=resolve_tracking_uri(config))
+    module = AutoencoderModule(
+        config.model_dump(mode="json"), mlflow_run_id=logger.run_id, tracking_uri=resolve_tracking_uri(config)
+    )
     # Only rank 0 has an MLflow run; Lightning broadcasts rank 0's checkpoint folder to the others.
     output_dir = config.output_dir / (logger.run_id or "rank-local")
     trainer, checkpoint = build_trainer(config, logger, output_dir)
@@ -109,13 +113,20 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
         tag_run(logger, {"encoder": config.model.encoder, "encoder.weights_sha256": encoder.weights_checksum()})
     elif config.model.pretrained:  # resuming: the checkpoint's encoder is the one the cached maps must come from
         saved = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
-        module.model.backbone.load_state_dict({key.removeprefix("model.backbone."): value for key, value in saved.items()
-                                               if key.startswith("model.backbone.")})
+        module.model.backbone.load_state_dict(
+            {
+                key.removeprefix("model.backbone."): value
+                for key, value in saved.items()
+                if key.startswith("model.backbone.")
+            }
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="feature-cache-", dir=output_dir) as cache:
         training_data = datamodule
         if trains_on_cached_maps(config):
-            training_data = CachedMapsDataModule(module.model, datamodule.train_set, datamodule.val_set, config.data, Path(cache))
+            training_data = CachedMapsDataModule(
+                module.model, datamodule.train_set, datamodule.val_set, config.data, Path(cache)
+            )
         trainer.fit(module, datamodule=training_data, ckpt_path=last if resuming else None)
         del training_data  # its memory maps must close before the folder goes
     best = Path(checkpoint.best_model_path)

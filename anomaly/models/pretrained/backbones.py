@@ -65,10 +65,22 @@ def _lite0_wheel_weights() -> Path:
 
 _LITE0_BLOCK_RENAMES = {  # lukemelas EfficientNet-PyTorch -> timm, per block kind
     "DepthwiseSeparableConv": {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"},
-    "InvertedResidual": {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                         "_project_conv": "conv_pwl", "_bn2": "bn3"},
+    "InvertedResidual": {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    },
 }
-_LITE0_TOP_RENAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE0_TOP_RENAMES = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 
 
 def _lite0_from_lukemelas(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -76,8 +88,11 @@ def _lite0_from_lukemelas(state: dict[str, torch.Tensor], model: nn.Module) -> d
     blocks by stage (`blocks.S.I.conv_dw`). Keys already in timm's names pass unchanged."""
     if not any(key.startswith("_") for key in state):
         return state
-    blocks = [(f"blocks.{stage}.{index}", type(block).__name__)
-              for stage, stack in enumerate(model.blocks) for index, block in enumerate(stack)]
+    blocks = [
+        (f"blocks.{stage}.{index}", type(block).__name__)
+        for stage, stack in enumerate(model.blocks)
+        for index, block in enumerate(stack)
+    ]
     renamed = {}
     for key, tensor in state.items():
         match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
@@ -125,20 +140,41 @@ _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
-        build=_lite0, stem=("conv_stem", "bn1"),
-        levels={1: ("blocks.0",), 2: ("blocks.1",), 3: ("blocks.2",), 4: ("blocks.3", "blocks.4"), 5: ("blocks.5", "blocks.6")},
-        channels={1: 16, 2: 24, 3: 40, 4: 112, 5: 320}, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-        default_weights=_lite0_wheel_weights, expected_sha256="57934424", rename=_lite0_from_lukemelas,
+        build=_lite0,
+        stem=("conv_stem", "bn1"),
+        levels={
+            1: ("blocks.0",),
+            2: ("blocks.1",),
+            3: ("blocks.2",),
+            4: ("blocks.3", "blocks.4"),
+            5: ("blocks.5", "blocks.6"),
+        },
+        channels={1: 16, 2: 24, 3: 40, 4: 112, 5: 320},
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        default_weights=_lite0_wheel_weights,
+        expected_sha256="57934424",
+        rename=_lite0_from_lukemelas,
     ),
     "resnet18": BackboneSpec(
-        build=_torchvision("resnet18"), stem=_RESNET_STEM, levels=_RESNET_LEVELS,
-        channels={2: 64, 3: 128, 4: 256, 5: 512}, mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
-        default_weights=_torchvision_weights("ResNet18_Weights"), expected_sha256="f37072fd",
+        build=_torchvision("resnet18"),
+        stem=_RESNET_STEM,
+        levels=_RESNET_LEVELS,
+        channels={2: 64, 3: 128, 4: 256, 5: 512},
+        mean=_IMAGENET_MEAN,
+        std=_IMAGENET_STD,
+        default_weights=_torchvision_weights("ResNet18_Weights"),
+        expected_sha256="f37072fd",
     ),
     "wide_resnet50_2": BackboneSpec(
-        build=_torchvision("wide_resnet50_2"), stem=_RESNET_STEM, levels=_RESNET_LEVELS,
-        channels={2: 256, 3: 512, 4: 1024, 5: 2048}, mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
-        default_weights=_torchvision_weights("Wide_ResNet50_2_Weights"), expected_sha256="95faca4d",
+        build=_torchvision("wide_resnet50_2"),
+        stem=_RESNET_STEM,
+        levels=_RESNET_LEVELS,
+        channels={2: 256, 3: 512, 4: 1024, 5: 2048},
+        mean=_IMAGENET_MEAN,
+        std=_IMAGENET_STD,
+        default_weights=_torchvision_weights("Wide_ResNet50_2_Weights"),
+        expected_sha256="95faca4d",
     ),
 }
 
@@ -150,8 +186,8 @@ def read_weights(path: Path, expected_sha256: str) -> tuple[dict[str, torch.Tens
     checksum = sha256_file(path)
     if not checksum.startswith(expected_sha256.lower()):
         raise AnomalyError(
-            f"encoder weights {path} have sha256 {checksum[:16]}..., expected {expected_sha256}...: not the expected file "
-            "(set model.encoder_weights_sha256 to its checksum if you mean to use it)"
+            f"encoder weights {path} have sha256 {checksum[:16]}..., expected {expected_sha256}...: not the expected "
+            f"file (set model.encoder_weights_sha256 to its checksum if you mean to use it)"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -192,8 +228,10 @@ class PretrainedBackbone(nn.Module):
         """Stages by level as ModuleLists of the network's own modules; what lies deeper is dropped from the
         module tree (it would only enlarge checkpoints and the exported graph)."""
         self.stem = nn.Sequential(*(self.network.get_submodule(name) for name in self.spec.stem))
-        self.stages = nn.ModuleList(nn.Sequential(*(self.network.get_submodule(name) for name in self.spec.levels[level]))
-                                    for level in self.levels)
+        self.stages = nn.ModuleList(
+            nn.Sequential(*(self.network.get_submodule(name) for name in self.spec.levels[level]))
+            for level in self.levels
+        )
         self._full_network = [self.network]  # kept outside the module tree for loading the whole state dict
         del self.network
 
@@ -211,7 +249,8 @@ class PretrainedBackbone(nn.Module):
             missing = len(re.findall(r"Missing key", str(error)))
             detail = str(error).splitlines()[1].strip()[:160] if len(str(error).splitlines()) > 1 else ""
             raise AnomalyError(
-                f"encoder weights {file} do not load strictly into {self.name}{' (missing keys)' if missing else ''}: {detail}"
+                f"encoder weights {file} do not load strictly into {self.name}{' (missing keys)' if missing else ''}: "
+                f"{detail}"
             ) from None
         self.weights_sha256 = torch.tensor(list(bytes.fromhex(checksum)), dtype=torch.uint8)
         return checksum

@@ -54,7 +54,10 @@ class FeatureAutoencoder(nn.Module):
         widths = [feature_channels] + [HIDDEN_CHANNELS] * (BOTTLENECK_DOWNSAMPLINGS - 1) + [config.latent_dim]
         self.encoder = nn.Sequential(*(EncoderBlock(i, o, "stride") for i, o in zip(widths, widths[1:])))
         self.decoder = nn.Sequential(
-            *(DecoderBlock(i, HIDDEN_CHANNELS, config.upsample) for i in [config.latent_dim] + [HIDDEN_CHANNELS] * (BOTTLENECK_DOWNSAMPLINGS - 1)),
+            *(
+                DecoderBlock(i, HIDDEN_CHANNELS, config.upsample)
+                for i in [config.latent_dim] + [HIDDEN_CHANNELS] * (BOTTLENECK_DOWNSAMPLINGS - 1)
+            ),
             nn.Conv2d(HIDDEN_CHANNELS, feature_channels, 1),
         )
 
@@ -79,8 +82,10 @@ class FeatureAutoencoder(nn.Module):
         """PatchCore-style patch features at stride 2**level: that level and the next one upsampled to its grid,
         each averaged over 3x3 neighbouring positions so a patch sees a little context."""
         grid = maps[level].shape[-2:]
-        pooled = [F.avg_pool2d(resize_to(maps[lvl], grid), 3, stride=1, padding=1, count_include_pad=False)
-                  for lvl in (level, level + 1)]
+        pooled = [
+            F.avg_pool2d(resize_to(maps[lvl], grid), 3, stride=1, padding=1, count_include_pad=False)
+            for lvl in (level, level + 1)
+        ]
         return torch.cat(pooled, dim=1)
 
     def patch_features(self, images: torch.Tensor, level: int) -> torch.Tensor:
