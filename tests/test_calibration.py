@@ -315,16 +315,6 @@ def test_a_lead_within_the_validation_noise_keeps_the_simpler_candidate():
     assert auroc(labels, scores["simple"]) == pytest.approx(roc_auc_score(labels, scores["simple"]))
 
 
-def test_calibration_needs_both_signals():
-    """Every exported graph computes both signals: scores without the reconstruction are refused, not
-    half-calibrated."""
-    reconstruction, latent = correlated_scores(300, seed=12)
-    latent_only = scored_set(reconstruction, latent, np.zeros(300, dtype=np.int64))
-    latent_only.reconstruction_scores = None
-    with pytest.raises(AnomalyError, match="needs both signals"):
-        fit_calibration(latent_only, ScoringConfig(combine="latent").model_dump(mode="json"), {}, "a" * 64, seed=0)
-
-
 def test_calibration_from_held_out_sets_scored_apart_equals_one_pass():
     """Held-out images scored on several workers, their sets concatenated in order, calibrate exactly as one pass."""
     held_out = scored_set(*correlated_scores(120, seed=12), np.zeros(120, dtype=np.int64))

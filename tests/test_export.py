@@ -325,6 +325,20 @@ def test_int8_follows_the_float_model_and_a_broken_one_is_dropped_on_validation(
     assert not unchecked.kept and unchecked.fp32_auroc is None  # no labelled validation set: never kept
 
 
+def test_a_graph_without_both_signals_is_refused_at_load(published_ae, tmp_path):
+    """A graph exported before every graph computed both signals cannot be half-calibrated: refused in one line."""
+    model = published_ae[1].directory
+    older = tmp_path / "older"
+    shutil.copytree(model, older)
+    graph = onnx.load(str(older / "model.onnx"))
+    kept = [output for output in graph.graph.output if output.name != "reconstruction_score"]
+    del graph.graph.output[:]
+    graph.graph.output.extend(kept)
+    onnx.save(graph, str(older / "model.onnx"))
+    with pytest.raises(AnomalyError, match=r"has no reconstruction_score output: .* export the model again$"):
+        OnnxDetector(older)
+
+
 def test_score_errors_are_one_line(published_ae, folder, tracking, tmp_path, monkeypatch, capsys):
     model = published_ae[1].directory
     image = str(next((folder / "test" / "good").glob("*.png")))
