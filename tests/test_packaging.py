@@ -124,16 +124,18 @@ def test_readme_is_short_and_its_links_resolve():
 @pytest.mark.slow
 def test_readme_own_folder_quickstart_trains_and_scores(tmp_path):
     """The README's own-images commands, as written, on a small texture folder (one epoch at 64 x 64): the pipeline
-    leaves a model directory that `anomaly score` answers from."""
-    from tests.conftest import write_texture_folder
+    leaves a model directory that `anomaly score` answers from, `anomaly calibrate` recalibrates on a folder of
+    normals, and the archive command scores a folder."""
+    from PIL import Image
+
+    from tests.conftest import stripes, write_texture_folder
 
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## On your own images") : readme.index("## What the answer means")]
     pipeline, serve = re.findall(r"```bash\n(.+?)\n(.+?)\n```", section)[0]
     assert pipeline.startswith("uv run anomaly ") and serve == "uv run anomaly serve --model runs/parts/model"
-    write_texture_folder(
-        tmp_path / "parts", train=120, test_good=6, test_defect=6
-    )  # 12 held-out normals at the default 10%
+    # 12 held-out normals at the default 10%
+    write_texture_folder(tmp_path / "parts", train=120, test_good=6, test_defect=6)
     arguments = pipeline.removeprefix("uv run anomaly ").replace("data.root=parts", f"data.root={tmp_path / 'parts'}")
     arguments = arguments.replace("--output runs/parts", f"--output {tmp_path / 'runs' / 'parts'}")
     small = ["train.max_epochs=1", "data.image_size=[64,64]", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
@@ -147,9 +149,28 @@ def test_readme_own_folder_quickstart_trains_and_scores(tmp_path):
     answer = json.loads(scored.stdout.splitlines()[0])
     assert 0 <= answer["anomaly_score"] <= 1 and answer["target_fpr"] == 0.01
 
-    (archive_command,) = re.findall(
-        r"```bash\n(uv run anomaly score .+? --input .+?)\n```", readme
-    )  # Beyond one machine
+    (calibrate_command,) = re.findall(r"`(uv run anomaly calibrate [^`]+)`", section)
+    assert calibrate_command == "uv run anomaly calibrate --model runs/parts/model --normals today/good"
+    # 120 new normal images (enough to resolve the 1% target), brought to the model's 64 x 64 as training images were
+    today = tmp_path / "today" / "good"
+    today.mkdir(parents=True)
+    for index, image in enumerate(stripes(120, 40, 36, seed=5)):
+        Image.fromarray(image).resize((64, 64), Image.Resampling.BILINEAR).save(today / f"{index:03d}.png")
+    calibrate = calibrate_command.removeprefix("uv run anomaly ").replace("runs/parts/model", str(model))
+    recalibrated = run_cli_process(*calibrate.replace("today/good", str(today)).split())
+    assert recalibrated.returncode == 0, recalibrated.stderr[-2000:]
+    record = json.loads((model / "calibration.json").read_text())["recalibration"]
+    assert (record["normals"], record["images"]) == (str(today), 120)
+    rescored = run_cli_process(
+        "score", "--model", str(model), str(next((tmp_path / "parts" / "test" / "good").iterdir()))
+    )
+    assert (
+        rescored.returncode == 0
+        and json.loads(rescored.stdout.splitlines()[0])["latent_distance"] == answer["latent_distance"]
+    )
+
+    # Beyond one machine
+    (archive_command,) = re.findall(r"```bash\n(uv run anomaly score .+? --input .+?)\n```", readme)
     archive_arguments = archive_command.removeprefix("uv run anomaly ").replace("runs/parts/model", str(model))
     archive_arguments = archive_arguments.replace("archive/", str(tmp_path / "parts" / "test")).replace(
         "results.parquet", str(tmp_path / "results.parquet")
