@@ -597,7 +597,7 @@ class Config(StrictModel):
         if auto and not self.data.synthetic_validation:
             raise ValueError(
                 f"{' and '.join(auto)}=auto {'need' if len(auto) > 1 else 'needs'} data.synthetic_validation=true "
-                f"(they are chosen on held-out normals with synthetic anomalies)"
+                "(they are chosen on held-out normals with synthetic anomalies)"
             )
         return self
 
@@ -607,7 +607,7 @@ class Config(StrictModel):
         patches = scoring.patches
         if model.pretrained and (scoring.reconstruction.map == "ssim" or getattr(scoring.latent, "round_trip", False)):
             raise ValueError(
-                f"scoring.reconstruction.map=ssim and scoring.latent.round_trip compare and re-encode images: they "
+                "scoring.reconstruction.map=ssim and scoring.latent.round_trip compare and re-encode images: they "
                 f"need model.encoder=own, got {model.encoder}"
             )
         if patches is None:
@@ -639,7 +639,7 @@ def upgrade_stored_config(raw: dict[str, Any]) -> dict[str, Any]:
     def refuse(what: str) -> AnomalyError:
         return AnomalyError(
             f"this file was written by an older anomaly with {what}, which this version no longer has: evaluate a "
-            f"checkpoint again with today's scoring, or train again"
+            "checkpoint again with today's scoring, or train again"
         )
 
     if old.get("reduction") == "max" or old.get("combine") == "min_p" or old.get("latent") == "knn":

@@ -106,7 +106,7 @@ def speed_lines(speed: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"HTTP (`/score`, {http['clients']} concurrent clients on the same machine, {http['seconds']:.0f} s per case, "
-        f"the ELPV model):",
+        "the ELPV model):",
         "",
         "| case | requests/s | p50 ms | p99 ms | errors |",
         "| --- | --- | --- | --- | --- |",
@@ -140,7 +140,7 @@ def seeds_lines(record: dict[str, Any]) -> list[str]:
     lines = [
         f"`{record['command']} --sections seeds` on {record['date']} ({record['seconds'] / 60:.0f} minutes): "
         f"`{seeds['pipeline']}` as it is then ({size[0]} x {size[1]}, {seeds['epochs']} epochs at most), one run per "
-        f"training seed.",
+        "training seed.",
         "",
         "| seed | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR | training s | ONNX images/s "
         "|",
@@ -192,7 +192,7 @@ def rescored_seeds_lines(record: dict[str, Any]) -> list[str]:
         f"`{record['command']} --sections rescored_seeds` on {record['date']} ({record['seconds'] / 60:.0f} minutes): "
         f"the models of the seeds section ({run['seeds_section_date']}) calibrated and evaluated again with "
         f"`{run['pipeline']}`'s scoring as it is then ({settings}). Validation AUROC: held-out normals plus synthetic "
-        f"anomalies, what settings are chosen by. In brackets: the seeds section's value for the same model.",
+        "anomalies, what settings are chosen by. In brackets: the seeds section's value for the same model.",
         "",
         "| seed | image AUROC | reconstruction | latent | pixel AUROC | AUPRO | test FPR | recall at target | "
         "validation AUROC (image / pixel) | chosen: patch level, combination | model.onnx MB | ONNX images/s |",
@@ -239,9 +239,9 @@ def encoders_lines(record: dict[str, Any]) -> list[str]:
         f"`{record['command']} --sections encoders` on {record['date']} ({record['seconds'] / 60:.0f} minutes): "
         f"{used} as they are then (pretrained EfficientNet-Lite0), and with "
         f"`{' '.join(run['own_encoder_overrides'])}` (own). Validation: held-out normals plus synthetic anomalies, "
-        f"what settings are chosen by. ONNX Runtime: test images with preprocessing, batch 8. Parity: the largest "
-        f"difference between ONNX Runtime and PyTorch that publishing checked (scores against their largest "
-        f"magnitude, limit 1e-4; maps against their range, limit 1e-3).",
+        "what settings are chosen by. ONNX Runtime: test images with preprocessing, batch 8. Parity: the largest "
+        "difference between ONNX Runtime and PyTorch that publishing checked (scores against their largest "
+        "magnitude, limit 1e-4; maps against their range, limit 1e-3).",
         "",
         "| surface | encoder | validation image / pixel | image AUROC | reconstruction | latent | pixel AUROC | AUPRO "
         "| test FPR | chosen: patch level, combination | training s | total s | model.onnx MB | ONNX images/s | "
@@ -329,11 +329,11 @@ def signals_lines(record: dict[str, Any]) -> list[str]:
     lines = [
         f"`{record['command']} --sections signals` on {record['date']} ({record['seconds'] / 60:.0f} minutes, "
         f"{record['environment']['cpu']}, {record['environment']['cpus_usable']} cores): `anomaly pipeline run` as a "
-        f"user runs it, pipelines/folder.yaml on KolektorSDD (training seeds 0-2) and BSData, pipelines/elpv.yaml "
-        f"(the README's main command) on ELPV. Test image AUROC of each signal alone and of the combination the "
-        f"decision reads; pixel AUROC of the latent map, the reconstruction map and the served heat map; the choices "
-        f"made on validation (a later candidate only where it leads beyond the bootstrap interval); the realised "
-        f"false-positive rate on test normals at the calibrated 1%.",
+        "user runs it, pipelines/folder.yaml on KolektorSDD (training seeds 0-2) and BSData, pipelines/elpv.yaml "
+        "(the README's main command) on ELPV. Test image AUROC of each signal alone and of the combination the "
+        "decision reads; pixel AUROC of the latent map, the reconstruction map and the served heat map; the choices "
+        "made on validation (a later candidate only where it leads beyond the bootstrap interval); the realised "
+        "false-positive rate on test normals at the calibrated 1%.",
         "",
         "| run | reconstruction | latent | decision | pixel: latent / reconstruction / heat map | AUPRO | FPR at 1% | "
         "choices | " + " | ".join(f"{step} s" for step in steps) + " | total min |",
@@ -365,8 +365,8 @@ def decoder_directions_lines(record: dict[str, Any]) -> list[str]:
     lines = [
         f"`{record['command']} --sections decoder_directions` on {record['date']} ({record['seconds'] / 60:.0f} "
         f"minutes): each direction trained {run['epochs']} epochs on cached Lite0 maps at the folder default's input "
-        f"size, scored by its reconstruction error alone (benchmarks/decoder_directions.py). Validation: held-out "
-        f"normals plus synthetic anomalies.",
+        "size, scored by its reconstruction error alone (benchmarks/decoder_directions.py). Validation: held-out "
+        "normals plus synthetic anomalies.",
         "",
         "| surface | direction | validation image / pixel | test image / pixel | training s |",
         "| --- | --- | --- | --- | --- |",
@@ -406,13 +406,13 @@ def calibration_lines(record: dict[str, Any]) -> list[str]:
     lines = [
         f"`{record['command']} --sections calibration` on {record['date']} ({record['seconds'] / 60:.0f} minutes, "
         f"{record['environment']['cpu']}, {record['environment']['cpus_usable']} cores, commit {record['commit']}): "
-        f"`anomaly pipeline run` with each surface's committed pipeline (folder.yaml on KolektorSDD, seeds 0-2, and "
-        f"BSData; elpv.yaml; mnist.yaml on each digit). Realised false-positive rate on the test normals at each "
-        f"target, with the count and the 95% binomial range for that many test normals (a promise that holds lands "
-        f"inside it). Shipped: blocks hold-out plus the training normals' out-of-fold latent distances "
-        f"(cross-fitting); hold-out alone: the same model recalibrated on its hold-out only. The `random-holdout` row "
-        f"holds out single images at random, as the pipelines did before. No timings here: the test suite shared the "
-        f"two cores during most rows.",
+        "`anomaly pipeline run` with each surface's committed pipeline (folder.yaml on KolektorSDD, seeds 0-2, and "
+        "BSData; elpv.yaml; mnist.yaml on each digit). Realised false-positive rate on the test normals at each "
+        "target, with the count and the 95% binomial range for that many test normals (a promise that holds lands "
+        "inside it). Shipped: blocks hold-out plus the training normals' out-of-fold latent distances "
+        "(cross-fitting); hold-out alone: the same model recalibrated on its hold-out only. The `random-holdout` row "
+        "holds out single images at random, as the pipelines did before. No timings here: the test suite shared the "
+        "two cores during most rows.",
         "",
         "| surface | calibration normals | test normals | image AUROC | 1%: shipped | 5%: shipped | 1%: hold-out "
         "alone | 5%: hold-out alone |",
@@ -423,7 +423,7 @@ def calibration_lines(record: dict[str, Any]) -> list[str]:
             normals = row["test_counts"]["normal"]
             cells = [
                 f"{row['with_cross_fit']['calibration_normals']} ({row['sample_sizes']['calibration_images']} held "
-                f"out)",
+                "out)",
                 str(normals),
                 f(row["test_image_auroc"]),
                 *(
@@ -472,7 +472,7 @@ def render(records: dict[str, dict[str, Any]]) -> str:
         "# Benchmarks",
         "",
         f"Generated by `{first['command']}` ({first['mode']} mode): {minutes:.0f} minutes of benchmarks in all. Each "
-        f"section",
+        "section",
         "was last run as below; a section's numbers come from the commit it names (older records name none).",
         "",
         "| section | run on | commit | CPU | minutes |",

@@ -69,7 +69,7 @@ def run(quick: bool, datasets: Path, scratch: Path, results: Path) -> dict[str, 
     if not seeds_file.is_file() or not store.is_file():
         raise SystemExit(
             f"rescored_seeds re-scores the seeds section's models: run --sections seeds{' --quick' if quick else ''} "
-            f"first"
+            "first"
         )
     seeds_record = json.loads(seeds_file.read_text())
     copy = scratch / "mlflow-seeds-rescored.db"

@@ -88,7 +88,7 @@ class RequestGuard:
                 415,
                 (
                     f"send images as {MULTIPART} file uploads, not {media_type or 'no content type'}; the server does "
-                    f"not fetch URLs"
+                    "not fetch URLs"
                 ),
                 {},
             )

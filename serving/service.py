@@ -172,9 +172,9 @@ HeatmapSizeQuery = Annotated[
     HeatmapSize,
     Query(
         description=(
-            f"input: the map over the image at the model's input size (RGB); original: the map alone (RGBA, its "
+            "input: the map over the image at the model's input size (RGB); original: the map alone (RGBA, its "
             f"opacity in alpha) at the uploaded image's size, scaled down to at most {MAX_ORIGINAL_PIXELS:,} pixels, "
-            f"to lay over the upload."
+            "to lay over the upload."
         )
     ),
 ]

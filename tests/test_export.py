@@ -399,8 +399,8 @@ def test_export_takes_where_the_data_is_never_how_scores_are_made(
     if refused:
         assert code == 2 and err.strip().splitlines() == [
             f"error: override {override}: a calibrated detector takes only where its data is now (data.root and the "
-            f"like); scoring and sizes were fixed when it was fitted: run `anomaly evaluate --checkpoint ... --set "
-            f"...` again to change them"
+            "like); scoring and sizes were fixed when it was fitted: run `anomaly evaluate --checkpoint ... --set "
+            "...` again to change them"
         ]
         assert not (tmp_path / "model").exists()
     else:

@@ -175,7 +175,7 @@ def test_a_second_server_on_a_busy_port_is_a_one_line_error(roomy_server, publis
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: cannot listen on 127.0.0.1:{client.base_url.port}: Address already in use; stop what uses it or pass "
-        f"--port"
+        "--port"
     ]
 
 

@@ -61,8 +61,8 @@ class Promise:
         return (
             f"the {self.target_fpr:.2%} false-positive target is below what {self.calibration_normals} calibration "
             f"normal images can resolve (at least {self.smallest_resolvable_target:.2%}): its threshold is "
-            f"extrapolated past every calibration score, so the realised rate can be several times the target; add "
-            f"normal images (anomaly calibrate --normals DIR) or ask for a larger target"
+            "extrapolated past every calibration score, so the realised rate can be several times the target; add "
+            "normal images (anomaly calibrate --normals DIR) or ask for a larger target"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def decode_normal(path: Path, detector: OnnxDetector) -> np.ndarray:
         kinds = {1: "grayscale", 3: "colour"}
         raise AnomalyError(
             f"{path} is a {kinds[bands]} image and the model reads {kinds[detector.channels]} ones: calibrate with "
-            f"images from the camera the model was trained for"
+            "images from the camera the model was trained for"
         )
     width, height = image.size
     if height < detector.image_size[0] or width < detector.image_size[1]:
@@ -125,7 +125,7 @@ def recalibrate_directory(model_dir: Path, normals: Path, output: Path, force: b
         raise AnomalyError(
             f"{flagged} of {len(files)} images in {normals} are flagged by the current calibration at "
             f"{previous.target_fpr:.2%}: they do not look like normal parts; check the folder, or pass --force if the "
-            f"line really changed this much"
+            "line really changed this much"
         )
     calibration_path = find_file(model_dir, CALIBRATION_FILE)
     if calibration_path is None:

@@ -142,8 +142,8 @@ def load_calibrated(folder: Path, data_overrides: list[str] | None = None) -> Ca
         if section != "data" or (rest and rest[0] in MODEL_FIXED_DATA_KEYS):
             raise AnomalyError(
                 f"override {override}: a calibrated detector takes only where its data is now (data.root and the "
-                f"like); scoring and sizes were fixed when it was fitted: run `anomaly evaluate --checkpoint ... "
-                f"--set ...` again to change them"
+                "like); scoring and sizes were fixed when it was fitted: run `anomaly evaluate --checkpoint ... "
+                "--set ...` again to change them"
             )
     detector = load_detector(folder / "detector.pt")
     calibration = Calibration.load(folder / "calibration.json", expected_model_checksum=weights_checksum(detector))

@@ -138,14 +138,14 @@ class OnnxDetector:
         if exported != sha256_file(calibration_path) and exported != recalibrated_from:
             raise AnomalyError(
                 f"{calibration_path} is neither the calibration this model was exported with nor one `anomaly "
-                f"calibrate` made for it (checksum differs); export the model again or run anomaly calibrate"
+                "calibrate` made for it (checksum differs); export the model again or run anomaly calibrate"
             )
         self.outputs = output_names(self.session)
         missing = [name for name in SCORE_NAMES if name not in self.outputs]
         if missing:
             raise AnomalyError(
                 f"{model_path} has no {' or '.join(missing)} output: it was exported by an older version of anomaly "
-                f"that left a signal out of the graph; export the model again"
+                "that left a signal out of the graph; export the model again"
             )
         self.score_names = SCORE_NAMES
         spec = self.calibration.preprocessing

@@ -187,7 +187,7 @@ def read_weights(path: Path, expected_sha256: str) -> tuple[dict[str, torch.Tens
     if not checksum.startswith(expected_sha256.lower()):
         raise AnomalyError(
             f"encoder weights {path} have sha256 {checksum[:16]}..., expected {expected_sha256}...: not the expected "
-            f"file (set model.encoder_weights_sha256 to its checksum if you mean to use it)"
+            "file (set model.encoder_weights_sha256 to its checksum if you mean to use it)"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
