@@ -19,6 +19,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("ANOMALY_DATASETS", PROJECT_ROOT.parent / "shared" / "datasets"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests train in-process, where the command line's filters (anomaly.quiet) are not set: the same deliberate-choice
+    warnings are kept out of the test log, so what is left is worth reading."""
+    from anomaly.quiet import DELIBERATE_WARNINGS
+
+    for pattern in DELIBERATE_WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{pattern}")
+
+
 def cli_command(*args: str) -> list[str]:
     """`anomaly ARGS` as this interpreter runs it in a child process."""
     return [sys.executable, "-m", "anomaly.cli", *args]

@@ -454,7 +454,12 @@ def test_exported_intensity_standardisation_matches_pytorch_on_large_images(tmp_
     images = (pixels / 255.0).astype(np.float32)
     path = tmp_path / "standardise.onnx"
     torch.onnx.export(
-        Standardise(), (torch.from_numpy(images),), str(path), input_names=["image"], dynamo=True, opset_version=OPSET
+        Standardise().eval(),
+        (torch.from_numpy(images),),
+        str(path),
+        input_names=["image"],
+        dynamo=True,
+        opset_version=OPSET,
     )
     exported = create_session(path).run(None, {"image": images})[0]
     with torch.no_grad():
