@@ -129,6 +129,7 @@ class FittedDetector:
     calibration: Calibration
     labelled: ScoredSet | None
     held_out: ScoredSet
+    training_features: np.ndarray  # what the latent distance was fitted on (training_latents), for cross-fitting
 
     def validation_statistic(self) -> np.ndarray:
         """The combined statistic on the labelled validation set: what candidate settings are compared by."""
@@ -140,24 +141,20 @@ def level_label(detector: AnomalyDetector) -> str:
     return f" (patch level {detector.patches.level})" if detector.patches else ""
 
 
-def fit_latent(detector: AnomalyDetector, datamodule: AnomalyDataModule) -> int:
-    """Fit the latent distance on the training split; return how many images it was fitted on."""
+def fit_latent(detector: AnomalyDetector, datamodule: AnomalyDataModule, folder: Path) -> np.ndarray:
+    """Fit the latent distance on the training split; return the training features it was fitted on (memory-mapped
+    in `folder`), which cross-fitting reads again."""
     if len(datamodule.calibration_set) < MIN_FIT_SAMPLES:
         raise AnomalyError(
             f"calibration needs at least {MIN_FIT_SAMPLES} held-out normal images, got "
             f"{len(datamodule.calibration_set)}: add normal training images or raise data.calibration_fraction"
         )
-    with tempfile.TemporaryDirectory(prefix="anomaly-fit-") as folder:
-        codes = training_latents(
-            detector,
-            datamodule.train_dataloader_for_fitting(),
-            Path(folder),
-            f"training features{level_label(detector)}",
-        )
-        detector.latent_distance.fit(codes)
-        fitted_images = len(codes)
-        del codes  # the memory map must close before its folder goes
-    return fitted_images
+    folder.mkdir(parents=True, exist_ok=True)
+    features = training_latents(
+        detector, datamodule.train_dataloader_for_fitting(), folder, f"training features{level_label(detector)}"
+    )
+    detector.latent_distance.fit(features)
+    return features
 
 
 @dataclass
@@ -190,9 +187,9 @@ class HeldOutScores:
         return HeldOutScores(rescored(self.held_out), rescored(self.labelled))
 
 
-def calibrate_fitted(detector: AnomalyDetector, scores: HeldOutScores, fitted_images: int) -> FittedDetector:
+def calibrate_fitted(detector: AnomalyDetector, scores: HeldOutScores, features: np.ndarray) -> FittedDetector:
     """Choose the combination (scoring.combine=auto) on the labelled validation set, mix the heat map to match it,
-    then calibrate on the held-out normals."""
+    then calibrate on the held-out normals. `features`: the training features the latent distance was fitted on."""
     config = detector.config
     held_out, labelled = scores.held_out, scores.labelled
     combine, choices = config.scoring.combine, []
@@ -213,10 +210,10 @@ def calibrate_fitted(detector: AnomalyDetector, scores: HeldOutScores, fitted_im
         model_checksum=weights_checksum(detector),
         seed=config.data.split_seed,
         labelled=labelled,
-        sample_sizes={"latent_fit_images": fitted_images},
+        sample_sizes={"latent_fit_images": len(features)},
         choices=choices,
     )
-    return FittedDetector(detector, calibration, labelled, held_out)
+    return FittedDetector(detector, calibration, labelled, held_out, features)
 
 
 def chosen_among(candidates: dict[Any, FittedDetector], setting: str, seed: int) -> FittedDetector:
@@ -236,15 +233,18 @@ def chosen_among(candidates: dict[Any, FittedDetector], setting: str, seed: int)
     return fitted
 
 
-def fit_level(config: Config, model: nn.Module, datamodule: AnomalyDataModule, level: int | None) -> FittedDetector:
-    """A detector at one patch level (None: the configured latent distance), fitted once; with
-    scoring.latent.line_length=auto, each line-run candidate reads the image's distance from the same patch maps."""
+def fit_level(
+    config: Config, model: nn.Module, datamodule: AnomalyDataModule, level: int | None, folder: Path
+) -> FittedDetector:
+    """A detector at one patch level (None: the configured latent distance), fitted once on training features kept in
+    `folder`; with scoring.latent.line_length=auto, each line-run candidate reads the image's distance from the same
+    patch maps."""
     patches = config.scoring.patches
     runs = patches.line_runs if patches is not None else (None,)
     first = AnomalyDetector(
         config.model_copy(update={"scoring": config.scoring.resolved(level=level, line_run=runs[0])}), model
     )
-    fitted_images = fit_latent(first, datamodule)
+    features = fit_latent(first, datamodule, folder)
     scores = HeldOutScores.of(first, datamodule)
     fitted = copy.deepcopy(first.latent_distance)  # before calibration touches `first`
     candidates = {}
@@ -258,7 +258,7 @@ def fit_level(config: Config, model: nn.Module, datamodule: AnomalyDataModule, l
             detector.latent_distance = copy.deepcopy(fitted)  # the same bank and statistics, whatever their size
             detector.latent_distance.image_distance = line_run
         run_scores = scores if run == runs[0] else scores.with_line_run(detector.latent_distance.image_distance)
-        candidates[run[0] if run else None] = calibrate_fitted(detector, run_scores, fitted_images)
+        candidates[run[0] if run else None] = calibrate_fitted(detector, run_scores, features)
     return chosen_among(candidates, "scoring.latent.line_length", config.data.split_seed)
 
 
@@ -287,23 +287,16 @@ def cross_fitted_distances(detector: AnomalyDetector, features: np.ndarray, fold
 CROSS_FIT_BATCH = 16  # training images scored at once by a fold's latent distance
 
 
-def with_cross_fitted_latent(fitted: FittedDetector, datamodule: AnomalyDataModule) -> FittedDetector:
-    """The fitted detector recalibrated with the out-of-fold latent distances of its training normals added to the
-    latent (and, for combine=latent, the combined) distribution (data.cross_fit_folds)."""
+def with_cross_fitted_latent(fitted: FittedDetector) -> FittedDetector:
+    """The fitted detector recalibrated with the out-of-fold latent distances of its training normals (read from the
+    features it was fitted on) added to the latent (and, for combine=latent, the combined) distribution
+    (data.cross_fit_folds)."""
     detector, calibration = fitted.detector, fitted.calibration
     config = detector.config
     folds = config.data.cross_fit_folds
-    if not folds or len(datamodule.train_set) < 2 * folds:
+    if not folds or len(fitted.training_features) < 2 * folds:
         return fitted
-    with tempfile.TemporaryDirectory(prefix="anomaly-cross-fit-") as folder:
-        features = training_latents(
-            detector,
-            datamodule.train_dataloader_for_fitting(),
-            Path(folder),
-            f"training features again{level_label(detector)}",
-        )
-        distances = cross_fitted_distances(detector, features, folds, seed=0)
-        del features  # the memory map must close before its folder goes
+    distances = cross_fitted_distances(detector, fitted.training_features, folds, seed=0)
     recalibrated = fit_calibration(
         held_out=fitted.held_out,
         scoring=calibration.scoring,
@@ -333,9 +326,14 @@ def fit_chosen_detector(
     model card then copy, and in the calibration's record."""
     patches = config.scoring.patches
     levels = config.model.auto_patch_levels if patches is not None and patches.level == "auto" else (None,)
-    candidates = {level: fit_level(config, model, datamodule, level) for level in levels}
-    fitted = with_cross_fitted_latent(
-        chosen_among(candidates, "scoring.latent.level", config.data.split_seed), datamodule
-    )
-    calibration = replace(fitted.calibration, holdout=datamodule.holdout_description)
-    return fitted.detector, calibration
+    # Each level's training features stay on disk until the choice, so the chosen one's are cross-fitted without
+    # running the encoder over the training images again.
+    with tempfile.TemporaryDirectory(prefix="anomaly-fit-") as scratch:
+        candidates = {
+            level: fit_level(config, model, datamodule, level, Path(scratch) / f"level-{level}") for level in levels
+        }
+        chosen = chosen_among(candidates, "scoring.latent.level", config.data.split_seed)
+        fitted = with_cross_fitted_latent(chosen)
+        detector, calibration = fitted.detector, replace(fitted.calibration, holdout=datamodule.holdout_description)
+        del candidates, chosen, fitted  # the memory maps close before their folder goes
+    return detector, calibration
