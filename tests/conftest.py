@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -51,6 +52,11 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         code = exit_.code or 0
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def png_pixels(png: bytes) -> np.ndarray:
+    """A PNG's RGB pixels as signed integers, so two images can be subtracted."""
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 
 def stripes(count: int, height: int, width: int, seed: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from serving.process import free_port, running_server, serve_command
-from tests.conftest import stripes
+from tests.conftest import png_pixels, stripes
 
 pytestmark = pytest.mark.slow  # real servers, browsers or trained pipelines: `-m "not slow"` skips them
 
@@ -41,8 +41,8 @@ def score(client: httpx.Client, name: str, data: bytes, heatmap: bool) -> dict:
     return response.json()
 
 
-def overlay(answer: dict) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["heatmap_png_base64"]))), dtype=np.int16)
+def heatmap(answer: dict) -> np.ndarray:
+    return png_pixels(base64.b64decode(answer["heatmap_png_base64"]))
 
 
 @pytest.mark.parametrize("api_workers", [1, 2])
@@ -69,6 +69,6 @@ def test_each_concurrent_answer_is_its_own_images(published_model, tmp_path, api
             assert answer[key] == pytest.approx(expected[key], **SAME), (name, key)
         assert answer["is_anomaly"] == expected["is_anomaly"]
         if heatmap:
-            assert np.mean(np.abs(overlay(answer) - overlay(expected))) < 0.5, name
+            assert np.mean(np.abs(heatmap(answer) - heatmap(expected))) < 0.5, name
         else:
             assert answer["heatmap_png_base64"] is None
