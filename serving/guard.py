@@ -63,7 +63,7 @@ class RequestGuard:
         """A bearer token compared as bytes: the key in UTF-8 (what curl and HTTP libraries send), or in Latin-1 (what
         browsers send, and can only send) when it fits there. So a key may hold any characters. Without a key
         configured every request is."""
-        if self.api_key is None:
+        if not self.api_key:
             return True
         scheme, _, token = headers.get("authorization", b"").partition(b" ")
         if scheme.lower() != b"bearer":
@@ -78,7 +78,7 @@ class RequestGuard:
     def refusal(self, scope: Scope, headers: dict[str, bytes]) -> tuple[int, str, dict[str, str]] | None:
         """(status, message, headers) for a request refused from its headers alone, else None."""
         path = scope["path"]
-        if self.api_key and path not in OPEN_PATHS and not self.authorised(headers):
+        if path not in OPEN_PATHS and not self.authorised(headers):
             return 401, "missing or wrong API key: send 'Authorization: Bearer <key>'", {"www-authenticate": "Bearer"}
         media_type = headers.get("content-type", b"").decode("latin-1").split(";")[0].strip().lower()
         if media_type in PICKLE_MEDIA_TYPES:

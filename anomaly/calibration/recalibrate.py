@@ -28,7 +28,6 @@ from anomaly.errors import AnomalyError
 from anomaly.imageio import finish_decoding, image_files, open_image
 from anomaly.progress import progress
 from anomaly.runtime.bundle import (
-    CALIBRATION_FILE,
     CARD_FILE,
     META_CALIBRATION_SHA256,
     OnnxDetector,
@@ -109,8 +108,7 @@ def score_normals(detector: OnnxDetector, files: list[Path]) -> ScoredSet:
 
 def recalibrate_directory(model_dir: Path, normals: Path, output: Path, force: bool = False) -> Recalibrated:
     """Write `output` (which may be `model_dir` itself): the model directory with a calibration refitted on the images
-    in
-    `normals`. The replaced calibration stays beside it as calibration-<sha256 prefix>.json."""
+    in `normals`. The replaced calibration stays beside it as calibration-<sha256 prefix>.json."""
     detector = OnnxDetector(model_dir)
     previous = detector.calibration
     files = normal_files(normals)
@@ -127,9 +125,7 @@ def recalibrate_directory(model_dir: Path, normals: Path, output: Path, force: b
             f"{previous.target_fpr:.2%}: they do not look like normal parts; check the folder, or pass --force if the "
             "line really changed this much"
         )
-    calibration_path = find_file(model_dir, CALIBRATION_FILE)
-    if calibration_path is None:
-        raise AnomalyError(f"{model_dir} has no {CALIBRATION_FILE}: only a model directory can be recalibrated")
+    calibration_path = detector.calibration_path
     replaced = sha256_file(calibration_path)
     fitted = fit_calibration(
         held_out=scored,

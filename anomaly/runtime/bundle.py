@@ -128,6 +128,7 @@ class OnnxDetector:
         if calibration_path is None:
             raise AnomalyError(f"model directory {directory} has no {CALIBRATION_FILE}")
         self.directory = directory
+        self.calibration_path: Path = calibration_path
         self.session = create_session(model_path, threads)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.calibration = Calibration.load(
