@@ -34,8 +34,8 @@ AUTO_LINE_RUN = (68, 3.5)
 AUTO_LINE_RUNS: tuple[tuple[int, float | None], ...] = ((1, None), AUTO_LINE_RUN)
 POOLED_BANK = 4096
 OWN_ENCODER = "own"
-# What only the own encoder reads: a pretrained encoder's autoencoder has its fixed shape (latent_dim and upsample
-# apply).
+# What only the own encoder reads: a pretrained encoder's autoencoder has its fixed shape (latent_dim and
+# upsample apply).
 OWN_ENCODER_SETTINGS = ("depth", "base_channels", "max_channels", "bottleneck", "downsample")
 PRETRAINED_ENCODERS = ("efficientnet_lite0", "resnet18", "wide_resnet50_2")
 DEFAULT_MAX_INPUT_PIXELS = 640 * 256

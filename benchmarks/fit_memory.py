@@ -4,9 +4,9 @@
 
 Runs the product's own fitting path (anomaly.scoring.fit.training_latents, which streams the patch features into
 a memory-mapped file, then the bank's block-wise fit) on the folder default's detector, pretrained and own encoder,
-at each patch level that scoring.latent.level=auto can choose, in a fresh process each, and records the process's peak
-resident memory. The images are synthetic textures made on the fly, so only the fitting holds memory. Quick mode:
-200 images.
+at each patch level that scoring.latent.level=auto can choose, in a fresh process each, and records the process's
+peak resident memory. The images are synthetic textures made on the fly, so only the fitting holds memory. Quick
+mode: 200 images.
 """
 
 from __future__ import annotations

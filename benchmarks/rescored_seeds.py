@@ -4,9 +4,8 @@
 
 Scoring settings (scoring.*) change no weights, so a scoring change is measured on the same three
 trained models without retraining them (the seeds section took 56 minutes when last run). Each model
-is calibrated and evaluated again, logging to a copy of the seeds section's MLflow store so its recorded runs stay as
-they were.
-Per seed: the test metrics, the validation AUROC (held-out normals plus synthetic anomalies) that
+is calibrated and evaluated again, logging to a copy of the seeds section's MLflow store so its recorded runs stay
+as they were. Per seed: the test metrics, the validation AUROC (held-out normals plus synthetic anomalies) that
 settings are chosen by, the seeds section's numbers for the same model, and the exported model's
 size and ONNX Runtime images/s.
 """

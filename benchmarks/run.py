@@ -9,14 +9,10 @@
     uv run python -m benchmarks.run --sections rescored_seeds   # the seeds' models with folder.yaml's current scoring
     uv run python -m benchmarks.run --sections encoders   # own and pretrained encoders on KolektorSDD, BSData, ELPV
     uv run python -m benchmarks.run --sections fit_memory   # peak memory of fitting on 2,000 images at 640 x 256
-    uv run python -m benchmarks.run --sections archive   # archive scoring images/s: one process, Ray with 1 and 2
-    actors
-    uv run python -m benchmarks.run --sections decoder_directions   # the feature autoencoder's decoder directions,
-    reconstruction alone
-    uv run python -m benchmarks.run --sections signals   # the shipped pipelines: each signal alone and the chosen
-    combination, minutes per step
-    uv run python -m benchmarks.run --sections calibration   # realised false-positive rates at 1% and 5% on every
-    surface
+    uv run python -m benchmarks.run --sections archive   # archive images/s: one process, Ray with 1 and 2 actors
+    uv run python -m benchmarks.run --sections decoder_directions   # decoder directions, the reconstruction alone
+    uv run python -m benchmarks.run --sections signals   # the shipped pipelines: each signal, the choice, minutes
+    uv run python -m benchmarks.run --sections calibration   # realised false-positive rates at 1% and 5%
 
 Each section's JSON is written as soon as it finishes. Quality needs MNIST and KolektorSDD under
 --datasets (default ../shared/datasets); ELPV comes with the elpv-dataset package. The HTTP

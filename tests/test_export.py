@@ -105,12 +105,11 @@ def capped_fraction(detector: AnomalyDetector, batch: torch.Tensor) -> float:
     [
         ("ae", {}),
         ("vae", {"reconstruction": {"map": "ssim"}, "latent": {"round_trip": True}}),
-        # patch level 1: a 16x16 grid of 56 training images gives 14k patch vectors, a pooled 5000-vector bank in 2
-        # chunks
+        # patch level 1: a 16x16 grid of 56 training images gives 14k patch vectors, a pooled 5000-vector bank
+        # in 2 chunks
         ("unet", {"latent": {"kind": "patches", "level": 1, "aligned": False, "bank_size": 5000}}),
-        # the folder default's kind: 16 training features per place (a coreset of 56 images) searched within 2
-        # positions,
-        # position-normalised, capped line runs; the decision on the latent p-value alone
+        # the folder default's kind: 16 training features per place (a coreset of 56 images) searched within
+        # 2 positions, position-normalised, capped line runs; the decision on the latent p-value alone
         (
             "ae",
             {

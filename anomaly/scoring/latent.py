@@ -266,9 +266,9 @@ class PositionBankDistance(PatchNearestNeighbourDistance):
         maps: they are read a block of positions at a time (FIT_VALUES), so 2,000 training images need no more memory
         than a few. The result equals `fit` on their concatenation: a large normal set split across workers by image
         (each extracts and sums its own chunk), then by place (each block of places takes its greedy k-centres over
-        every chunk's
-        vectors there, FIT_VALUES at a time). The per-place sums add up exactly; the k-centres are not merged from
-        per-chunk k-centres, which would change the bank and, through the position statistics, every distance."""
+        every chunk's vectors there, FIT_VALUES at a time). The per-place sums add up exactly; the k-centres are not
+        merged from per-chunk k-centres, which would change the bank and, through the position statistics, every
+        distance."""
         sizes = [len(chunk) for chunk in chunks]
         images, channels = sum(sizes), chunks[0].shape[1]
         offsets = np.cumsum([0, *sizes[:-1]])

@@ -62,8 +62,7 @@ class ResumableMLFlowLogger(MLFlowLogger):
 def reproducibility_tags() -> dict[str, str]:
     """What besides the seed fixes the trained weights: on CPU the same seed gives bit-identical weights only with
     the same torch and the same intra-op thread count, so a run records both. Tags, not params: a resume may run on
-    other threads,
-    and its tags then say what the last attempt ran on."""
+    other threads, and its tags then say what the last attempt ran on."""
     return {"torch.version": torch.__version__, "torch.threads": str(torch.get_num_threads())}
 
 
