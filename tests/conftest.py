@@ -176,7 +176,7 @@ def kolektor_slice(source: Path, target: Path) -> Path:
 @pytest.fixture(scope="session")
 def shipped(shared_datasets, tmp_path_factory) -> Shipped:
     """The shipped folder default as the README's own-folder command runs it, on a slice of KolektorSDD at its
-    production input size (640 x 256), one epoch: about 2 minutes on 2 cores. What the end-to-end tests serve."""
+    production input size (640 x 256), one epoch. What the end-to-end tests serve."""
     root = tmp_path_factory.mktemp("shipped")
     folder = kolektor_slice(shared_datasets / "kolektorsdd", root / "kolektorsdd")
     result = run_cli_process(

@@ -41,7 +41,7 @@ def score(client: httpx.Client, name: str, data: bytes, heatmap: bool) -> dict:
     return response.json()
 
 
-def heatmap(answer: dict) -> np.ndarray:
+def heatmap_pixels(answer: dict) -> np.ndarray:
     return png_pixels(base64.b64decode(answer["heatmap_png_base64"]))
 
 
@@ -69,6 +69,6 @@ def test_each_concurrent_answer_is_its_own_images(published_model, tmp_path, api
             assert answer[key] == pytest.approx(expected[key], **SAME), (name, key)
         assert answer["is_anomaly"] == expected["is_anomaly"]
         if heatmap:
-            assert np.mean(np.abs(heatmap(answer) - heatmap(expected))) < 0.5, name
+            assert np.mean(np.abs(heatmap_pixels(answer) - heatmap_pixels(expected))) < 0.5, name
         else:
             assert answer["heatmap_png_base64"] is None
